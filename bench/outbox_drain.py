@@ -1,0 +1,176 @@
+"""Benchmark: drain 20,000 queued readings into a local mosquitto, with the platform's confirmations.
+
+Three figures, measured in the same run on the same broker:
+
+- ``store_records_per_s``: readings into the store with ``add_readings`` (reading + outbox row, one durable
+  transaction per batch of ``--batch`` readings).
+- ``bare_msgs_per_s``: a bare paho QoS 1 loop publishing the same payloads (MQTT 5, same in-flight limit),
+  from the first PUBLISH to the last PUBACK, to a topic nobody subscribes to.
+- ``drain_msgs_per_s``: the real forwarder draining the outbox to the reference receiver (its own process,
+  storing durably and acknowledging in batches), until every row is marked ``acked`` in the gateway's store.
+
+``ratio`` = drain / bare (target >= 0.8). The drain includes the receiver's work (its own process, on the same
+cores); ``cpu_ratio`` compares the gateway process's own CPU per message with the bare loop's, which is the
+forwarder's overhead alone. The last line is one JSON object.
+
+    .venv/bin/python bench/outbox_drain.py [--readings 20000] [--window 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from paho.mqtt.client import Client
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from gateway.clock import SystemClock
+from gateway.config import parse_config
+from gateway.emulate.broker import BrokerOptions, MosquittoBroker
+from gateway.forward.forwarder import Forwarder
+from gateway.records import GlucoseReading, Unit
+from gateway.store import Store, open_store
+from gateway.store.db import Origin
+from gateway.store.outbox import Outbox
+from gateway.store.readings import add_readings
+
+
+def make_readings(n: int) -> list[GlucoseReading]:
+    base = datetime(2026, 11, 1, 7, 0)
+    return [
+        GlucoseReading(
+            meter_id="bench:0001",
+            sequence=i,
+            meter_time=base + timedelta(minutes=i),
+            clock_offset_s=3.0,
+            corrected_time=(base + timedelta(minutes=i, seconds=3)).replace(tzinfo=UTC),
+            time_trusted=True,
+            value=float(70 + i % 200),
+            unit=Unit.MG_DL,
+            patient_id=f"P-{i % 50:04d}",
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+def fill_store(store: Store, n: int, batch: int) -> float:
+    """Readings per second into the store."""
+    readings = make_readings(n)
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        add_readings(store, readings[i : i + batch])
+    return n / (time.perf_counter() - start)
+
+
+def bare_loop(port: int, payloads: list[bytes], inflight: int) -> tuple[float, float]:
+    """Messages per second of a bare paho QoS 1 publisher (first PUBLISH to last PUBACK), and CPU us/message."""
+    done = threading.Event()
+    remaining = [len(payloads)]
+    connected = threading.Event()
+
+    def on_publish(*_args: Any) -> None:
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            done.set()
+
+    client = Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=MQTTProtocolVersion.MQTTv5)
+    client.max_inflight_messages_set(inflight)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.on_connect = lambda *_a: connected.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    connected.wait(10)
+    start, cpu = time.perf_counter(), time.process_time()
+    for payload in payloads:
+        client.publish("bench/bare/glucose", payload, qos=1)
+    done.wait(300)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    client.disconnect()
+    client.loop_stop()
+    return len(payloads) / elapsed, cpu / len(payloads) * 1e6
+
+
+async def _drain(forwarder: Forwarder, outbox: Outbox, n: int) -> tuple[float, float]:
+    task = asyncio.create_task(forwarder.run())
+    start, cpu = time.perf_counter(), time.process_time()
+    while True:
+        await asyncio.sleep(0.02)
+        if outbox.store.scalar("SELECT count(*) FROM outbox WHERE state = 'acked'") >= n:
+            break
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return n / elapsed, cpu / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=500, help="readings per add_readings call")
+    parser.add_argument("--window", type=int, default=1000, help="forward.inflight_window")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="cg-bench-") as tmp:
+        work = Path(tmp)
+        # set_tcp_nodelay: without it mosquitto delivers small packets under Nagle + delayed ACK (~40 ms a hop)
+        broker = MosquittoBroker(
+            work / "broker", BrokerOptions(persistence=False, extra_lines=["set_tcp_nodelay true"])
+        )
+        broker.start()
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "receiver", "--port", str(broker.port), "--db", str(work / "p.db"),
+             "--report-s", "3600"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            clock = SystemClock("assume_synced")
+            store = open_store(work / "gw" / "gateway.db", work / "gw" / "images", clock=clock,
+                               origin=Origin("bench", "gw-bench", "json"))  # fmt: skip
+            store_rate = fill_store(store, args.readings, args.batch)
+            payloads = [bytes(r["payload"]) for r in store.query("SELECT payload FROM outbox ORDER BY seq")]
+            bare_rate, bare_cpu = bare_loop(broker.port, payloads, args.window)
+            config = parse_config(
+                {
+                    "gateway": {"site_id": "bench", "gateway_id": "gw-bench", "state_dir": str(work / "gw")},
+                    "forward": {"port": broker.port, "inflight_window": args.window, "ack_timeout_s": 120},
+                    "clock": {"sync_check": "assume_synced"},
+                }
+            )
+            time.sleep(1.0)  # the receiver process is subscribed by now
+            drain_rate, drain_cpu = asyncio.run(_drain(Forwarder(config, store, clock), Outbox(store), args.readings))
+            store.close()
+        finally:
+            receiver.terminate()
+            receiver.wait(30)
+            broker.stop()
+    result = {
+        "readings": args.readings,
+        "window": args.window,
+        "store_records_per_s": round(store_rate),
+        "bare_msgs_per_s": round(bare_rate),
+        "drain_msgs_per_s": round(drain_rate),
+        "ratio": round(drain_rate / bare_rate, 3),
+        "bare_cpu_us_per_msg": round(bare_cpu, 1),
+        "drain_cpu_us_per_msg": round(drain_cpu, 1),
+        "cpu_ratio": round(bare_cpu / drain_cpu, 3),
+        "target_ratio": 0.8,
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

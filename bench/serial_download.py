@@ -1,0 +1,103 @@
+"""Benchmark: download 500 records from each serial family's emulator, paced at 9600 baud on a real pty.
+
+The gateway's time (one DownloadSession: identify, clock, count, every record, store writes) is compared
+with the theoretical wire time of the bytes exchanged in both directions (10 bits per byte at 8N1), the
+floor any implementation on that cable has. Target: ratio <= 1.05.
+
+    .venv/bin/python bench/serial_download.py [--records 500] [--baud 9600] [--family NAME ...] [--repeat N]
+
+Prints one line per family, then one JSON object on the last line (``ratio`` is the worst family's). On a
+loaded machine use ``--repeat 3``: each family's best run is reported, with every run's ratio alongside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gateway.clock import SystemClock
+from gateway.emulate.serial_meter import BITS_PER_BYTE, FAMILY_NAMES, MeterState, SerialMeterEmulator
+from gateway.meters.drivers import FAMILIES
+from gateway.meters.session import DownloadSession
+from gateway.store import open_store
+from gateway.store.db import Origin
+
+TZ = ZoneInfo("Asia/Shanghai")
+
+
+async def _download(family: str, port: str, state_dir: Path) -> tuple[float, int]:
+    clock = SystemClock("assume_synced")
+    store = open_store(state_dir / "gateway.db", state_dir / "images", clock=clock, origin=Origin("bench", "gw"))
+    try:
+        started = time.perf_counter()
+        driver = await FAMILIES[family].open(port)
+        result = await DownloadSession(store, clock, driver, tz=TZ, max_clock_skew=timedelta(days=365)).run()
+        elapsed = time.perf_counter() - started
+    finally:
+        store.close()
+    if result.state != "done":
+        raise SystemExit(f"{family}: download {result.state}: {result.error}")
+    return elapsed, result.added
+
+
+def bench_family(family: str, records: int, baud: int) -> dict[str, Any]:
+    """One family: paced emulator, one download, gateway time vs wire time."""
+    state = MeterState(family, tz=TZ, seed=7)
+    state.fill(records)
+    emu = SerialMeterEmulator(state, baud=baud)
+    port = emu.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            elapsed, added = asyncio.run(_download(family, port, Path(tmp)))
+    finally:
+        emu.stop()
+    wire_bytes = emu.bytes_in + emu.bytes_out
+    wire_s = wire_bytes * BITS_PER_BYTE / baud
+    return {
+        "records": added,
+        "bytes": wire_bytes,
+        "wire_s": round(wire_s, 3),
+        "gateway_s": round(elapsed, 3),
+        "ratio": round(elapsed / wire_s, 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=500)
+    parser.add_argument("--baud", type=int, default=9600)
+    parser.add_argument("--family", action="append", choices=FAMILY_NAMES, default=None)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per family; the best is reported (noise only adds time)"
+    )
+    args = parser.parse_args()
+    results: dict[str, dict[str, Any]] = {}
+    for family in args.family or FAMILY_NAMES:
+        runs = [bench_family(family, args.records, args.baud) for _ in range(max(1, args.repeat))]
+        r = results[family] = min(runs, key=lambda run: run["ratio"])
+        r["all_ratios"] = [run["ratio"] for run in runs]
+        print(
+            f"{family:20s} {r['records']} records, {r['bytes']} bytes: wire {r['wire_s']:.2f} s, "
+            f"gateway {r['gateway_s']:.2f} s, ratio {r['ratio']:.3f}",
+            flush=True,
+        )
+    summary = {
+        "bench": "serial_download",
+        "records": args.records,
+        "baud": args.baud,
+        "target": 1.05,
+        "families": results,
+        "ratio": max(r["ratio"] for r in results.values()),
+    }
+    print(json.dumps(summary, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,759 @@
+"""An emulated Bluetooth LE glucose meter: a GLS peripheral registered on (emulated) BlueZ over D-Bus.
+
+The meter is a BlueZ GATT *server* application (org.bluez.GattManager1 + LEAdvertisingManager1, written with
+dbus-fast). Registered on an adapter of the emulated BlueZ (``bluez_env.BluezEnv``), it lets the gateway's
+unmodified bleak code scan, connect, pair, read, subscribe and run RACP against it. It speaks the wire format
+through the project's own codec (``gateway.meters.codec.gls``), so what it sends is what the spec says.
+
+Supports:
+
+- services: Glucose (0x1808: Measurement, Context, Feature, RACP), Device Information (model, serial,
+  firmware, manufacturer), Current Time (0x2A2B, the meter's clock with a configurable skew);
+- records: any count, mg/dL (sent in kg/L) or mmol/L (sent in mol/L), contexts (meal, tester, carbohydrate...)
+  on chosen records, new records added between visits (:meth:`EmulatedGlucoseMeter.add_records`);
+- RACP: report / report-number / delete / abort with all, <=, >=, range, first, last by sequence number or
+  user facing time, and the spec's response codes for everything else;
+- faults (:class:`Faults`): drop the link after record k, slow sending, a malformed measurement frame,
+  bonding required (GLS reads and writes refused with BlueZ's "Not paired" until the central pairs), and no
+  records.
+
+Notifications are paced on bluezoo's Confirm() call: an unpaced burst of hundreds of signals fills the
+socket and dbus-fast drops the bus. Run ``python -m gateway.emulate.ble_meter --help`` for a stand-alone meter.
+"""
+
+# No "from __future__ import annotations" here: dbus-fast reads the D-Bus signatures from the annotations, and a
+# postponed "-> None" would reach it as the string "None".
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import select
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from zoneinfo import ZoneInfo
+
+from dbus_fast import BusType, DBusError, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusBytes,
+    DBusDict,
+    DBusObjectPath,
+    DBusSignature,
+    DBusStr,
+    DBusUInt16,
+)
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property, method
+
+from gateway.errors import DeviceError, ProtocolError
+from gateway.meters.codec import gls
+from gateway.records import Unit
+
+if TYPE_CHECKING:
+    from gateway.emulate.bluez_env import BluezEnv
+
+_logger = logging.getLogger(__name__)
+
+BLUEZ = "org.bluez"
+NOT_PAIRED = ("org.bluez.Error.NotPermitted", "Not paired")
+"""What BlueZ answers for ATT Insufficient Authentication / Encryption (src/gatt-client.c)."""
+DBusStrList = Annotated[list[str], DBusSignature("as")]
+
+
+# GATT table of the emulated meter: (service UUID, [(characteristic UUID, BlueZ flags)]).
+GattTable = tuple[str, list[tuple[str, list[str]]]]
+GLS_GATT: GattTable = (
+    gls.GLUCOSE_SERVICE_UUID,
+    [
+        (gls.GLUCOSE_MEASUREMENT_UUID, ["notify"]),
+        (gls.GLUCOSE_CONTEXT_UUID, ["notify"]),
+        (gls.GLUCOSE_FEATURE_UUID, ["read"]),
+        (gls.RACP_UUID, ["write", "indicate"]),
+    ],
+)
+DIS_GATT: GattTable = (
+    gls.DEVICE_INFORMATION_SERVICE_UUID,
+    [
+        (gls.MODEL_NUMBER_UUID, ["read"]),
+        (gls.SERIAL_NUMBER_UUID, ["read"]),
+        (gls.FIRMWARE_REVISION_UUID, ["read"]),
+        (gls.MANUFACTURER_NAME_UUID, ["read"]),
+    ],
+)
+CTS_GATT: GattTable = (gls.CURRENT_TIME_SERVICE_UUID, [(gls.CURRENT_TIME_UUID, ["read", "notify"])])
+
+
+# ------------------------------------------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True, slots=True)
+class EmuRecord:
+    """One record stored in the emulated meter."""
+
+    sequence: int
+    time: datetime
+    value: Decimal
+    """In ``unit``: mg/dL (whole numbers) or mmol/L (one decimal)."""
+    unit: Unit = Unit.MG_DL
+    sample_type: gls.SampleType = gls.SampleType.CAPILLARY_PLASMA
+    sample_location: gls.SampleLocation = gls.SampleLocation.FINGER
+    time_offset_min: int | None = None
+    sensor_status: gls.SensorStatus | None = None
+    meal: gls.MealCode | None = None
+    tester: gls.Tester | None = None
+    carbohydrate_g: int | None = None
+
+    @property
+    def has_context(self) -> bool:
+        return self.meal is not None or self.tester is not None or self.carbohydrate_g is not None
+
+    def measurement(self) -> gls.GlucoseMeasurement:
+        if self.unit is Unit.MG_DL:
+            concentration, unit = self.value.scaleb(-5), gls.ConcentrationUnit.KG_PER_L  # 1 mg/dL = 1e-5 kg/L
+        else:
+            concentration, unit = self.value.scaleb(-3), gls.ConcentrationUnit.MOL_PER_L
+        return gls.GlucoseMeasurement(
+            flags=gls.MeasurementFlags.CONTEXT_FOLLOWS if self.has_context else 0,
+            sequence=self.sequence,
+            base_time=self.time,
+            time_offset_min=self.time_offset_min,
+            concentration=concentration,
+            unit=unit,
+            sample_type=self.sample_type,
+            sample_location=self.sample_location,
+            sensor_status=self.sensor_status,
+        )
+
+    def context(self) -> gls.GlucoseContext | None:
+        if not self.has_context:
+            return None
+        return gls.GlucoseContext(
+            flags=0,
+            sequence=self.sequence,
+            meal=self.meal,
+            tester=self.tester,
+            carbohydrate_id=None if self.carbohydrate_g is None else gls.CarbohydrateId.BREAKFAST,
+            carbohydrate_kg=None if self.carbohydrate_g is None else Decimal(self.carbohydrate_g).scaleb(-3),
+        )
+
+
+_MEALS = (gls.MealCode.PREPRANDIAL, gls.MealCode.POSTPRANDIAL, gls.MealCode.FASTING, gls.MealCode.BEDTIME)
+
+
+def make_records(
+    count: int,
+    *,
+    unit: Unit = Unit.MG_DL,
+    first_sequence: int = 1,
+    start: datetime = datetime(2026, 8, 1, 7, 30),
+    interval: timedelta = timedelta(hours=6),
+    context_every: int = 3,
+) -> list[EmuRecord]:
+    """Deterministic plausible records; every ``context_every``-th one (0: none) carries a meal context."""
+    records = []
+    for i in range(count):
+        seq = first_sequence + i
+        mg_dl = 80 + (seq * 37) % 190  # 80..269 mg/dL, varied
+        value = Decimal(mg_dl) if unit is Unit.MG_DL else (Decimal(mg_dl) / Decimal("18.016")).quantize(Decimal("0.1"))
+        with_context = context_every > 0 and seq % context_every == 0
+        records.append(
+            EmuRecord(
+                sequence=seq,
+                time=start + interval * i,
+                value=value,
+                unit=unit,
+                meal=_MEALS[seq % len(_MEALS)] if with_context else None,
+                tester=gls.Tester.SELF if with_context else None,
+            )
+        )
+    return records
+
+
+@dataclass
+class Faults:
+    """What goes wrong with this meter."""
+
+    drop_link_after: int | None = None
+    """Drop the link once, after this many records of a transfer were sent."""
+    delay_s: float = 0.0
+    """Pause between records (a slow meter)."""
+    malformed_sequences: frozenset[int] = frozenset()
+    """Send these records' measurement frames one byte short."""
+    bonding_required: bool = False
+    """Refuse GLS reads and RACP writes from a central that has not paired."""
+
+
+@dataclass
+class MeterProfile:
+    """Identity and clock of the emulated meter."""
+
+    name: str = "Emu Glucose Meter"
+    serial: str = "EMU-0001"
+    model: str = "GLS-EMU 1"
+    firmware: str = "1.0.2"
+    manufacturer: str = "Clinic Gateway Emulation"
+    clock_skew: timedelta = timedelta(0)
+    """Meter clock minus true local time."""
+    features: gls.GlucoseFeature = (
+        gls.GlucoseFeature.LOW_BATTERY_DETECTION
+        | gls.GlucoseFeature.SENSOR_MALFUNCTION_DETECTION
+        | gls.GlucoseFeature.MULTIPLE_BOND
+    )
+    current_time_service: bool = True
+
+
+@dataclass
+class TransferStats:
+    """What the meter did in its last RACP report (the benchmark's baseline)."""
+
+    records_sent: int = 0
+    started: float | None = None
+    finished: float | None = None
+    aborted: bool = False
+
+    @property
+    def elapsed_s(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+# ----------------------------------------------------------------------------------------- D-Bus GATT objects
+
+
+class _Application(ServiceInterface):
+    """Root of the GATT application; dbus-fast answers ObjectManager for exported children."""
+
+
+class _Service(ServiceInterface):
+    def __init__(self, path: str, uuid: str) -> None:
+        super().__init__("org.bluez.GattService1")
+        self.path = path
+        self._uuid = uuid
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UUID(self) -> DBusStr:
+        return self._uuid
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Primary(self) -> DBusBool:
+        return True
+
+
+class _Characteristic(ServiceInterface):
+    # No Notifying / Handle / NotifyAcquired properties on purpose: bluezoo forwards StartNotify only while
+    # Notifying is missing or false, assigns handles itself, and uses StartNotify + PropertiesChanged (not a
+    # socket) when NotifyAcquired is missing.
+    def __init__(
+        self, meter: "EmulatedGlucoseMeter", path: str, service: _Service, uuid: str, flags: list[str]
+    ) -> None:
+        super().__init__("org.bluez.GattCharacteristic1")
+        self.meter = meter
+        self.path = path
+        self.service = service
+        self.uuid = uuid
+        self._flags = flags
+        self._value = b""
+        self.notifying = False
+        self._confirmed: asyncio.Future[None] | None = None
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UUID(self) -> DBusStr:
+        return self.uuid
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Service(self) -> DBusObjectPath:
+        return self.service.path
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Flags(self) -> DBusStrList:
+        return self._flags
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Value(self) -> DBusBytes:
+        return self._value
+
+    @method()
+    async def ReadValue(self, options: DBusDict) -> DBusBytes:
+        return await self.meter.on_read(self, _plain(options))
+
+    @method()
+    async def WriteValue(self, value: DBusBytes, options: DBusDict) -> None:
+        await self.meter.on_write(self, bytes(value), _plain(options))
+
+    @method()
+    def StartNotify(self) -> None:
+        self.notifying = True
+
+    @method()
+    def StopNotify(self) -> None:
+        self.notifying = False
+        self.meter.on_stop_notify(self)
+
+    @method()
+    def Confirm(self) -> None:
+        # bluezoo calls this after forwarding each value (notifications too): our flow control.
+        if self._confirmed is not None and not self._confirmed.done():
+            self._confirmed.set_result(None)
+
+    async def send(self, value: bytes, timeout_s: float = 2.0) -> None:
+        """Notify/indicate ``value`` and wait until bluezoo forwarded it (its Confirm)."""
+        self._value = bytes(value)
+        if not self.notifying:
+            self.emit_properties_changed({"Value": self._value})
+            return
+        self._confirmed = asyncio.get_running_loop().create_future()
+        self.emit_properties_changed({"Value": self._value})
+        try:
+            await asyncio.wait_for(self._confirmed, timeout_s)
+        except TimeoutError:
+            _logger.debug("no confirm for %s within %.1f s", self.uuid, timeout_s)
+        finally:
+            self._confirmed = None
+
+
+class _Advertisement(ServiceInterface):
+    def __init__(self, name: str) -> None:
+        super().__init__("org.bluez.LEAdvertisement1")
+        self._name = name
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Type(self) -> DBusStr:
+        return "peripheral"
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ServiceUUIDs(self) -> DBusStrList:
+        return [gls.GLUCOSE_SERVICE_UUID]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LocalName(self) -> DBusStr:
+        return self._name
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Appearance(self) -> DBusUInt16:
+        return gls.GLUCOSE_METER_APPEARANCE
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Discoverable(self) -> DBusBool:
+        return True  # bluezoo shows only discoverable advertisers
+
+    @method()
+    def Release(self) -> None:
+        pass
+
+
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.value if isinstance(v, Variant) else v) for k, v in (options or {}).items()}
+
+
+# ------------------------------------------------------------------------------------------------- the meter
+
+
+class EmulatedGlucoseMeter:
+    """A GLS meter on one emulated adapter. ``await start()`` registers it; ``await stop()`` removes it."""
+
+    def __init__(
+        self,
+        adapter_path: str = "/org/bluez/hci1",
+        *,
+        records: Iterable[EmuRecord] = (),
+        profile: MeterProfile | None = None,
+        faults: Faults | None = None,
+        central_adapter_path: str = "/org/bluez/hci0",
+        now: Callable[[], datetime] = datetime.now,
+        app_path: str = "/org/clinicgateway/gls",
+        on_transfer_done: Callable[[TransferStats], None] | None = None,
+    ) -> None:
+        self.adapter_path = adapter_path
+        self.records: list[EmuRecord] = sorted(records, key=lambda r: r.sequence)
+        self.profile = profile or MeterProfile()
+        self.faults = faults or Faults()
+        self.central_adapter_path = central_adapter_path
+        self.now = now
+        self.app_path = app_path
+        self.on_transfer_done = on_transfer_done
+        self.address: str | None = None
+        self.stats = TransferStats()
+        self.log: list[tuple[Any, ...]] = []
+        self._bus: MessageBus | None = None
+        self._transfer: asyncio.Task[None] | None = None
+        self._chars: dict[str, _Characteristic] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> "EmulatedGlucoseMeter":
+        self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        self._bus.export(self.app_path, _Application("org.clinicgateway.GlsApp1"))
+        services = [GLS_GATT, DIS_GATT] + ([CTS_GATT] if self.profile.current_time_service else [])
+        for s_index, (service_uuid, chars) in enumerate(services):
+            service = _Service(f"{self.app_path}/service{s_index}", service_uuid)
+            self._bus.export(service.path, service)
+            for c_index, (char_uuid, flags) in enumerate(chars):
+                char = _Characteristic(self, f"{service.path}/char{c_index}", service, char_uuid, flags)
+                self._bus.export(char.path, char)
+                self._chars[char_uuid] = char
+        advert_path = f"{self.app_path}/advert0"
+        self._bus.export(advert_path, _Advertisement(self.profile.name))
+        self.address = str(await self._get(self.adapter_path, "org.bluez.Adapter1", "Address"))
+        await self._call(self.adapter_path, "org.bluez.GattManager1", "RegisterApplication", "oa{sv}",
+                         [self.app_path, {}])  # fmt: skip
+        await self._call(self.adapter_path, "org.bluez.LEAdvertisingManager1", "RegisterAdvertisement", "oa{sv}",
+                         [advert_path, {}])  # fmt: skip
+        _logger.info("emulated meter up on %s (%d records)", self.adapter_path, len(self.records))
+        return self
+
+    async def stop(self) -> None:
+        """Leave the bus: bluezoo drops the application and the advertisement when our name goes."""
+        if self._transfer is not None:
+            self._transfer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._transfer
+        if self._bus is not None and self._bus.connected:
+            self._bus.disconnect()
+            with contextlib.suppress(Exception):
+                await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        self._bus = None
+
+    async def __aenter__(self) -> "EmulatedGlucoseMeter":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- records ------------------------------------------------------------------------------------------
+    def add_records(self, count: int, **kwargs: Any) -> list[EmuRecord]:
+        """Store ``count`` new measurements (as if taken since the last visit), continuing the sequence."""
+        last = self.records[-1] if self.records else None
+        first = last.sequence + 1 if last else 1
+        unit = kwargs.pop("unit", last.unit if last else Unit.MG_DL)
+        start = kwargs.pop("start", (last.time + timedelta(hours=6)) if last else datetime(2026, 8, 1, 7, 30))
+        new = make_records(count, unit=unit, first_sequence=first, start=start, **kwargs)
+        self.records.extend(new)
+        return new
+
+    def meter_now(self) -> datetime:
+        """The meter's clock: local time plus the configured skew."""
+        return self.now() + self.profile.clock_skew
+
+    # -- D-Bus helpers ------------------------------------------------------------------------------------------
+    async def _call(
+        self, path: str, interface: str, member: str, signature: str = "", body: list[Any] | None = None
+    ) -> Any:
+        assert self._bus is not None
+        reply = await self._bus.call(
+            Message(destination=BLUEZ, path=path, interface=interface, member=member, signature=signature,
+                    body=body or [])
+        )  # fmt: skip
+        if reply is None or reply.message_type == MessageType.ERROR:
+            raise RuntimeError(f"{member} on {path}: {None if reply is None else (reply.error_name, reply.body)}")
+        return reply.body
+
+    async def _get(self, path: str, interface: str, prop: str) -> Any:
+        body = await self._call(path, "org.freedesktop.DBus.Properties", "Get", "ss", [interface, prop])
+        value = body[0]
+        return value.value if isinstance(value, Variant) else value
+
+    async def drop_link(self) -> None:
+        """Lose the link, as when the patient walks away. bluezoo does not pass a peripheral's own disconnect to
+        the central, so disconnect the central's device object for this meter: bleak sees a link loss."""
+        path = f"{self.central_adapter_path}/dev_{(self.address or '').replace(':', '_')}"
+        self.log.append(("drop_link", self.stats.records_sent))
+        await self._call(path, "org.bluez.Device1", "Disconnect")
+
+    async def _check_bonded(self, options: dict[str, Any]) -> None:
+        if not self.faults.bonding_required:
+            return
+        device = options.get("device")
+        paired = bool(device) and bool(await self._get(str(device), "org.bluez.Device1", "Paired"))
+        if not paired:
+            self.log.append(("refused_unpaired", device))
+            raise DBusError(*NOT_PAIRED)
+
+    # -- GATT callbacks -----------------------------------------------------------------------------------
+    async def on_read(self, char: _Characteristic, options: dict[str, Any]) -> bytes:
+        self.log.append(("read", char.uuid))
+        p = self.profile
+        if char.uuid in (gls.GLUCOSE_FEATURE_UUID,):
+            await self._check_bonded(options)
+            return struct.pack("<H", int(p.features))
+        strings = {
+            gls.MODEL_NUMBER_UUID: p.model,
+            gls.SERIAL_NUMBER_UUID: p.serial,
+            gls.FIRMWARE_REVISION_UUID: p.firmware,
+            gls.MANUFACTURER_NAME_UUID: p.manufacturer,
+        }
+        if char.uuid in strings:
+            return strings[char.uuid].encode()
+        if char.uuid == gls.CURRENT_TIME_UUID:
+            return gls.encode_current_time(self.meter_now())
+        raise DBusError("org.bluez.Error.NotPermitted", "Read not permitted")
+
+    def on_stop_notify(self, char: _Characteristic) -> None:
+        # The central unsubscribed, or (bluezoo reconnect fix) the link went down: a meter aborts its procedure.
+        if char.uuid in (gls.GLUCOSE_MEASUREMENT_UUID, gls.RACP_UUID) and self._transfer and not self._transfer.done():
+            self._transfer.cancel()
+            self.stats.aborted = True
+            self.log.append(("transfer_aborted", self.stats.records_sent))
+
+    async def on_write(self, char: _Characteristic, value: bytes, options: dict[str, Any]) -> None:
+        if char.uuid != gls.RACP_UUID:
+            raise DBusError("org.bluez.Error.NotPermitted", "Write not permitted")
+        await self._check_bonded(options)
+        self.log.append(("racp", value))
+        racp = char
+        if not racp.notifying:
+            # GLS: Client Characteristic Configuration Descriptor Improperly Configured (0x81)
+            code = gls.GlsAttError.CCCD_IMPROPERLY_CONFIGURED
+            raise DBusError("org.bluez.Error.Failed", f"Operation failed with ATT error: 0x{code:02x}")
+        op = value[0] if value else 0
+        try:
+            request = gls.parse_racp_request(value)
+        except gls.RacpRequestError as exc:
+            await self._respond(op, exc.response)
+            return
+        except ProtocolError:
+            await self._respond(op, gls.RacpResponseCode.INVALID_OPERAND)
+            return
+        busy = self._transfer is not None and not self._transfer.done()
+        if request.op == gls.RacpOpCode.ABORT:
+            if busy and self._transfer is not None:
+                self._transfer.cancel()
+                self.stats.aborted = True
+            await self._respond(op, gls.RacpResponseCode.SUCCESS)
+            return
+        if busy:
+            await self._respond(op, gls.RacpResponseCode.PROCEDURE_NOT_COMPLETED)
+            return
+        supported = (gls.RacpOpCode.REPORT_RECORDS, gls.RacpOpCode.REPORT_NUMBER, gls.RacpOpCode.DELETE_RECORDS)
+        if request.op not in supported:
+            await self._respond(op, gls.RacpResponseCode.OP_CODE_NOT_SUPPORTED)
+            return
+        selected = self._select(request)
+        if isinstance(selected, gls.RacpResponseCode):
+            await self._respond(op, selected)
+        elif request.op == gls.RacpOpCode.REPORT_NUMBER:
+            await racp.send(gls.encode_number_response(len(selected)))
+        elif request.op == gls.RacpOpCode.DELETE_RECORDS:
+            gone = {r.sequence for r in selected}
+            self.records = [r for r in self.records if r.sequence not in gone]
+            await self._respond(op, gls.RacpResponseCode.SUCCESS if gone else gls.RacpResponseCode.NO_RECORDS_FOUND)
+        elif not selected:
+            await self._respond(op, gls.RacpResponseCode.NO_RECORDS_FOUND)
+        else:
+            # Answer the write first (as a meter does), then stream from a task of our own.
+            self._transfer = asyncio.get_running_loop().create_task(self._stream(selected))
+
+    def _select(self, request: gls.RacpRequest) -> list[EmuRecord] | gls.RacpResponseCode:
+        if not isinstance(request.operator, gls.RacpOperator):
+            return gls.RacpResponseCode.OPERATOR_NOT_SUPPORTED
+        records = self.records
+        op = gls.RacpOperator
+        if request.operator is op.NULL:
+            return gls.RacpResponseCode.INVALID_OPERATOR
+        if request.operator is op.ALL:
+            return list(records)
+        if request.operator is op.FIRST:
+            return records[:1]
+        if request.operator is op.LAST:
+            return records[-1:]
+
+        def key(r: EmuRecord) -> int | datetime:
+            if request.filter_type is gls.RacpFilter.SEQUENCE_NUMBER:
+                return r.sequence
+            return r.time + timedelta(minutes=r.time_offset_min or 0)
+
+        values = request.values
+        if request.operator is op.LESS_OR_EQUAL:
+            return [r for r in records if key(r) <= values[0]]  # type: ignore[operator]
+        if request.operator is op.GREATER_OR_EQUAL:
+            return [r for r in records if key(r) >= values[0]]  # type: ignore[operator]
+        if values[0] > values[1]:  # type: ignore[operator]
+            return gls.RacpResponseCode.INVALID_OPERAND
+        return [r for r in records if values[0] <= key(r) <= values[1]]  # type: ignore[operator]
+
+    async def _stream(self, records: list[EmuRecord]) -> None:
+        measurement, context = self._chars[gls.GLUCOSE_MEASUREMENT_UUID], self._chars[gls.GLUCOSE_CONTEXT_UUID]
+        self.stats = TransferStats(started=time.perf_counter())
+        try:
+            for record in records:
+                frame = gls.encode_measurement(record.measurement())
+                if record.sequence in self.faults.malformed_sequences:
+                    frame = frame[:-1]
+                await measurement.send(frame)
+                ctx = record.context()
+                if ctx is not None:
+                    await context.send(gls.encode_context(ctx))
+                self.stats.records_sent += 1
+                if self.faults.drop_link_after is not None and self.stats.records_sent >= self.faults.drop_link_after:
+                    self.faults.drop_link_after = None  # once
+                    await self.drop_link()
+                    return
+                if self.faults.delay_s:
+                    await asyncio.sleep(self.faults.delay_s)
+            await self._respond(gls.RacpOpCode.REPORT_RECORDS, gls.RacpResponseCode.SUCCESS)
+            self.stats.finished = time.perf_counter()
+            if self.on_transfer_done is not None:
+                self.on_transfer_done(self.stats)
+        except asyncio.CancelledError:
+            self.log.append(("stream_cancelled", self.stats.records_sent))
+
+    async def _respond(self, request: int, code: gls.RacpResponseCode) -> None:
+        await self._chars[gls.RACP_UUID].send(gls.encode_response_code(request, code))
+
+
+# -------------------------------------------------------------------------------------------------- command line
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gateway.emulate.ble_meter", description=__doc__.split("\n")[0])
+    parser.add_argument("--adapter", default="/org/bluez/hci1", help="D-Bus path of the meter's adapter")
+    parser.add_argument("--central-adapter", default="/org/bluez/hci0", help="the gateway's adapter (for drops)")
+    parser.add_argument("--count", type=int, default=20, help="records stored (0: no records)")
+    parser.add_argument("--unit", choices=[u.value for u in Unit], default=Unit.MG_DL.value)
+    parser.add_argument("--serial", default="EMU-0001")
+    parser.add_argument("--name", default="Emu Glucose Meter")
+    parser.add_argument("--skew-s", type=float, default=0.0, help="meter clock minus true time, seconds")
+    parser.add_argument("--context-every", type=int, default=3)
+    parser.add_argument("--drop-after", type=int, default=None, help="drop the link once after N records")
+    parser.add_argument("--delay-s", type=float, default=0.0)
+    parser.add_argument("--malformed", type=int, action="append", default=[], help="sequence to send malformed")
+    parser.add_argument("--bonding-required", action="store_true")
+    parser.add_argument("--add-every-s", type=float, default=0.0, help="take a new reading every N seconds")
+    parser.add_argument("--timezone", default=None, help="the meter's local time zone (default: the system's)")
+    parser.add_argument("--stats-file", type=Path, default=None, help="append one JSON line per finished report")
+    return parser.parse_args(argv)
+
+
+def _stats_writer(path: Path) -> Callable[[TransferStats], None]:
+    def write(stats: TransferStats) -> None:
+        line = {"records_sent": stats.records_sent, "elapsed_s": stats.elapsed_s}
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(line) + "\n")
+
+    return write
+
+
+async def run_meter(args: argparse.Namespace) -> None:
+    """Run one meter until cancelled (stand-alone emulator for the demo)."""
+    unit = Unit(args.unit)
+    zone = ZoneInfo(args.timezone) if args.timezone else None
+
+    def local_now() -> datetime:
+        return datetime.now(zone).replace(tzinfo=None)
+
+    start = local_now().replace(microsecond=0) - timedelta(hours=6) * args.count
+    meter = EmulatedGlucoseMeter(
+        args.adapter,
+        records=make_records(args.count, unit=unit, start=start, context_every=args.context_every),
+        profile=MeterProfile(name=args.name, serial=args.serial, clock_skew=timedelta(seconds=args.skew_s)),
+        faults=Faults(
+            drop_link_after=args.drop_after,
+            delay_s=args.delay_s,
+            malformed_sequences=frozenset(args.malformed),
+            bonding_required=args.bonding_required,
+        ),
+        central_adapter_path=args.central_adapter,
+        now=local_now,
+        on_transfer_done=None if args.stats_file is None else _stats_writer(args.stats_file),
+    )
+    async with meter:
+        print(f"meter {args.serial} up on {args.adapter} at {meter.address}", flush=True)
+        while True:
+            if args.add_every_s > 0:
+                await asyncio.sleep(args.add_every_s)
+                meter.add_records(1, unit=unit, start=meter.meter_now().replace(microsecond=0))
+            else:
+                await asyncio.sleep(3600)
+
+
+@dataclass
+class DemoBle:
+    """The demo's emulated BlueZ with one meter process on it (``gateway demo``)."""
+
+    env: "BluezEnv"
+    meter: "subprocess.Popen[str]"
+    serial: str
+    count: int
+    unit: Unit
+    address: str
+    gateway_adapter: str = "hci0"
+
+    @property
+    def bus_address(self) -> str:
+        assert self.env.address is not None
+        return self.env.address
+
+    def describe(self) -> str:
+        return f"{self.serial} ({self.count} records in {self.unit.value}) at {self.address}"
+
+    def stop(self) -> None:
+        """Stop the meter process, then the emulated BlueZ, by PID."""
+        if self.meter.poll() is None:
+            self.meter.terminate()
+            try:
+                self.meter.wait(5)
+            except subprocess.TimeoutExpired:
+                self.meter.kill()
+                self.meter.wait(5)
+        if self.meter.stdout is not None:
+            self.meter.stdout.close()
+        self.env.stop()
+
+
+def start_demo_ble(
+    state_dir: Path,
+    *,
+    count: int = 30,
+    unit: Unit = Unit.MMOL_L,
+    add_every_s: float = 120.0,
+    timezone: str = "Asia/Shanghai",
+) -> DemoBle:
+    """Start an emulated BlueZ (gateway on hci0) and one GLS meter process on hci1 that takes a new reading every
+    ``add_every_s`` seconds, its clock on ``timezone`` local time (the clinic's, like a real meter's).
+    Raises DeviceError (or OSError) when dbus-daemon or bluezoo cannot run."""
+    from gateway.emulate.bluez_env import BluezEnv
+
+    env = BluezEnv(adapters=2, set_environ=False).start()
+    serial = "EMU-DEMO-1"
+    log = state_dir / "ble-meter.log"
+    cmd = [sys.executable, "-m", "gateway.emulate.ble_meter", "--adapter", env.adapter_path(1), "--count", str(count),
+           "--unit", unit.value, "--serial", serial, "--add-every-s", str(add_every_s),
+           "--timezone", timezone]  # fmt: skip
+    with open(log, "ab") as stderr:
+        proc = subprocess.Popen(
+            cmd,
+            env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=env.address or ""),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+    assert proc.stdout is not None
+    ready = select.select([proc.stdout], [], [], 15.0)[0]
+    line = proc.stdout.readline().strip() if ready else ""
+    if not line.startswith("meter "):
+        demo = DemoBle(env, proc, serial, count, unit, "?")
+        demo.stop()
+        raise DeviceError(f"emulated BLE meter did not start (see {log})")
+    return DemoBle(env, proc, serial, count, unit, address=line.rsplit(" ", 1)[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m gateway.emulate.ble_meter``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_meter(_parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

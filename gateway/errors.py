@@ -1,0 +1,137 @@
+"""The gateway's one exception tree.
+
+Callers branch on the type and on attributes, never on message text::
+
+    GatewayError
+    ├── ConfigError          .problems: list[(key_path, message)]        config.py only
+    ├── ProtocolError        a peer sent bytes we cannot accept           pure codecs raise only this family
+    │   ├── FrameError       length / checksum / framing (.wire, .calculated)
+    │   ├── RecordError      well-framed record with impossible content
+    │   └── ContractError    platform message that fails the contract
+    ├── DeviceError          talking to a device failed, not the bytes' fault   .device_id
+    │   ├── DeviceNotFound
+    │   ├── DeviceTimeout
+    │   └── DeviceDisconnected   .records_kept
+    ├── CaptureError         unreadable / oversize / unsupported image
+    ├── ModelError           model missing, wrong version or input shape
+    ├── StoreError           SQLite or image directory
+    │   ├── DiskFull
+    │   └── IntakeRefused    intake stopped before the disk fills
+    └── ForwardError         the broker link failed
+        ├── BrokerAuthError      credentials refused
+        ├── BrokerTLSError       certificate or handshake failure
+        ├── BrokerUnavailable    unreachable, refused connection, timed out
+        └── MessageRejected      the broker refused one message (e.g. too large)
+
+Adapters translate foreign exceptions (BleakError, SerialException, sqlite3.Error, paho reason codes) into
+this tree exactly once, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid; ``problems`` lists every ``(key_path, message)``."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]], source: str = "config") -> None:
+        self.problems = list(problems)
+        self.source = source
+        lines = "; ".join(f"{key}: {msg}" for key, msg in self.problems)
+        super().__init__(f"{source}: {lines}")
+
+
+class ProtocolError(GatewayError):
+    """A peer sent bytes (or a message) that we cannot accept."""
+
+
+class FrameError(ProtocolError):
+    """Framing, length or checksum is wrong. ``wire`` and ``calculated`` carry checksums when relevant."""
+
+    def __init__(self, message: str, *, wire: int | None = None, calculated: int | None = None) -> None:
+        self.wire = wire
+        self.calculated = calculated
+        if wire is not None and calculated is not None:
+            message = f"{message} (wire 0x{wire:04x}, calculated 0x{calculated:04x})"
+        super().__init__(message)
+
+
+class RecordError(ProtocolError):
+    """A well-framed record carries impossible content (month 13, unknown unit code...)."""
+
+
+class ContractError(ProtocolError):
+    """A platform message (ack, command) or payload does not satisfy the message contract."""
+
+
+class DeviceError(GatewayError):
+    """Talking to a device failed for reasons other than the bytes it sent."""
+
+    def __init__(self, message: str, *, device_id: str | None = None) -> None:
+        self.device_id = device_id
+        super().__init__(message)
+
+
+class DeviceNotFound(DeviceError):
+    """The device is not there (not advertising, port missing)."""
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer in time."""
+
+
+class DeviceDisconnected(DeviceError):
+    """The link dropped part way; ``records_kept`` says how many records were already stored."""
+
+    def __init__(self, message: str, *, device_id: str | None = None, records_kept: int = 0) -> None:
+        self.records_kept = records_kept
+        super().__init__(message, device_id=device_id)
+
+
+class CaptureError(GatewayError):
+    """An image could not be accepted: unreadable, corrupt, oversize or unsupported."""
+
+
+class ModelError(GatewayError):
+    """The triage model is missing, of the wrong version or has the wrong input shape."""
+
+
+class StoreError(GatewayError):
+    """The local store (SQLite database or image directory) failed."""
+
+
+class DiskFull(StoreError):
+    """The file system holding the store is full."""
+
+
+class IntakeRefused(StoreError):
+    """New clinical intake is refused because free space is below the configured floor."""
+
+
+class ForwardError(GatewayError):
+    """The link to the platform's broker failed."""
+
+
+class BrokerAuthError(ForwardError):
+    """The broker refused our credentials or client certificate."""
+
+
+class BrokerTLSError(ForwardError):
+    """The TLS handshake failed (untrusted certificate, wrong host name, bad key)."""
+
+
+class BrokerUnavailable(ForwardError):
+    """The broker cannot be reached (DNS, refused, timed out)."""
+
+
+class MessageRejected(ForwardError):
+    """The broker refused one message; ``reason`` is its reason string (e.g. 'Packet too large')."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)

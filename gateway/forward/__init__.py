@@ -1,0 +1,1 @@
+"""Outbox to platform over MQTT; never imports meters/ or retina/."""

@@ -1,0 +1,79 @@
+"""Outbox operations: ``gateway outbox stats`` and ``gateway outbox retry [--kind K]``.
+
+Both work on the store named by the config and are safe while the daemon runs (SQLite WAL; the store
+serialises writers). ``retry`` puts parked messages back in the queue after IT fixed the cause (for
+example raised the broker's message size limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from gateway.cli import EXIT_OK, add_config_argument, config_from
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from gateway.daemon import open_runtime
+
+    return open_runtime(config_from(args))
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from gateway.store.outbox import Outbox
+
+    runtime = _open(args)
+    try:
+        outbox = Outbox(runtime.store)
+        stats = outbox.stats()
+        acked, last_ack = outbox.ack_activity()
+        outbox_rows = outbox.parked(limit=args.limit)
+        summary: dict[str, Any] = {
+            "unsent": stats.total_unsent,
+            "parked": stats.parked,
+            "acked_kept": acked,
+            "last_ack_at": last_ack,
+            "oldest_unsent_created_at": stats.oldest_unsent_created_at,
+            "by_kind": stats.counts,
+            "parked_messages": outbox_rows,
+        }
+    finally:
+        runtime.store.close()
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"unsent {summary['unsent']}, parked {summary['parked']}, acked (kept) {acked}, last ack {last_ack or '-'}")
+    for kind, by_state in sorted(stats.counts.items()):
+        print(f"  {kind:<12} " + ", ".join(f"{state} {n}" for state, n in sorted(by_state.items())))
+    for row in outbox_rows:
+        print(f"  parked {row['message_id']} ({row['kind']}): {row['parked_reason']}")
+    return EXIT_OK
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from gateway.store.outbox import Outbox
+
+    runtime = _open(args)
+    try:
+        count = Outbox(runtime.store).retry_parked(args.kind)
+    finally:
+        runtime.store.close()
+    what = f"{args.kind} " if args.kind else ""
+    print(f"{count} parked {what}message(s) put back in the queue")
+    return EXIT_OK
+
+
+def register(subparsers: Any) -> None:
+    """Add ``outbox stats`` and ``outbox retry`` to the ``gateway`` command."""
+    outbox = subparsers.add_parser("outbox", help="inspect and retry the outbox (messages to the platform)")
+    sub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    stats = sub.add_parser("stats", help="counts per kind and state, the oldest unsent message, parked reasons")
+    add_config_argument(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.add_argument("--limit", type=int, default=20, help="parked messages to list (default 20)")
+    stats.set_defaults(func=_cmd_stats)
+    retry = sub.add_parser("retry", help="put parked messages back in the queue")
+    add_config_argument(retry)
+    retry.add_argument("--kind", default=None, help="only this kind (glucose, capture, image_chunk, event)")
+    retry.set_defaults(func=_cmd_retry)

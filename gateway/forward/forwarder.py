@@ -1,0 +1,431 @@
+"""The drain loop: outbox -> broker -> platform ``ack`` -> outbox, as a daemon component.
+
+What it supports:
+
+- Drains the outbox in ``seq`` order (``Outbox.claim_batch``) with at most ``forward.inflight_window``
+  messages sent but not yet confirmed by the platform.
+- A message is confirmed only when the platform's ``ack`` names its ``message_id`` (PUBACK only proves the
+  broker has it). Unconfirmed messages go back to the queue after ``forward.ack_timeout_s``, measured on
+  the monotonic clock: the wall clock of a Pi without RTC may jump by years when NTP syncs late.
+- At start every ``sent`` row is requeued (what was in flight when we stopped goes out again; the
+  platform deduplicates on ``message_id``).
+- A message the broker refuses (PUBACK failure code, or a link dropped over it: 0x95 Packet too large)
+  is parked with the reason, and the rest keeps draining. A body that cannot be read is parked too.
+- Failures get a named state (``auth_refused``, ``tls_error``, ``unreachable``...) with the error text,
+  and exponential backoff with jitter before the next attempt; nothing is lost meanwhile (all in SQLite).
+- Downlink: ``<prefix>ack`` and ``<prefix>cmd/referral`` (validated, stored once per referral_id). A
+  malformed or unknown message is logged (ids and sizes only, never payloads) and dropped.
+
+State for the status page comes from :meth:`Forwarder.snapshot` (no patient data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from gateway import __version__
+from gateway.clock import Clock
+from gateway.config import GatewayConfig
+from gateway.errors import (
+    BrokerAuthError,
+    BrokerTLSError,
+    BrokerUnavailable,
+    ConfigError,
+    ContractError,
+    ForwardError,
+    GatewayError,
+    MessageRejected,
+    StoreError,
+)
+from gateway.forward import contract
+from gateway.forward.mqtt import (
+    Connected,
+    Disconnected,
+    LinkEvent,
+    MqttLink,
+    PublishHandle,
+    Received,
+    Rejected,
+    settings_from_config,
+)
+from gateway.records import OutboxMessage
+from gateway.runtime import Component, Runtime
+from gateway.store import Store
+from gateway.store.db import iso
+from gateway.store.events import add_event
+from gateway.store.outbox import Outbox
+from gateway.store.referrals import add_referral
+
+_logger = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.1
+"""How often an empty outbox is looked at again (other components write rows without telling us)."""
+RATE_WINDOW_S = 60.0
+HEALTHY_BEAT_S = 120.0
+
+
+class LinkState(StrEnum):
+    """What the forwarder's link to the broker is doing (status page, metrics)."""
+
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    AUTH_REFUSED = "auth_refused"
+    TLS_ERROR = "tls_error"
+    UNREACHABLE = "unreachable"
+    CONFIG_ERROR = "config_error"
+    BACKOFF = "backoff"
+
+
+def state_for(error: BaseException) -> LinkState:
+    """The link state a connection failure puts us in."""
+    if isinstance(error, BrokerAuthError):
+        return LinkState.AUTH_REFUSED
+    if isinstance(error, BrokerTLSError):
+        return LinkState.TLS_ERROR
+    if isinstance(error, BrokerUnavailable):
+        return LinkState.UNREACHABLE
+    if isinstance(error, ConfigError):
+        return LinkState.CONFIG_ERROR
+    return LinkState.BACKOFF
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with "equal jitter": half of ``min(max, initial * 2**attempt)`` plus a random half.
+
+    Jitter keeps many gateways from reconnecting in lock-step after the platform's broker comes back.
+    """
+    ceiling = min(max_s, initial_s * float(2 ** min(attempt, 30)))
+    jitter: float = (rng or random.Random()).uniform(0, ceiling / 2)
+    return ceiling / 2 + jitter
+
+
+@dataclass(slots=True)
+class _Inflight:
+    seq: int
+    kind: str
+    sent_mono: float
+    handle: PublishHandle | None
+
+
+class Forwarder:
+    """Daemon component ``forwarder``: drains the outbox to the platform and applies its acks and commands."""
+
+    name = "forwarder"
+
+    def __init__(self, config: GatewayConfig, store: Store, clock: Clock, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.outbox = Outbox(store)
+        self.prefix = config.topic_prefix
+        self._rng = rng or random.Random()
+        self._inflight: OrderedDict[str, _Inflight] = OrderedDict()
+        self._acked: deque[tuple[float, int]] = deque()
+        self._beat = clock.monotonic()
+        self.state = LinkState.STOPPED
+        self.last_error: str | None = None
+        self.last_ack_at: str | None = None
+        self._last_ack_mono: float | None = None
+        self.retry_in_s: float | None = None
+        self.loops = 0
+        """Passes of the drain loop (tests wait on it instead of on time)."""
+        self.counters = {"sent": 0, "acked": 0, "resent_after_timeout": 0, "parked": 0, "dropped_downlink": 0}
+        self._link: MqttLink | None = None
+
+    # -- status ---------------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        """False when the loop has stopped turning (a broker outage is not unhealthy: we back off)."""
+        return self.clock.monotonic() - self._beat < HEALTHY_BEAT_S
+
+    def drain_rate(self) -> float:
+        """Confirmed messages per second over the last minute."""
+        now = self.clock.monotonic()
+        while self._acked and now - self._acked[0][0] > RATE_WINDOW_S:
+            self._acked.popleft()
+        return round(sum(n for _, n in self._acked) / RATE_WINDOW_S, 2)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The link's state for the status page (no patient data)."""
+        try:
+            stats = self.outbox.stats()
+            depth: int | None = stats.total_unsent
+            parked: int | None = stats.parked
+        except GatewayError:
+            depth = parked = None
+        return {
+            "state": str(self.state),
+            "connected": self.state is LinkState.ONLINE,
+            "broker": f"{self.config.forward.host}:{self.config.forward.port}",
+            "tls": self.config.forward.tls is not None,
+            "last_error": self.last_error,
+            "last_ack_at": self.last_ack_at,
+            "last_ack_age_s": None
+            if self._last_ack_mono is None
+            else round(self.clock.monotonic() - self._last_ack_mono, 1),
+            "in_flight": len(self._inflight),
+            "drain_rate_per_s": self.drain_rate(),
+            "outbox_depth": depth,
+            "parked": parked,
+            "retry_in_s": self.retry_in_s,
+            "counters": dict(self.counters),
+        }
+
+    def _set_state(self, state: LinkState, error: BaseException | None = None) -> None:
+        if error is not None:
+            self.last_error = f"{type(error).__name__}: {error}"
+        if state is not self.state:
+            _logger.info("broker link %s -> %s%s", self.state, state, f" ({self.last_error})" if error else "")
+            self.state = state
+
+    def _online_payload(self) -> bytes:
+        health: dict[str, Any] = {
+            "version": __version__,
+            "at": iso(self.clock.utc_now()),
+            "clock_synchronised": self.clock.is_synchronised(),
+        }
+        with contextlib.suppress(GatewayError):
+            stats = self.outbox.stats()
+            health.update(outbox_unsent=stats.total_unsent, outbox_parked=stats.parked)
+        gw = self.config.gateway
+        return contract.status_payload("online", site_id=gw.site_id, gateway_id=gw.gateway_id, **health)
+
+    def _offline_payload(self) -> bytes:
+        gw = self.config.gateway
+        return contract.status_payload("offline", site_id=gw.site_id, gateway_id=gw.gateway_id)
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, drain, back off on failure; until cancelled."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[LinkEvent] = asyncio.Queue()
+
+        def on_event(event: LinkEvent) -> None:  # network thread -> event loop
+            with contextlib.suppress(RuntimeError):  # loop closed at shutdown
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        requeued = self.outbox.requeue_all_sent()
+        if requeued:
+            _logger.info("requeued %d messages that were in flight at the last stop", requeued)
+        self._inflight.clear()
+        attempt = 0
+        try:
+            while True:
+                self._beat = self.clock.monotonic()
+                self._set_state(LinkState.CONNECTING)
+                try:
+                    settings = settings_from_config(self.config, will_payload=self._offline_payload())
+                    link = self._link = MqttLink(settings, on_event, online_payload=self._online_payload)
+                    await asyncio.to_thread(link.connect)
+                except (ForwardError, ConfigError) as exc:
+                    self._set_state(state_for(exc), exc)
+                    _logger.warning("cannot connect to the broker: %s: %s", type(exc).__name__, exc)
+                else:
+                    attempt = 0
+                    self.retry_in_s = None
+                    self._set_state(LinkState.ONLINE)
+                    _logger.info("connected to the broker (session present: %s)", link.session_present)
+                    error = await self._drain(link, events)
+                    self._set_state(state_for(error), error)
+                    _logger.warning("broker link lost: %s", error)
+                delay = backoff_delay(
+                    attempt, self.config.forward.backoff_initial_s, self.config.forward.backoff_max_s, self._rng
+                )
+                attempt += 1
+                self.retry_in_s = round(delay, 2)
+                await self._sleep_processing(events, delay)
+        finally:
+            link_now, self._link = self._link, None
+            if link_now is not None:
+                link_now.close(offline_payload=self._offline_payload())
+            self._set_state(LinkState.STOPPED)
+
+    async def _sleep_processing(self, events: asyncio.Queue[LinkEvent], delay: float) -> None:
+        """Back off for ``delay`` seconds; late events (acks already received) are still applied."""
+        deadline = self.clock.monotonic() + delay
+        while (left := deadline - self.clock.monotonic()) > 0:
+            self._beat = self.clock.monotonic()
+            event = await self._next_event(events, min(left, 1.0))
+            if event is not None:
+                self._apply([event, *self._pending(events)])
+            self._expire()
+
+    @staticmethod
+    async def _next_event(events: asyncio.Queue[LinkEvent], timeout: float) -> LinkEvent | None:
+        """The next link event, or None after ``timeout`` seconds."""
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that races with
+        # the result, and the daemon must be able to stop us.
+        try:
+            async with asyncio.timeout(timeout):
+                return await events.get()
+        except TimeoutError:
+            return None
+
+    @staticmethod
+    def _pending(events: asyncio.Queue[LinkEvent]) -> list[LinkEvent]:
+        out: list[LinkEvent] = []
+        while True:
+            try:
+                out.append(events.get_nowait())
+            except asyncio.QueueEmpty:
+                return out
+
+    async def _drain(self, link: MqttLink, events: asyncio.Queue[LinkEvent]) -> ForwardError:
+        """Send and confirm until the connection ends; return why it ended."""
+        window = self.config.forward.inflight_window
+        while True:
+            self.loops += 1
+            self._beat = self.clock.monotonic()
+            sent_any = False
+            room = window - len(self._inflight)
+            if room > 0 and link.connected:
+                batch = self.outbox.claim_batch(room)
+                sent_any = bool(batch)
+                for i, message in enumerate(batch):
+                    if not self._send(link, message):
+                        # not connected any more: the rest of the batch goes back, in order
+                        self.outbox.requeue([m.message_id for m in batch[i:]])
+                        break
+            timeout = 0.0 if sent_any and len(self._inflight) < window else self._wait_s()
+            first = await self._next_event(events, timeout) if timeout > 0 else None
+            batch_events = ([first] if first is not None else []) + self._pending(events)
+            ended = self._apply(batch_events)
+            self._expire()
+            if ended is not None:
+                return ended
+            if not link.connected and not batch_events:
+                # The thread reports every end; this guards against a link that is down without saying so.
+                await asyncio.sleep(0)
+
+    def _wait_s(self) -> float:
+        """How long to wait for events: until the oldest ack deadline, at most the idle poll."""
+        if not self._inflight:
+            return IDLE_POLL_S
+        oldest = next(iter(self._inflight.values()))
+        due = oldest.sent_mono + self.config.forward.ack_timeout_s - self.clock.monotonic()
+        return max(0.001, min(IDLE_POLL_S, due))
+
+    def _send(self, link: MqttLink, message: OutboxMessage) -> bool:
+        """Publish one claimed message; False when the link is down (the caller requeues)."""
+        try:
+            body = message.payload if message.payload is not None else self._read_body(message)
+            handle = link.publish(
+                self.prefix + message.topic, body, message_id=message.message_id, properties=message.properties
+            )
+        except MessageRejected as exc:
+            self._park(message.message_id, message.kind, f"broker refused the message: {exc.reason}")
+            return True
+        except StoreError as exc:
+            self._park(message.message_id, message.kind, f"message body cannot be read: {exc}")
+            return True
+        except BrokerUnavailable:
+            return False
+        if handle.state == "lost":
+            return False
+        self._inflight[message.message_id] = _Inflight(message.seq, message.kind, self.clock.monotonic(), handle)
+        self.counters["sent"] += 1
+        return True
+
+    def _read_body(self, message: OutboxMessage) -> bytes:
+        """Bytes of a row stored by reference (image chunks), read at send time."""
+        try:
+            from gateway.store.captures import read_body
+        except ImportError as exc:  # pragma: no cover - the retina area ships it
+            raise StoreError("gateway.store.captures.read_body is not available to resolve body_ref") from exc
+        return read_body(self.store, message.body_ref or "")
+
+    def _park(self, message_id: str, kind: str, reason: str) -> None:
+        self._inflight.pop(message_id, None)
+        self.outbox.park(message_id, reason)
+        self.counters["parked"] += 1
+        _logger.warning("parked message %s (%s): %s", message_id, kind, reason)
+        with contextlib.suppress(GatewayError):
+            add_event(
+                self.store,
+                "message_parked",
+                f"a {kind} message was set aside: {reason}",
+                level="warning",
+                detail={"message_id": message_id, "kind": kind},
+            )
+
+    def _expire(self) -> None:
+        """Requeue messages the platform has not confirmed within ack_timeout_s (monotonic clock)."""
+        if not self._inflight:
+            return
+        limit = self.clock.monotonic() - self.config.forward.ack_timeout_s
+        late = [mid for mid, f in self._inflight.items() if f.sent_mono <= limit]
+        if not late:
+            return
+        for mid in late:
+            del self._inflight[mid]
+        requeued = self.outbox.requeue(late)
+        self.counters["resent_after_timeout"] += requeued
+        _logger.info("no platform ack within %.0f s for %d messages; re-sending", self.config.forward.ack_timeout_s,
+                     requeued)  # fmt: skip
+
+    def _apply(self, events: list[LinkEvent]) -> ForwardError | None:
+        """Apply a batch of link events; return the error when the connection ended."""
+        acked: list[str] = []
+        ended: ForwardError | None = None
+        for event in events:
+            match event:
+                case Received(topic=topic, payload=payload):
+                    acked.extend(self._downlink(topic, payload))
+                case Rejected(message_id=mid, reason=reason):
+                    info = self._inflight.get(mid)
+                    self._park(mid, info.kind if info else "unknown", reason)
+                case Disconnected(error=error, rejected=rejected, unconfirmed=unconfirmed):
+                    for mid, reason in rejected:
+                        info = self._inflight.get(mid)
+                        if info is not None:
+                            self._park(mid, info.kind, reason)
+                    lost = [mid for mid in unconfirmed if self._inflight.pop(mid, None) is not None]
+                    if lost:
+                        self.outbox.requeue(lost)
+                    ended = error
+                case Connected():
+                    pass
+        if acked:
+            self._confirm(acked)
+        return ended
+
+    def _confirm(self, message_ids: list[str]) -> None:
+        changed = self.outbox.ack(message_ids)
+        for mid in message_ids:
+            self._inflight.pop(mid, None)
+        now = self.clock.monotonic()
+        self._acked.append((now, changed))
+        self._last_ack_mono = now
+        self.last_ack_at = iso(self.clock.utc_now())
+        self.counters["acked"] += changed
+
+    def _downlink(self, topic: str, payload: bytes) -> list[str]:
+        """Handle one downlink message; return the message ids it acknowledges."""
+        relative = topic.removeprefix(self.prefix)
+        try:
+            if relative == contract.TOPIC_ACK:
+                return contract.parse_ack(payload)
+            if relative == contract.TOPIC_REFERRAL:
+                referral = contract.parse_referral(payload)
+                if add_referral(self.store, referral):
+                    _logger.info("referral %s received (%s)", referral.referral_id, referral.decision)
+                return []
+            raise ContractError(f"unknown downlink topic {relative!r}")
+        except ContractError as exc:
+            self.counters["dropped_downlink"] += 1
+            # Only the schema and JSON path of the problem: jsonschema's message may quote values (PHI).
+            where = ": ".join(str(exc).split(": ")[:2])
+            _logger.warning("dropped a downlink message on %s (%d bytes): %s", relative, len(payload), where)
+            return []
+
+
+def components(runtime: Runtime) -> list[Component]:
+    """The forwarder, for the daemon."""
+    return [Forwarder(runtime.config, runtime.store, runtime.clock)]

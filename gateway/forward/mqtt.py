@@ -1,0 +1,572 @@
+"""ADAPTER: the MQTT link to the platform's broker (paho-mqtt 2.x), and the only module that imports paho.
+
+Supports: MQTT 5, QoS 1, a persistent session (``clean_start=False`` AND a non-zero
+``SessionExpiryInterval``: MQTT 5 keeps no session without both), plain TCP, TLS and mutual TLS,
+username/password, a retained Last Will (``status`` = offline) and a retained ``status`` = online on every
+connect. Every paho return code, reason code and socket/TLS exception is translated here, once, into
+:mod:`gateway.errors` (``BrokerAuthError``, ``BrokerTLSError``, ``BrokerUnavailable``, ``MessageRejected``).
+
+One :class:`MqttLink` holds at most one connection. Each :meth:`MqttLink.connect` builds a *fresh* paho
+client and runs its network loop in a thread we own, with paho's own reconnect switched off:
+
+- the gateway's outbox, not paho's in-memory queue, decides what is re-sent (so nothing is sent twice
+  on paho's initiative, and a message the broker refuses cannot be replayed forever by paho);
+- the network thread cannot die unnoticed: whatever ends it (disconnect, socket error, a bug), the link
+  emits one :class:`Disconnected` event, and the forwarder backs off and reconnects.
+
+The broker refusing one message: a PUBACK with a reason code >= 0x80 marks that message rejected. But
+mosquitto answers a PUBLISH over ``message_size_limit`` with PUBACK reason 0x95 (Packet too large), which is
+not a valid PUBACK reason in MQTT 5; paho 2.2 cannot decode it ("Received malformed packet"), closes the
+socket with "Protocol error" and, left to itself, would reconnect and replay the same message forever.
+Brokers with ``max_packet_size`` instead DISCONNECT with 0x95. Brokers answer a connection's PUBLISHes in
+order, so when the link drops for one of these reasons the oldest PUBLISH still unanswered is the one refused:
+the :class:`Disconnected` event names it in ``rejected``, and every other unanswered one in ``unconfirmed``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paho.mqtt.client import MQTT_LOG_ERR, Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.config import GatewayConfig, read_secret
+from gateway.errors import BrokerAuthError, BrokerTLSError, BrokerUnavailable, ForwardError, MessageRejected
+from gateway.forward import contract
+
+_logger = logging.getLogger(__name__)
+
+QOS = 1
+# CONNACK reason codes that mean "your credentials / certificate identity are refused" (MQTT 5 §3.2.2.2).
+_AUTH_REFUSED = {0x86, 0x87, 0x8A, 0x8C}  # bad user name or password, not authorized, banned, bad auth
+# DISCONNECT reasons after which the oldest unanswered PUBLISH is the one the broker refused.
+_MESSAGE_REFUSED_DISCONNECT = {0x81, 0x82, 0x95, 0x97, 0x99}  # malformed, protocol error, too large, quota, format
+_NOTHING = object()
+_PUBLISH_OVERHEAD = 512
+"""Bytes for the fixed header, topic and properties, when checking a payload against the broker's limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS to the broker; ``cert_file`` + ``key_file`` for mutual TLS."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_hostname: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """Everything needed to connect; built from the config by :func:`settings_from_config`."""
+
+    host: str
+    port: int
+    client_id: str
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: TlsSettings | None = None
+    will_topic: str | None = None
+    will_payload: bytes | None = None
+    subscriptions: tuple[str, ...] = ()
+    max_inflight: int = 50
+    connect_timeout_s: float = 10.0
+
+
+def settings_from_config(config: GatewayConfig, *, will_payload: bytes | None = None) -> LinkSettings:
+    """The link settings of a gateway config; the password comes from ``forward.password_file`` (0600)."""
+    fwd = config.forward
+    prefix = config.topic_prefix
+    password = read_secret(fwd.password_file) if fwd.password_file is not None else None
+    tls = None
+    if fwd.tls is not None:
+        tls = TlsSettings(
+            ca_file=fwd.tls.ca_file,
+            cert_file=fwd.tls.cert_file,
+            key_file=fwd.tls.key_file,
+            insecure_skip_hostname=fwd.tls.insecure_skip_hostname,
+        )
+    return LinkSettings(
+        host=fwd.host,
+        port=fwd.port,
+        client_id=config.client_id,
+        keepalive_s=fwd.keepalive_s,
+        session_expiry_s=fwd.session_expiry_s,
+        username=fwd.username,
+        password=password,
+        tls=tls,
+        will_topic=prefix + contract.TOPIC_STATUS,
+        will_payload=will_payload,
+        subscriptions=(prefix + contract.TOPIC_ACK, prefix + contract.TOPIC_REFERRAL),
+        max_inflight=fwd.inflight_window,
+        connect_timeout_s=max(5.0, float(fwd.keepalive_s)),
+    )
+
+
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """An SSL context that trusts ``ca_file`` (and presents our certificate for mutual TLS).
+
+    Raises BrokerTLSError when a file cannot be loaded; the key is a secret file checked for its mode.
+    """
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file))
+        if tls.cert_file is not None and tls.key_file is not None:
+            read_secret(tls.key_file)  # refuses a key others can read (ConfigError names the file)
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        if tls.insecure_skip_hostname:
+            ctx.check_hostname = False
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerTLSError(f"cannot load TLS files: {exc}") from exc
+    return ctx
+
+
+# -- events the link emits (from its network thread) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """CONNACK success. ``session_present``: the broker kept our session (subscriptions, queued acks)."""
+
+    session_present: bool
+    max_packet_size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The connection ended (exactly one per successful connect).
+
+    ``rejected``: ``(message_id, reason)`` of a message the broker refused by dropping the link;
+    ``unconfirmed``: message ids published on this connection without a PUBACK (re-send them).
+    """
+
+    error: ForwardError
+    rejected: tuple[tuple[str, str], ...] = ()
+    unconfirmed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A PUBACK with a failure reason code: the broker refused this one message."""
+
+    message_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message on one of our subscriptions."""
+
+    topic: str
+    payload: bytes
+
+
+LinkEvent = Connected | Disconnected | Rejected | Received
+
+
+class PublishHandle:
+    """One message in flight to the broker (like paho's ``MQTTMessageInfo``).
+
+    ``state``: ``queued`` until the broker answers, then ``published`` (PUBACK success), ``rejected``
+    (with ``reason``) or ``lost`` (the connection ended first). PUBACK only proves the broker has it;
+    the forwarder still waits for the platform's ``ack``.
+    """
+
+    __slots__ = ("message_id", "mid", "reason", "size", "state")
+
+    def __init__(self, message_id: str, mid: int, size: int) -> None:
+        self.message_id = message_id
+        self.mid = mid
+        self.size = size
+        self.state = "queued"
+        self.reason: str | None = None
+
+    def is_published(self) -> bool:
+        """True once the broker acknowledged (PUBACK with a success code)."""
+        return self.state == "published"
+
+    def wait_for_publish(self, timeout: float = 10.0) -> bool:
+        """Block until the broker answered or the link dropped (at most ``timeout`` s); True when published."""
+        # Polling, so that the hot path does not build a Condition per message; callers are tests and tools.
+        deadline = time.monotonic() + timeout
+        while self.state == "queued" and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.is_published()
+
+    def _finish(self, state: str, reason: str | None = None) -> None:
+        self.state, self.reason = state, reason
+
+
+def _reason_text(rc: ReasonCode | int | MQTTErrorCode) -> str:
+    if isinstance(rc, ReasonCode):
+        return f"{rc.getName()} (0x{rc.value:02x})"
+    return str(rc)
+
+
+def _reason_value(rc: ReasonCode | int) -> int:
+    return rc.value if isinstance(rc, ReasonCode) else int(rc)
+
+
+def connack_error(rc: ReasonCode | int) -> ForwardError:
+    """Translate a failed CONNACK reason code into the gateway's error tree."""
+    value = _reason_value(rc)
+    text = _reason_text(rc)
+    if value in _AUTH_REFUSED:
+        return BrokerAuthError(f"broker refused the credentials: {text}")
+    return BrokerUnavailable(f"broker refused the connection: {text}")
+
+
+def connect_exception(exc: BaseException, where: str) -> ForwardError:
+    """Translate a socket / TLS exception raised while connecting."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return BrokerTLSError(f"{where}: broker certificate not trusted: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        return BrokerTLSError(f"{where}: TLS handshake failed: {exc.reason or exc}")
+    if isinstance(exc, socket.gaierror):
+        return BrokerUnavailable(f"{where}: cannot resolve host ({exc.strerror})")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return BrokerUnavailable(f"{where}: timed out")
+    if isinstance(exc, OSError):
+        return BrokerUnavailable(f"{where}: {exc.strerror or exc}")
+    return BrokerUnavailable(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def set_nodelay(client: Client) -> None:
+    """Switch Nagle off on paho's socket (paho does not): otherwise the last PUBLISH of a window and the
+    platform's small ack wait for the peer's delayed ACK, ~40 ms a hop, and a 50-message window drains at
+    ~650 messages/s instead of thousands (bench/outbox_drain.py)."""
+    sock = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
+
+
+class MqttLink:
+    """One connection at a time to the broker; events go to ``on_event`` (called from the network thread).
+
+    ``on_event`` must not block and must not raise (the forwarder hands events to its event loop).
+    ``online_payload`` builds the retained ``status`` published after each successful connect.
+    """
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        on_event: Callable[[LinkEvent], None],
+        *,
+        online_payload: Callable[[], bytes] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._on_event = on_event
+        self._online_payload = online_payload
+        self._client: Client | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._handles: dict[int, PublishHandle] = {}  # mid -> handle, in publish order
+        self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() to the map
+        self._connack: threading.Event = threading.Event()
+        self._connack_rc: ReasonCode | None = None
+        self._disconnect_rc: ReasonCode | None = None
+        self._connected = False
+        self._ended = False
+        self._publishing = 0
+        self._deferred_error: object = _NOTHING
+        self.max_packet_size: int | None = None
+        self.session_present = False
+
+    # -- connection --------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """True between a successful CONNACK and the end of the connection."""
+        return self._connected
+
+    def _new_client(self) -> Client:
+        s = self.settings
+        client = Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        client.suppress_exceptions = True  # a bug in a callback must not kill the network thread
+        client.max_inflight_messages_set(max(20, s.max_inflight))
+        client.max_queued_messages_set(0)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls is not None:
+            client.tls_set_context(tls_context(s.tls))
+        if s.will_topic is not None and s.will_payload is not None:
+            client.will_set(s.will_topic, s.will_payload, qos=QOS, retain=True)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish
+        client.on_message = self._handle_message
+        client.on_log = self._handle_log
+        return client
+
+    def connect(self) -> Connected:
+        """Connect (blocking: TCP, TLS, CONNECT and CONNACK) and start the network thread.
+
+        Raises BrokerUnavailable, BrokerTLSError or BrokerAuthError; the link is then closed.
+        """
+        self.close()
+        s = self.settings
+        client = self._new_client()
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = s.session_expiry_s  # without it MQTT 5 drops the session at disconnect
+        self._connack = threading.Event()
+        self._connack_rc = self._disconnect_rc = None
+        self._last_socket_error = None
+        with self._lock:
+            self._handles.clear()
+            self._early.clear()
+            self._ended = False
+            self._publishing = 0
+            self._deferred_error = _NOTHING
+        where = f"{s.host}:{s.port}"
+        try:
+            client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props)
+        except Exception as exc:  # socket and TLS errors, translated once here
+            with contextlib.suppress(Exception):
+                sock = client.socket()
+                if sock is not None:
+                    sock.close()
+            raise connect_exception(exc, where) from exc
+        set_nodelay(client)
+        self._client = client
+        thread = threading.Thread(target=self._network_loop, args=(client,), name="mqtt-link", daemon=True)
+        self._thread = thread
+        thread.start()
+        if not self._connack.wait(s.connect_timeout_s):
+            self.close()
+            raise BrokerUnavailable(f"{where}: no CONNACK within {s.connect_timeout_s:g} s")
+        rc = self._connack_rc
+        if rc is None:  # the loop ended before a CONNACK: the broker closed the socket (TLS alert, refused)
+            error = self._thread_error or self._closed_before_connack(where)
+            self.close()
+            raise error
+        if rc.is_failure:
+            self.close()
+            raise connack_error(rc)
+        return Connected(session_present=self.session_present, max_packet_size=self.max_packet_size)
+
+    _thread_error: ForwardError | None = None
+    _last_socket_error: str | None = None
+
+    def _closed_before_connack(self, where: str) -> ForwardError:
+        # With TLS 1.3 a server that wants our client certificate says so in an alert after the handshake;
+        # paho reads it in its loop and only logs it ("failed to receive on socket: [SSL: ...]").
+        text = self._last_socket_error
+        if text and any(word in text.lower() for word in ("ssl", "tls", "certificate")):
+            return BrokerTLSError(f"{where}: the broker ended the TLS session: {text}")
+        return BrokerUnavailable(f"{where}: connection closed before CONNACK" + (f" ({text})" if text else ""))
+
+    def _handle_log(self, _client: Client, _userdata: Any, level: int, text: str) -> None:
+        if level == MQTT_LOG_ERR:
+            self._last_socket_error = text
+
+    def _network_loop(self, client: Client) -> None:
+        """Run paho's loop until the connection ends; then say so, whatever ended it."""
+        self._thread_error = None
+        error: ForwardError | None = None
+        try:
+            client.loop_forever()
+        except Exception as exc:  # socket / TLS errors surface here; anything else is reported the same way
+            error = connect_exception(exc, "network loop")
+            self._thread_error = error
+            _logger.warning("MQTT network loop ended: %s", error)
+        finally:
+            self._connected = False
+            if not self._connack.is_set():
+                self._connack.set()  # wake connect(): it reports the failure itself
+            elif self._connack_rc is not None and not self._connack_rc.is_failure:
+                with self._lock:
+                    self._ended = True
+                    # A publish() still between paho and our map holds a message that may be the refused
+                    # one: the last publish() to finish reports the end instead (see _finish_publish).
+                    event = None if self._publishing else self._disconnected_event(error)
+                    if event is None:
+                        self._deferred_error = error
+                if event is not None:
+                    self._emit(event)
+
+    def _disconnected_event(self, error: ForwardError | None) -> Disconnected:
+        """The end of the connection, with the refused and the unanswered messages. Call with the lock held."""
+        rc = self._disconnect_rc
+        reason = _reason_text(rc) if rc is not None else "connection lost"
+        pending = [h for h in self._handles.values() if h.state == "queued"]
+        self._handles.clear()
+        rejected: list[tuple[str, str]] = []
+        if rc is not None and _reason_value(rc) in _MESSAGE_REFUSED_DISCONNECT and pending:
+            culprit = pending.pop(0)
+            text = f"broker refused the message ({culprit.size} bytes) and dropped the link: {reason}"
+            if _reason_value(rc) in (0x81, 0x82):
+                # paho could not decode the broker's answer to it: mosquitto's PUBACK 0x95 for message_size_limit
+                text += "; most likely too large for the broker (its message_size_limit)"
+            culprit._finish("rejected", text)
+            rejected.append((culprit.message_id, text))
+        for handle in pending:
+            handle._finish("lost", reason)
+        return Disconnected(
+            error=error or BrokerUnavailable(f"disconnected: {reason}"),
+            rejected=tuple(rejected),
+            unconfirmed=tuple(h.message_id for h in pending),
+        )
+
+    def close(self, offline_payload: bytes | None = None) -> None:
+        """Disconnect cleanly (publishing ``offline_payload`` as retained status first) and stop the thread."""
+        client, thread = self._client, self._thread
+        self._client = self._thread = None
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            if offline_payload is not None and self._connected and self.settings.will_topic:
+                client.publish(self.settings.will_topic, offline_payload, qos=QOS, retain=True).wait_for_publish(2.0)
+            client.disconnect()  # before the thread ends (TESTING.md: disconnect, then stop the loop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
+        with contextlib.suppress(Exception):
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+        self._connected = False
+
+    # -- publishing --------------------------------------------------------------------------
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        message_id: str,
+        properties: Mapping[str, str] | None = None,
+        retain: bool = False,
+    ) -> PublishHandle:
+        """Publish at QoS 1 with ``message_id`` (and ``properties``) as MQTT 5 user properties.
+
+        Raises MessageRejected when the broker said it takes no packet this large, BrokerUnavailable
+        when there is no connection.
+        """
+        client = self._client
+        if client is None or not self._connected or self._ended:
+            raise BrokerUnavailable("not connected to the broker")
+        limit = self.max_packet_size
+        if limit is not None and len(payload) + len(topic) + _PUBLISH_OVERHEAD > limit:
+            raise MessageRejected(
+                f"message of {len(payload)} bytes exceeds the broker's maximum packet size {limit}",
+                reason="Packet too large (broker maximum packet size)",
+            )
+        props = None
+        if properties:
+            # Rows without JSON (image chunks) carry their message id as a user property. JSON payloads carry
+            # it inside; building paho Properties costs ~0.2 ms a message, as much as the rest of a publish.
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = [("message_id", message_id), *properties.items()]
+        with self._lock:
+            self._publishing += 1
+        handle: PublishHandle | None = None
+        try:
+            info = client.publish(topic, payload, qos=QOS, retain=retain, properties=props)
+            if info.rc == MQTTErrorCode.MQTT_ERR_PAYLOAD_SIZE:
+                raise MessageRejected(
+                    f"message of {len(payload)} bytes is too large for MQTT", reason="Payload too large"
+                )
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                raise BrokerUnavailable(f"publish failed: {info.rc.name}")
+            handle = PublishHandle(message_id, info.mid, len(payload))
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                handle._finish("lost", "not connected")
+        finally:
+            self._finish_publish(handle)
+        return handle
+
+    def _finish_publish(self, handle: PublishHandle | None) -> None:
+        """Map a just-published message by mid (applying a PUBACK that came first), in publish order; and
+        report the end of the connection if it happened meanwhile."""
+        event = None
+        with self._lock:
+            self._publishing -= 1
+            if handle is not None and self._ended and self._deferred_error is _NOTHING:
+                handle._finish("lost", "connection ended")  # the end was reported already, without it
+            if handle is not None and handle.state == "queued":
+                early = self._early.pop(handle.mid, None)
+                if early is not None:
+                    self._settle(handle, early)
+                else:
+                    self._handles[handle.mid] = handle
+            if self._ended and not self._publishing and self._deferred_error is not _NOTHING:
+                error, self._deferred_error = self._deferred_error, _NOTHING
+                event = self._disconnected_event(error if isinstance(error, ForwardError) else None)
+        if event is not None:
+            self._emit(event)
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        """Subscribe at QoS 1 (the persistent session keeps them, and queues messages while we are away)."""
+        client = self._client
+        if client is not None and topics:
+            client.subscribe([(t, QOS) for t in topics])
+
+    def _settle(self, handle: PublishHandle, rc: ReasonCode) -> None:
+        if rc.is_failure:
+            text = f"broker refused the message: {_reason_text(rc)}"
+            handle._finish("rejected", text)
+            self._emit(Rejected(handle.message_id, text))
+        else:
+            handle._finish("published")
+
+    # -- paho callbacks (network thread; never raise) -----------------------------------------
+    def _emit(self, event: LinkEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:  # the consumer's bug must not end the network thread
+            _logger.exception("MQTT link event handler failed")
+
+    def _handle_connect(
+        self, client: Client, _userdata: Any, flags: ConnectFlags, rc: ReasonCode, props: Properties | None
+    ) -> None:
+        self._connack_rc = rc
+        if not rc.is_failure:
+            self.session_present = bool(flags.session_present)
+            self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props is not None else None
+            self._connected = True
+            if self.settings.subscriptions:
+                client.subscribe([(t, QOS) for t in self.settings.subscriptions])
+            if self._online_payload is not None and self.settings.will_topic:
+                try:
+                    self.publish(self.settings.will_topic, self._online_payload(), message_id="status", retain=True)
+                except Exception:
+                    _logger.exception("could not publish the online status")
+            self._emit(Connected(self.session_present, self.max_packet_size))
+        self._connack.set()
+
+    def _handle_disconnect(
+        self, _client: Client, _userdata: Any, _flags: DisconnectFlags, rc: ReasonCode, _props: Properties | None
+    ) -> None:
+        self._disconnect_rc = rc
+        self._connected = False
+
+    def _handle_publish(
+        self, _client: Client, _userdata: Any, mid: int, rc: ReasonCode, _props: Properties | None
+    ) -> None:
+        with self._lock:
+            handle = self._handles.pop(mid, None)
+            if handle is None:
+                self._early[mid] = rc  # publish() has not recorded it yet (or it is our status message)
+                if len(self._early) > 10_000:
+                    self._early.clear()
+                return
+            self._settle(handle, rc)
+
+    def _handle_message(self, _client: Client, _userdata: Any, message: MQTTMessage) -> None:
+        self._emit(Received(message.topic, bytes(message.payload)))

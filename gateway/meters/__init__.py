@@ -1,0 +1,62 @@
+"""Glucose meters: codecs (pure, bytes <-> events), transports (bleak, pyserial), one download session.
+
+Every meter family, whatever its transport, is driven through the :class:`MeterDriver` protocol, so the
+download session (cursor, clock correction, patient link, dedupe, progress) exists once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Protocol
+
+from gateway.records import MeterInfo, MeterRecord
+
+
+class MeterDriver(Protocol):
+    """A connected meter, as the download session sees it.
+
+    Implementations translate their library's exceptions into DeviceError / ProtocolError.
+    """
+
+    async def read_info(self) -> MeterInfo:
+        """Identity of the meter (family, serial, model, firmware)."""
+        ...
+
+    async def read_clock(self) -> datetime | None:
+        """The meter's current wall-clock time (naive), or None when the meter cannot tell."""
+        ...
+
+    async def count_records(self, since_sequence: int | None) -> int | None:
+        """How many records a download from ``since_sequence`` (exclusive) will yield, when knowable."""
+        ...
+
+    def records(self, since_sequence: int | None) -> AsyncIterator[MeterRecord]:
+        """Yield stored records, newer than ``since_sequence`` where the protocol can filter."""
+        ...
+
+    async def set_clock(self, meter_time: datetime) -> None:
+        """Set the meter's clock (only called when configured and the gateway's clock is trusted)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the link."""
+        ...
+
+
+BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+"""A Bluetooth device address as BlueZ writes it."""
+
+SYNC_KIND_BLE = "meter_sync.ble"
+SYNC_KIND_SERIAL = "meter_sync.serial"
+
+
+def is_ble_target(target: str) -> bool:
+    """True for a Bluetooth address or a GLS meter id (``gls:<serial>``)."""
+    return bool(BLE_ADDRESS.match(target)) or target.startswith("gls:")
+
+
+def sync_kind_for(target: str) -> str:
+    """The DeskBus request kind of the component that downloads ``target``."""
+    return SYNC_KIND_BLE if is_ble_target(target) else SYNC_KIND_SERIAL

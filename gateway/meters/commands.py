@@ -1,0 +1,152 @@
+"""Meter subcommands: ``gateway meters list | scan | sync``.
+
+- ``list``: serial ports present now (with the meter families their cable suggests) and the meters the store
+  knows (ids, family, last download; no patient data);
+- ``scan``: Bluetooth LE glucose meters in range;
+- ``sync TARGET [--patient ID]``: download one meter (serial port or Bluetooth address) into the store with
+  the daemon's own download session, with a progress bar (n of N) on stderr. Run it with the daemon stopped
+  or on a port the daemon does not hold (a serial port is opened exclusively).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any, TextIO
+
+from gateway.cli import EXIT_ERROR, EXIT_OK, add_config_argument, config_from
+from gateway.config import GatewayConfig
+from gateway.meters.session import Progress, SessionResult
+
+BAR_WIDTH = 30
+
+
+class ProgressBar:
+    """``[#####.....] 123/500 running`` redrawn in place on a terminal (one line per state otherwise)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last_state: str | None = None
+
+    def __call__(self, p: Progress) -> None:
+        if p.total:
+            filled = min(BAR_WIDTH, BAR_WIDTH * p.done // p.total)
+            bar = "#" * filled + "." * (BAR_WIDTH - filled)
+            text = f"[{bar}] {p.done}/{p.total} {p.state}"
+        else:
+            text = f"{p.done} records {p.state}"
+        if self.tty:
+            self.stream.write("\r" + text.ljust(BAR_WIDTH + 24))
+        elif p.state != self._last_state or p.done == p.total:
+            self.stream.write(text + "\n")
+        self._last_state = p.state
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+async def sync_target(
+    config: GatewayConfig, target: str, *, patient_id: str | None, bar: ProgressBar | None
+) -> SessionResult:
+    """Open ``target``, run one DownloadSession into the configured store, close everything."""
+    from gateway.daemon import open_runtime
+    from gateway.meters.discovery import open_driver
+    from gateway.meters.session import DownloadSession
+
+    runtime = open_runtime(config)
+    try:
+        driver = await open_driver(target, config)
+        session = DownloadSession.from_config(
+            runtime.store,
+            runtime.clock,
+            driver,
+            config,
+            patient_id=patient_id,
+            operator="cli",
+            set_meter_clock=config.meters.serial.set_meter_clock,
+            on_progress=bar,
+        )
+        return await session.run()
+    finally:
+        runtime.store.close()
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    bar = ProgressBar(sys.stderr)
+    result = asyncio.run(sync_target(config, args.target, patient_id=args.patient, bar=bar))
+    bar.finish()
+    meter = result.meter.meter_id if result.meter else "-"
+    print(
+        f"{meter}: {result.state}, {result.received} received, {result.added} new, {result.duplicates} already stored"
+        + (f" ({result.error})" if result.error else "")
+    )
+    if result.clock is not None and not result.clock.trusted:
+        print(f"meter clock offset {result.clock.offset_s:+.0f} s; times not trusted: {', '.join(result.clock.flags)}")
+    return EXIT_OK if result.state == "done" else EXIT_ERROR
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from gateway.daemon import open_runtime
+    from gateway.meters.discovery import PortWatcher
+    from gateway.store import readings
+
+    config = config_from(args)
+    ports = PortWatcher(config.meters.serial.ports).scan()
+    print("serial ports:")
+    for port in ports.values():
+        families = ", ".join(port.families) or "not a known meter cable"
+        print(f"  {port.path}  {port.description or ''}  [{families}]")
+    if not ports:
+        print("  (none)")
+    runtime = open_runtime(config)
+    try:
+        meters: list[dict[str, Any]] = readings.list_meters(runtime.store)
+    finally:
+        runtime.store.close()
+    print("known meters:")
+    for m in meters:
+        print(f"  {m['meter_id']}  {m['model'] or m['family']}  last sync {m['last_sync'] or 'never'}")
+    if not meters:
+        print("  (none)")
+    return EXIT_OK
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from gateway.meters.transport.ble import scan
+
+    config = config_from(args)
+    found = asyncio.run(scan(config, timeout=args.timeout))
+    for meter in found:
+        print(f"{meter.address}  {meter.name or '?'}  rssi {meter.rssi}")
+    if not found:
+        print("no Bluetooth glucose meter in range")
+    return EXIT_OK
+
+
+def register(subparsers: Any) -> None:
+    """Add ``meters list | scan | sync`` to the ``gateway`` command."""
+    meters = subparsers.add_parser("meters", help="glucose meters: list ports and meters, scan, download one")
+    sub = meters.add_subparsers(dest="meters_command", required=True, metavar="ACTION")
+
+    list_ = sub.add_parser("list", help="serial ports present and meters the store knows")
+    add_config_argument(list_)
+    list_.set_defaults(func=_cmd_list)
+
+    scan = sub.add_parser("scan", help="Bluetooth LE glucose meters in range")
+    add_config_argument(scan)
+    scan.add_argument(
+        "--timeout", type=float, default=None, help="seconds to scan (default: meters.ble.scan_timeout_s)"
+    )
+    scan.set_defaults(func=_cmd_scan)
+
+    sync = sub.add_parser("sync", help="download one meter (serial port or Bluetooth address) with a progress bar")
+    add_config_argument(sync)
+    sync.add_argument("target", help="serial port (/dev/meter-0, /dev/ttyUSB0) or Bluetooth address")
+    sync.add_argument("--patient", default=None, metavar="ID", help="link the readings to this patient")
+    sync.set_defaults(func=_cmd_sync)

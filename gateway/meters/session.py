@@ -1,0 +1,280 @@
+"""One meter download, whatever the transport: cursor, clock correction, patient link, dedupe, progress.
+
+The session drives a :class:`~gateway.meters.MeterDriver` and writes through the store in batches, so a
+link that drops part way keeps everything that arrived; the next download resumes after the highest
+stored sequence (the store's unique reading identity makes any overlap harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gateway.clock import Clock
+from gateway.config import GatewayConfig
+from gateway.errors import DeviceDisconnected, DeviceError, GatewayError, ProtocolError
+from gateway.meters import MeterDriver
+from gateway.records import GlucoseReading, MeterInfo, MeterRecord
+from gateway.runtime import Runtime
+from gateway.store import Store
+from gateway.store import readings as store_readings
+from gateway.store import sessions as store_sessions
+
+_logger = logging.getLogger(__name__)
+
+FLAG_METER_CLOCK_IMPLAUSIBLE = "meter_clock_implausible"
+FLAG_METER_CLOCK_UNKNOWN = "meter_clock_unknown"
+FLAG_GATEWAY_CLOCK_UNSYNCED = "gateway_clock_unsynchronised"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """n of N for the pages and the CLI. ``total`` is None while unknown."""
+
+    session_id: str
+    meter_id: str | None
+    done: int
+    total: int | None
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClockCorrection:
+    """How meter times are turned into trusted UTC times for one download."""
+
+    offset_s: float
+    trusted: bool
+    flags: tuple[str, ...]
+
+    def correct(self, meter_time: datetime, tz: ZoneInfo) -> datetime:
+        """Meter wall-clock time -> corrected aware UTC time."""
+        local = (meter_time + timedelta(seconds=self.offset_s)).replace(tzinfo=tz)
+        return local.astimezone(UTC)
+
+
+def measure_clock(
+    meter_now: datetime | None,
+    gateway_now: datetime,
+    *,
+    tz: ZoneInfo,
+    gateway_synchronised: bool,
+    max_skew: timedelta,
+) -> ClockCorrection:
+    """Offset between the meter's clock and the gateway's, and whether corrected times can be trusted.
+
+    Pure: the gateway clock must be NTP-synchronised, the meter must report its clock, and the
+    difference must be plausible (within ``max_skew``) for ``trusted``. Times are corrected either way.
+    """
+    flags: list[str] = []
+    if not gateway_synchronised:
+        flags.append(FLAG_GATEWAY_CLOCK_UNSYNCED)
+    if meter_now is None:
+        flags.append(FLAG_METER_CLOCK_UNKNOWN)
+        return ClockCorrection(offset_s=0.0, trusted=False, flags=tuple(flags))
+    gateway_local = gateway_now.astimezone(tz).replace(tzinfo=None)
+    offset = gateway_local - meter_now.replace(tzinfo=None)
+    if abs(offset) > max_skew:
+        flags.append(FLAG_METER_CLOCK_IMPLAUSIBLE)
+    return ClockCorrection(offset_s=offset.total_seconds(), trusted=not flags, flags=tuple(flags))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResult:
+    """Outcome of one download."""
+
+    session_id: str
+    meter: MeterInfo | None
+    received: int
+    added: int
+    duplicates: int
+    state: str
+    """``done``, ``interrupted`` (link lost, what arrived is kept) or ``failed``."""
+    error: str | None = None
+    clock: ClockCorrection | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def board_progress(runtime: Runtime, *, target: str, transport: str, **device_fields: Any) -> ProgressCallback:
+    """A progress callback that publishes n of N on the runtime's progress board and the meter on its devices board."""
+
+    def on_progress(p: Progress) -> None:
+        runtime.progress.put(p.session_id, kind="meter", target=target, meter_id=p.meter_id, done=p.done,
+                             total=p.total, state=p.state)  # fmt: skip
+        if p.meter_id:
+            runtime.devices.put(p.meter_id, kind="meter", transport=transport, state=p.state, **device_fields)
+
+    return on_progress
+
+
+def post_result(runtime: Runtime, result: SessionResult, *, target: str) -> None:
+    """Publish a finished download's outcome on the progress board."""
+    runtime.progress.put(result.session_id, kind="meter", target=target, state=result.state, error=result.error,
+                         added=result.added, duplicates=result.duplicates)  # fmt: skip
+
+
+class DownloadSession:
+    """Download one meter into the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        driver: MeterDriver,
+        *,
+        tz: ZoneInfo,
+        patient_id: str | None = None,
+        operator: str | None = None,
+        registry: Mapping[str, str] | None = None,
+        max_clock_skew: timedelta = timedelta(days=365),
+        set_meter_clock: bool = False,
+        on_progress: ProgressCallback | None = None,
+        batch_size: int = 50,
+        session_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.driver = driver
+        self.tz = tz
+        self.patient_id = patient_id
+        self.operator = operator
+        self.registry = dict(registry or {})
+        self.max_clock_skew = max_clock_skew
+        self.set_meter_clock = set_meter_clock
+        self.on_progress = on_progress
+        self.batch_size = batch_size
+        self.session_id = store_sessions.start_session(
+            store, "meter", patient_id=patient_id, operator=operator, session_id=session_id
+        )
+
+    @classmethod
+    def from_config(
+        cls, store: Store, clock: Clock, driver: MeterDriver, config: GatewayConfig, **options: Any
+    ) -> DownloadSession:
+        """A session with the config's time zone, meter registry and clock-skew limit; ``options`` as for __init__."""
+        return cls(
+            store,
+            clock,
+            driver,
+            tz=ZoneInfo(config.gateway.timezone),
+            registry=config.meters.registry,
+            max_clock_skew=timedelta(days=config.meters.max_clock_skew_days),
+            **options,
+        )
+
+    def _progress(self, meter_id: str | None, done: int, total: int | None, state: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(Progress(self.session_id, meter_id, done, total, state))
+
+    def _resolve_patient(self, meter_id: str) -> str | None:
+        if self.patient_id is not None:
+            return self.patient_id
+        return self.registry.get(meter_id) or store_readings.patient_for_meter(self.store, meter_id)
+
+    def _to_reading(
+        self, record: MeterRecord, info: MeterInfo, correction: ClockCorrection, patient_id: str | None
+    ) -> GlucoseReading:
+        return GlucoseReading(
+            meter_id=info.meter_id,
+            sequence=record.sequence,
+            meter_time=record.meter_time,
+            clock_offset_s=correction.offset_s,
+            corrected_time=correction.correct(record.meter_time, self.tz),
+            time_trusted=correction.trusted,
+            value=record.value,
+            unit=record.unit,
+            patient_id=patient_id,
+            session_id=self.session_id,
+            sample_type=record.sample_type,
+            sample_location=record.sample_location,
+            meal=record.meal,
+            control_solution=record.control_solution,
+            flags=tuple(dict.fromkeys((*record.flags, *correction.flags))),
+        )
+
+    async def run(self) -> SessionResult:
+        """Download everything new. Never raises for device or protocol trouble: the result says what happened."""
+        info: MeterInfo | None = None
+        correction: ClockCorrection | None = None
+        received = added = duplicates = 0
+        batch: list[GlucoseReading] = []
+
+        def flush() -> None:
+            nonlocal added, duplicates
+            if batch:
+                outcome = store_readings.add_readings(self.store, batch)
+                added += outcome.added
+                duplicates += outcome.duplicates
+                batch.clear()
+                store_sessions.update_session(self.store, self.session_id, records_new=added)
+
+        try:
+            info = await self.driver.read_info()
+            store_readings.upsert_meter(self.store, info)
+            patient_id = self._resolve_patient(info.meter_id)
+            store_sessions.update_session(self.store, self.session_id, meter_id=info.meter_id, patient_id=patient_id)
+            correction = measure_clock(
+                await self.driver.read_clock(),
+                self.clock.utc_now(),
+                tz=self.tz,
+                gateway_synchronised=self.clock.is_synchronised(),
+                max_skew=self.max_clock_skew,
+            )
+            since = store_readings.last_sequence(self.store, info.meter_id)
+            total = await self.driver.count_records(since)
+            store_sessions.update_session(self.store, self.session_id, records_total=total)
+            _logger.info(
+                "download %s: meter %s since sequence %s, %s records announced, clock offset %.0f s (trusted %s)",
+                self.session_id,
+                info.meter_id,
+                since,
+                total,
+                correction.offset_s,
+                correction.trusted,
+            )
+            self._progress(info.meter_id, 0, total, "running")
+            async for record in self.driver.records(since):
+                if since is not None and record.sequence is not None and record.sequence <= since:
+                    continue
+                received += 1
+                batch.append(self._to_reading(record, info, correction, patient_id))
+                if len(batch) >= self.batch_size:
+                    flush()
+                self._progress(info.meter_id, received, total, "running")
+            flush()
+            if self.set_meter_clock and self.clock.is_synchronised() and not correction.trusted:
+                await self.driver.set_clock(self.clock.utc_now().astimezone(self.tz).replace(tzinfo=None))
+            state, error = "done", None
+        except (DeviceError, ProtocolError) as exc:
+            flush()
+            state = "interrupted" if isinstance(exc, DeviceDisconnected) or received else "failed"
+            error = f"{type(exc).__name__}: {exc}"
+            _logger.warning("download %s %s after %d records: %s", self.session_id, state, received, error)
+        except GatewayError as exc:  # store refused (disk) or similar: keep what was flushed
+            state, error = "failed", f"{type(exc).__name__}: {exc}"
+            _logger.error("download %s failed after %d records: %s", self.session_id, received, error)
+        finally:
+            try:
+                await self.driver.close()
+            except GatewayError as exc:
+                _logger.debug("closing meter link: %s", exc)
+        if info is not None:
+            store_readings.record_meter_sync(self.store, info.meter_id, error=error)
+        store_sessions.update_session(self.store, self.session_id, records_new=added)
+        store_sessions.finish_session(self.store, self.session_id, state=state, error=error)
+        self._progress(None if info is None else info.meter_id, received, received if state == "done" else None, state)
+        return SessionResult(
+            session_id=self.session_id,
+            meter=info,
+            received=received,
+            added=added,
+            duplicates=duplicates,
+            state=state,
+            error=error,
+            clock=correction,
+        )

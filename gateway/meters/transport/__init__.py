@@ -1,0 +1,1 @@
+"""Transport adapters: move bytes, translate library errors into DeviceError, nothing else."""

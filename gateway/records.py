@@ -1,0 +1,196 @@
+"""Domain values shared by every layer: pure, frozen, no I/O, no JSON, no SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+MGDL_PER_MMOLL = 18.016
+"""mg/dL per mmol/L for glucose (molar mass 180.16 g/mol), as DESIGN §2 fixes it."""
+
+
+class Unit(StrEnum):
+    """Glucose concentration units, spelled as UCUM writes them."""
+
+    MG_DL = "mg/dL"
+    MMOL_L = "mmol/L"
+
+
+def to_mmol_l(value: float, unit: Unit) -> float:
+    """Convert a glucose concentration to mmol/L, rounded to 0.01."""
+    mmol = value if unit is Unit.MMOL_L else value / MGDL_PER_MMOLL
+    return round(mmol, 2)
+
+
+class Meal(StrEnum):
+    """Meal marker of a reading (GLS context and most serial meters carry one)."""
+
+    BEFORE_MEAL = "before_meal"
+    AFTER_MEAL = "after_meal"
+    FASTING = "fasting"
+    CASUAL = "casual"
+    BEDTIME = "bedtime"
+
+
+class Eye(StrEnum):
+    """Laterality of a retinal photo."""
+
+    LEFT = "L"
+    RIGHT = "R"
+
+
+class Field(StrEnum):
+    """Photographic field of a retinal photo."""
+
+    DISC = "disc"
+    MACULA = "macula"
+
+
+class TriageDecision(StrEnum):
+    """Advisory per-eye decision. ``ungradable`` counts as refer, as screening programmes do."""
+
+    REFER = "refer"
+    RESCREEN = "rescreen"
+    UNGRADABLE = "ungradable"
+
+
+def eye_decision(decisions: Iterable[TriageDecision | str]) -> TriageDecision:
+    """One eye's advisory decision from its images' decisions: refer when any gradable image says refer,
+    rescreen when gradable images exist and none does, ungradable when none could be graded (or none)."""
+    gradable = [TriageDecision(d) for d in decisions if TriageDecision(d) is not TriageDecision.UNGRADABLE]
+    if not gradable:
+        return TriageDecision.UNGRADABLE
+    return TriageDecision.REFER if TriageDecision.REFER in gradable else TriageDecision.RESCREEN
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterInfo:
+    """What a meter says about itself. ``meter_id`` is stable across visits (family + serial)."""
+
+    meter_id: str
+    family: str
+    transport: str
+    serial: str
+    model: str | None = None
+    firmware: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterRecord:
+    """One stored record as a meter driver decodes it, before clock correction and patient link.
+
+    ``meter_time`` is the meter's own wall-clock time (naive), whatever its clock says.
+    """
+
+    sequence: int | None
+    meter_time: datetime
+    value: float
+    unit: Unit
+    sample_type: str | None = None
+    sample_location: str | None = None
+    meal: Meal | None = None
+    control_solution: bool = False
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlucoseReading:
+    """A reading ready for the store: the meter's record plus clock correction and patient link."""
+
+    meter_id: str
+    sequence: int | None
+    meter_time: datetime
+    clock_offset_s: float
+    """Gateway clock minus meter clock, measured at download (seconds)."""
+    corrected_time: datetime
+    """``meter_time + clock_offset_s`` as an aware UTC datetime."""
+    time_trusted: bool
+    value: float
+    unit: Unit
+    patient_id: str | None = None
+    session_id: str | None = None
+    sample_type: str | None = None
+    sample_location: str | None = None
+    meal: Meal | None = None
+    control_solution: bool = False
+    flags: tuple[str, ...] = ()
+
+    @property
+    def mmol_l(self) -> float:
+        """The value in canonical mmol/L."""
+        return to_mmol_l(self.value, self.unit)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QualityVerdict:
+    """Image-quality gate result: ``ok`` or the reasons a technician can act on."""
+
+    ok: bool
+    reasons: tuple[str, ...] = ()
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriageResult:
+    """Advisory referable-DR triage of one image; not a diagnosis."""
+
+    referable_probability: float | None
+    decision: TriageDecision
+    model_version: str
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capture:
+    """One retinal photo with its verdicts. The image itself lives on disk under its SHA-256."""
+
+    capture_id: str
+    sha256: str
+    size_bytes: int
+    media_type: str
+    width: int
+    height: int
+    eye: Eye
+    field: Field
+    source: str
+    captured_at: datetime
+    quality: QualityVerdict
+    triage: TriageResult | None = None
+    patient_id: str | None = None
+    session_id: str | None = None
+    operator: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Referral:
+    """A grader's decision sent down by the platform for a capture or a patient."""
+
+    referral_id: str
+    decision: str
+    capture_id: str | None = None
+    patient_id: str | None = None
+    note: str | None = None
+    grader: str | None = None
+    decided_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxMessage:
+    """One up message waiting in the outbox. ``topic`` is relative to the configured topic prefix.
+
+    Either ``payload`` holds the bytes, or ``body_ref`` names where the store reads them at send time
+    (image chunks: ``image:<sha256>:<offset>:<length>``), so big images are not copied into SQLite.
+    """
+
+    seq: int
+    message_id: str
+    kind: str
+    topic: str
+    payload: bytes | None
+    body_ref: str | None
+    properties: Mapping[str, str]
+    attempts: int
+    created_at: str

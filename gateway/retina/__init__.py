@@ -1,0 +1,1 @@
+"""Retinal photos: capture, quality gate, preprocessing and referable-DR triage."""

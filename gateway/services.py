@@ -1,0 +1,278 @@
+"""The service facade: everything the pages and the CLI may ask of the gateway.
+
+``web/`` and ``cli`` call only this; it reads the store and the runtime boards, and hands desk requests
+to the asyncio core through the DeskBus. It never touches a device, the broker or the model itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gateway import __version__
+from gateway.errors import GatewayError
+from gateway.meters import sync_kind_for
+from gateway.runtime import DeskRequest, Runtime
+from gateway.store import readings as store_readings
+from gateway.store import sessions as store_sessions
+from gateway.store.db import QUARANTINE_KEY, new_id
+from gateway.store.events import recent_events
+from gateway.store.outbox import Outbox
+
+RETINA_CAPTURE = "retina_capture"
+RETINA_UPLOAD = "retina_upload"
+"""DeskBus kinds the retina service (gateway.retina.service) consumes."""
+
+
+class DeskUnavailable(GatewayError):
+    """No running component serves this desk request (e.g. Bluetooth disabled in config)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """``/healthz``: ok, and the reasons when not."""
+
+    ok: bool
+    problems: tuple[str, ...]
+
+
+class GatewayServices:
+    """Facade over one Runtime (the daemon's, or a store-only one for CLI commands)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self.outbox = Outbox(runtime.store)
+
+    # -- IT status ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The status page's data (no patient data)."""
+        cfg = self.runtime.config
+        clock = self.runtime.clock
+        now = clock.utc_now()
+        stats = self.outbox.stats()
+        oldest_age = None
+        if stats.oldest_unsent_created_at:
+            oldest_age = max(0.0, (now - datetime.fromisoformat(stats.oldest_unsent_created_at)).total_seconds())
+        usage = shutil.disk_usage(self.store.image_dir)
+        components = self.runtime.snapshots()
+        return {
+            "gateway": {
+                "site_id": cfg.gateway.site_id,
+                "gateway_id": cfg.gateway.gateway_id,
+                "version": __version__,
+                "uptime_s": int(clock.monotonic() - self.runtime.started_monotonic),
+                "started_at": None if self.runtime.started_at is None else self.runtime.started_at.isoformat(),
+                "now": now.isoformat(timespec="seconds"),
+            },
+            "clock": {"synchronised": clock.is_synchronised()},
+            "broker": components.get("forwarder", {"state": "not running"}),
+            "outbox": {
+                "by_kind": stats.counts,
+                "unsent": stats.total_unsent,
+                "parked": stats.parked,
+                "oldest_unsent_age_s": oldest_age,
+                "parked_messages": self.outbox.parked(limit=10),
+            },
+            "disk": {
+                "free_mb": round(usage.free / 1024 / 1024, 1),
+                "total_mb": round(usage.total / 1024 / 1024, 1),
+                "intake_floor_mb": cfg.store.min_free_mb,
+                "low": usage.free < cfg.store.low_disk_warn_mb * 1024 * 1024,
+            },
+            "devices": self.devices(),
+            "components": {
+                c.name: {"healthy": c.healthy(), **components.get(c.name, {})} for c in self.runtime.components
+            },
+            "model": components.get("retina", {}).get("model"),
+            "store": {"quarantined_file": self.store.get_kv(QUARANTINE_KEY)},
+            "recent_errors": recent_events(self.store, limit=10, min_level="warning"),
+        }
+
+    def health(self) -> HealthCheck:
+        """Liveness for monitors: store readable and every component healthy."""
+        problems: list[str] = []
+        try:
+            self.store.scalar("SELECT 1")
+        except GatewayError as exc:
+            problems.append(f"store: {exc}")
+        problems.extend(f"{c.name}: unhealthy" for c in self.runtime.components if not c.healthy())
+        return HealthCheck(ok=not problems, problems=tuple(problems))
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Devices seen: live ones from the core, plus meters known to the store (no patient data)."""
+        live = {key: value for key, value in self.runtime.devices.items()}
+        rows: list[dict[str, Any]] = []
+        for meter in store_readings.list_meters(self.store):
+            entry = {
+                "device_id": meter["meter_id"],
+                "kind": "meter",
+                "transport": meter["transport"],
+                "family": meter["family"],
+                "model": meter["model"],
+                "last_seen": meter["last_seen"],
+                "last_sync": meter["last_sync"],
+                "last_error": meter["last_error"],
+            }
+            entry.update(live.pop(meter["meter_id"], {}))
+            rows.append(entry)
+        for key, value in live.items():
+            rows.append({"device_id": key, **value})
+        for row in rows:
+            row.pop("updated", None)
+        return rows
+
+    # -- desk: meters ---------------------------------------------------------------------------
+    def request_meter_sync(self, target: str, *, patient_id: str | None, operator: str) -> str:
+        """Ask the core to download the meter at ``target`` (BLE address, serial port or meter id)."""
+        session_id = new_id()
+        kind = sync_kind_for(target)  # Bluetooth targets to the BLE component, the rest to serial
+        request = DeskRequest(
+            kind=kind,
+            request_id=session_id,
+            params={"target": target, "patient_id": patient_id, "session_id": session_id},
+            operator=operator,
+        )
+        self.runtime.progress.put(session_id, kind="meter", target=target, state="queued", done=0, total=None)
+        if not self.runtime.desk.submit(request):
+            self.runtime.progress.remove(session_id)
+            raise DeskUnavailable("no meter service is running to serve this request")
+        return session_id
+
+    def progress(self, session_id: str) -> dict[str, Any] | None:
+        """Live progress of a desk session (n of N), or the stored session when it has finished."""
+        live = self.runtime.progress.get(session_id)
+        stored = store_sessions.get_session(self.store, session_id)
+        if live is None and stored is None:
+            return None
+        result: dict[str, Any] = dict(stored or {})
+        if live:
+            live.pop("updated", None)
+            result.update(live)
+        return result
+
+    def session_readings(self, session_id: str) -> list[dict[str, Any]]:
+        """Readings a session stored (patient data: behind login)."""
+        return store_readings.readings_of_session(self.store, session_id)
+
+    def sessions_today(self, kind: store_sessions.SessionKind | None = None) -> list[dict[str, Any]]:
+        """Desk sessions started since midnight in the clinic's time zone."""
+        tz = ZoneInfo(self.runtime.config.gateway.timezone)
+        local_midnight = self.runtime.clock.utc_now().astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = local_midnight.astimezone(UTC).isoformat(timespec="milliseconds")
+        return store_sessions.sessions_since(self.store, since, kind)
+
+    def link_meter(self, meter_id: str, patient_id: str, *, actor: str) -> None:
+        """Register a meter to a patient (audited)."""
+        store_readings.link_meter_to_patient(self.store, meter_id, patient_id, actor=actor)
+
+    # -- outbox (operations) --------------------------------------------------------------------
+    def retry_parked(self, kind: str | None = None) -> int:
+        """Put parked messages back in the queue."""
+        return self.outbox.retry_parked(kind)
+
+    # -- status page: queue history (web area) --------------------------------------------------
+    def sample_queue(self, keep_hours: float = 24.0) -> None:
+        """Record the outbox depth now (the web sampler calls this every minute)."""
+        from gateway.store import queue_samples
+
+        stats = self.outbox.stats()
+        acked_total, _ = self.outbox.ack_activity()
+        queue_samples.add_sample(
+            self.store,
+            unsent=stats.total_unsent,
+            parked=stats.parked,
+            acked_total=acked_total,
+            keep_since=self.runtime.clock.utc_now() - timedelta(hours=keep_hours),
+        )
+
+    def queue_history(self, hours: float = 6.0) -> dict[str, Any]:
+        """Outbox depth samples of the last ``hours``, the drain rate and the last ack (no patient data).
+
+        The drain rate is acked messages per minute between the two newest samples (None with fewer
+        than two); a retention prune between them would make the difference negative, which reads as 0.
+        """
+        from gateway.store import queue_samples
+
+        samples = queue_samples.samples_since(self.store, self.runtime.clock.utc_now() - timedelta(hours=hours))
+        drain = None
+        if len(samples) >= 2:
+            a, b = samples[-2], samples[-1]
+            minutes = (datetime.fromisoformat(b["at"]) - datetime.fromisoformat(a["at"])).total_seconds() / 60
+            if minutes > 0:
+                drain = round(max(0, b["acked_total"] - a["acked_total"]) / minutes, 2)
+        _, last_ack = self.outbox.ack_activity()
+        return {
+            "samples": [{"at": s["at"], "unsent": s["unsent"], "parked": s["parked"]} for s in samples],
+            "drain_per_min": drain,
+            "last_ack_at": last_ack,
+        }
+
+    # -- desk: retina (web area; served by gateway.retina.service on the DeskBus) -----------------
+    def retina_available(self) -> bool:
+        """True while the retina component is serving desk requests."""
+        return self.runtime.desk.handles(RETINA_CAPTURE)
+
+    def start_retina_session(self, patient_id: str, *, operator: str) -> str:
+        """Open a retinal capture session for a patient at the technician's desk."""
+        return store_sessions.start_session(self.store, "retina", patient_id=patient_id, operator=operator)
+
+    def _submit_retina(self, kind: str, params: dict[str, Any], operator: str) -> str:
+        request_id = new_id()
+        self.runtime.progress.put(request_id, kind="retina", state="queued")
+        request = DeskRequest(kind=kind, request_id=request_id, params=params, operator=operator)
+        if not self.runtime.desk.submit(request):
+            self.runtime.progress.remove(request_id)
+            raise DeskUnavailable("the retina service is not running")
+        return request_id
+
+    def request_capture(
+        self, *, patient_id: str, eye: str, field: str, operator: str, session_id: str | None = None
+    ) -> str:
+        """Ask the core to take a photo with the camera now; poll :meth:`progress` with the returned id."""
+        params = {"patient_id": patient_id, "eye": eye, "field": field, "session_id": session_id}
+        return self._submit_retina(RETINA_CAPTURE, params, operator)
+
+    def upload_capture(
+        self, data: bytes, *, patient_id: str, eye: str, field: str, operator: str, session_id: str | None = None
+    ) -> str:
+        """Hand a photo uploaded at the desk to the core; poll :meth:`progress` with the returned id."""
+        params = {"data": data, "patient_id": patient_id, "eye": eye, "field": field, "session_id": session_id}
+        return self._submit_retina(RETINA_UPLOAD, params, operator)
+
+    def preview_stream(self, max_frames: int | None = None) -> tuple[str, Iterator[bytes]] | None:
+        """The camera's live preview as (content type, MJPEG parts), or None when no retina component runs.
+
+        The stream never raises: a camera that goes away ends it with a frame saying so.
+        """
+        retina = self.runtime.component("retina")
+        preview = getattr(retina, "preview", None)
+        if retina is None or not callable(preview):
+            return None
+        from gateway.retina.source import MJPEG_CONTENT_TYPE  # loaded already: the retina component runs
+
+        stream: Iterator[bytes] = preview(max_frames)
+        return MJPEG_CONTENT_TYPE, stream
+
+    def captures(self, *, session_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Stored captures, newest first (patient data: behind login)."""
+        from gateway.store import captures as store_captures
+
+        return store_captures.list_captures(self.store, session_id=session_id, limit=limit)
+
+    def capture(self, capture_id: str) -> dict[str, Any] | None:
+        """One stored capture with its verdicts (patient data: behind login)."""
+        from gateway.store import captures as store_captures
+
+        return store_captures.get_capture(self.store, capture_id)
+
+    def referrals(self, *, patient_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Referral decisions the platform sent down, newest first (patient data: behind login)."""
+        return self.store.query(
+            "SELECT * FROM referrals WHERE (? IS NULL OR patient_id = ?) ORDER BY received_at DESC LIMIT ?",
+            [patient_id, patient_id, limit],
+        )

@@ -1,0 +1,41 @@
+"""Append-only trail of desk actions: who linked which meter, reading or photo to which patient."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlite_utils import Database
+
+from gateway.store.db import Store, iso
+
+
+def record(
+    db: Database,
+    store: Store,
+    *,
+    actor: str,
+    action: str,
+    target_kind: str | None = None,
+    target_id: str | None = None,
+    patient_id: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """Append one audit row inside the caller's transaction."""
+    db.execute(
+        "INSERT INTO audit (at, actor, action, target_kind, target_id, patient_id, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [iso(store.clock.utc_now()), actor, action, target_kind, target_id, patient_id, json.dumps(dict(detail or {}))],
+    )
+
+
+def add(store: Store, *, actor: str, action: str, **fields: Any) -> None:
+    """Append one audit row in its own transaction."""
+    with store.transaction() as db:
+        record(db, store, actor=actor, action=action, **fields)
+
+
+def recent(store: Store, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest audit rows first."""
+    return store.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])

@@ -1,0 +1,326 @@
+"""Retinal captures: the image file by SHA-256, the capture row and its outbox messages.
+
+Write order (crash safety): the image goes to disk first (temp file, fsync, rename, fsync of the
+directory), then ONE durable transaction adds the capture row, the ``retina/capture`` message and one
+outbox row per image chunk. A crash between the two leaves an unreferenced file, which the next intake
+of the same bytes reuses; it never leaves a row that points at a missing file.
+
+Chunk rows carry ``body_ref = image:<sha256>:<offset>:<length>`` instead of bytes; the forwarder calls
+:func:`read_body` at send time. Each chunk is its own message with its own acknowledgement, so an image
+interrupted by a broker outage resumes at the first unacknowledged chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import FrameError, StoreError
+from gateway.forward import chunks as chunking
+from gateway.forward import contract
+from gateway.records import Capture
+from gateway.store.db import Store, iso, new_id, translate_sqlite_errors
+from gateway.store.outbox import enqueue
+
+_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/tiff": ".tif"}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCapture:
+    """What :func:`add_capture` did."""
+
+    capture_id: str
+    message_id: str | None
+    """The ``retina/capture`` message id (None for a duplicate, which queues nothing)."""
+    chunks: int
+    image_path: Path
+    duplicate: bool
+
+
+def relative_image_path(sha256: str, media_type: str) -> Path:
+    """Where an image lives under the image directory: ``<sha[:2]>/<sha><ext>``."""
+    return Path(sha256[:2]) / (sha256 + _EXTENSIONS.get(media_type, ".bin"))
+
+
+def write_image(store: Store, data: bytes, sha256: str, media_type: str) -> Path:
+    """Put the image under the image directory by its SHA-256, durably; return the absolute path.
+
+    An existing file with the same name and size is kept (same hash: same bytes). Otherwise the bytes
+    go to a temporary file in the same directory, are fsynced, renamed into place and the directory
+    is fsynced, so a power cut leaves either no file or the whole file.
+    """
+    target = store.image_dir / relative_image_path(sha256, media_type)
+    with translate_sqlite_errors("writing the image"):
+        if target.is_file() and target.stat().st_size == len(data):
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{new_id()[:8]}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _fsync_dir(target.parent)
+    return target
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _find_duplicate(store: Store, capture: Capture) -> str | None:
+    """An existing capture of the same bytes for the same patient, eye, field and source."""
+    value = store.scalar(
+        "SELECT capture_id FROM captures WHERE sha256 = ? AND patient_id IS ? AND eye = ? AND field = ? "
+        "AND source = ? ORDER BY stored_at LIMIT 1",
+        [capture.sha256, capture.patient_id, str(capture.eye), str(capture.field), capture.source],
+    )
+    return None if value is None else str(value)
+
+
+def add_capture(
+    store: Store,
+    capture: Capture,
+    data: bytes,
+    *,
+    chunk_size: int,
+    folder_file: str | None = None,
+) -> StoredCapture:
+    """Store a capture: image file, then row + ``retina/capture`` message + chunk messages in ONE transaction.
+
+    The same bytes for the same patient, eye, field and source are a duplicate: the first capture is
+    returned and nothing is queued again. ``folder_file`` (a name in the camera's export folder) is
+    recorded in the folder ledger in the same transaction, so the file is never taken twice.
+
+    Raises:
+        IntakeRefused: free space is below the floor (nothing written).
+        StoreError / DiskFull: the file or the database could not be written (nothing half-written).
+        ValueError: ``data`` does not match ``capture.sha256`` / ``size_bytes`` (a caller bug).
+    """
+    if len(data) != capture.size_bytes:
+        raise ValueError(f"capture says {capture.size_bytes} bytes, data has {len(data)}")
+    store.check_intake()
+    relative = relative_image_path(capture.sha256, capture.media_type)
+    duplicate_of = _find_duplicate(store, capture)
+    if duplicate_of is not None:
+        if folder_file is not None:
+            _record_folder_file(
+                store, folder_file, capture.sha256, len(data), outcome="duplicate", capture_id=duplicate_of
+            )
+        return StoredCapture(
+            capture_id=duplicate_of,
+            message_id=None,
+            chunks=0,
+            image_path=store.image_dir / relative,
+            duplicate=True,
+        )
+    path = write_image(store, data, capture.sha256, capture.media_type)
+    plan = chunking.plan(len(data), chunk_size)
+    origin = store.origin
+    now = store.clock.utc_now()
+    message_id = new_id()
+    quality, triage = capture.quality, capture.triage
+    with store.transaction(durable=True) as db:
+        db.execute(
+            "INSERT INTO captures (capture_id, sha256, size_bytes, media_type, width, height, eye, field, source, "
+            "captured_at, patient_id, session_id, operator, quality_ok, quality_reasons, quality_metrics, "
+            "referable_probability, decision, model_version, thresholds, image_path, stored_at, message_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                capture.capture_id,
+                capture.sha256,
+                capture.size_bytes,
+                capture.media_type,
+                capture.width,
+                capture.height,
+                str(capture.eye),
+                str(capture.field),
+                capture.source,
+                iso(capture.captured_at),
+                capture.patient_id,
+                capture.session_id,
+                capture.operator,
+                int(quality.ok),
+                json.dumps(list(quality.reasons)),
+                json.dumps(dict(quality.metrics), sort_keys=True),
+                None if triage is None else triage.referable_probability,
+                None if triage is None else str(triage.decision),
+                None if triage is None else triage.model_version,
+                json.dumps({} if triage is None else dict(triage.thresholds), sort_keys=True),
+                str(relative),
+                iso(now),
+                message_id,
+            ],
+        )
+        enqueue(
+            db,
+            kind="capture",
+            topic=contract.TOPIC_CAPTURE,
+            created_at=now,
+            message_id=message_id,
+            record_ref=f"capture:{capture.capture_id}",
+            payload=contract.capture_payload(
+                capture,
+                message_id=message_id,
+                site_id=origin.site_id,
+                gateway_id=origin.gateway_id,
+                created_at=now,
+                chunk_size=chunk_size,
+                chunks=len(plan),
+            ),
+        )
+        topic = contract.image_topic(capture.capture_id)
+        for chunk in plan:
+            enqueue(
+                db,
+                kind="image_chunk",
+                topic=topic,
+                created_at=now,
+                record_ref=f"capture:{capture.capture_id}",
+                body_ref=chunking.body_ref(capture.sha256, chunk.offset, chunk.length),
+                properties=chunking.chunk_properties(capture.capture_id, chunk, capture.sha256),
+            )
+        if folder_file is not None:
+            _ledger_insert(
+                db, folder_file, capture.sha256, len(data), outcome="stored", capture_id=capture.capture_id, at=iso(now)
+            )
+    return StoredCapture(
+        capture_id=capture.capture_id, message_id=message_id, chunks=len(plan), image_path=path, duplicate=False
+    )
+
+
+def read_body(store: Store, body_ref: str) -> bytes:
+    """The bytes an outbox row's ``body_ref`` names (``image:<sha256>:<offset>:<length>``).
+
+    Raises:
+        StoreError: the reference is malformed, the image is not in the store, or its file is missing or
+            shorter than the reference says.
+    """
+    try:
+        sha256, offset, length = chunking.parse_body_ref(body_ref)
+    except FrameError as exc:
+        raise StoreError(str(exc)) from exc
+    relative = store.scalar("SELECT image_path FROM captures WHERE sha256 = ? LIMIT 1", [sha256])
+    if relative is None:
+        raise StoreError(f"image {sha256[:12]} is not in the store")
+    path = store.image_dir / str(relative)
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read(length)
+    except FileNotFoundError as exc:
+        raise StoreError(f"image file {relative} is missing from the image directory") from exc
+    except OSError as exc:
+        raise StoreError(f"image file {relative} cannot be read: {exc.strerror}") from exc
+    if len(data) != length:
+        raise StoreError(f"image file {relative} is shorter than expected ({offset + len(data)} bytes)")
+    return data
+
+
+def image_path(store: Store, capture_id: str) -> Path | None:
+    """Absolute path of a capture's image file (None for an unknown capture)."""
+    relative = store.scalar("SELECT image_path FROM captures WHERE capture_id = ?", [capture_id])
+    return None if relative is None else store.image_dir / str(relative)
+
+
+def _row(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("quality_reasons", "quality_metrics", "thresholds"):
+        row[key] = json.loads(row[key])
+    row["quality_ok"] = bool(row["quality_ok"])
+    return row
+
+
+def get_capture(store: Store, capture_id: str) -> dict[str, Any] | None:
+    """One capture row (JSON columns decoded), or None."""
+    rows = store.query("SELECT * FROM captures WHERE capture_id = ?", [capture_id])
+    return _row(rows[0]) if rows else None
+
+
+def list_captures(
+    store: Store, *, session_id: str | None = None, patient_id: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Captures, newest first, optionally of one desk session or one patient."""
+    where, params = [], []
+    if session_id is not None:
+        where.append("session_id = ?")
+        params.append(session_id)
+    if patient_id is not None:
+        where.append("patient_id = ?")
+        params.append(patient_id)
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    rows = store.query(f"SELECT * FROM captures {clause}ORDER BY stored_at DESC, rowid DESC LIMIT ?", [*params, limit])
+    return [_row(r) for r in rows]
+
+
+def count_captures(store: Store) -> int:
+    """Number of stored captures."""
+    return int(store.scalar("SELECT count(*) FROM captures"))
+
+
+# -- export-folder ledger ---------------------------------------------------------------------------
+def folder_file_seen(store: Store, name: str, sha256: str) -> bool:
+    """True when this file (name and content) was already taken from the export folder."""
+    return store.scalar("SELECT 1 FROM retina_folder_files WHERE name = ? AND sha256 = ?", [name, sha256]) is not None
+
+
+def record_folder_refusal(store: Store, name: str, sha256: str, size_bytes: int, reason: str) -> None:
+    """Remember a folder file that was refused (unreadable, unsupported...), so it is not retried forever."""
+    _record_folder_file(store, name, sha256, size_bytes, outcome=f"refused: {reason}"[:300], capture_id=None)
+
+
+def _record_folder_file(
+    store: Store, name: str, sha256: str, size_bytes: int, *, outcome: str, capture_id: str | None
+) -> None:
+    with store.transaction(durable=True) as db:
+        _ledger_insert(
+            db, name, sha256, size_bytes, outcome=outcome, capture_id=capture_id, at=iso(store.clock.utc_now())
+        )
+
+
+def _ledger_insert(
+    db: Any, name: str, sha256: str, size_bytes: int, *, outcome: str, capture_id: str | None, at: str
+) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO retina_folder_files (name, sha256, size_bytes, outcome, capture_id, taken_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [name, sha256, size_bytes, outcome, capture_id, at],
+    )
+
+
+def folder_ledger(store: Store, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Recent export-folder files and what became of them (names only, no image content)."""
+    return store.query("SELECT * FROM retina_folder_files ORDER BY taken_at DESC LIMIT ?", [limit])
+
+
+__all__ = [
+    "StoredCapture",
+    "add_capture",
+    "count_captures",
+    "folder_file_seen",
+    "folder_ledger",
+    "get_capture",
+    "image_path",
+    "list_captures",
+    "read_body",
+    "record_folder_refusal",
+    "relative_image_path",
+    "write_image",
+]

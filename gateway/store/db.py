@@ -1,0 +1,237 @@
+"""Open the store: pragmas, migrations, quarantine of a corrupt file, one lock, one error translation point."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlite_utils import Database
+
+from gateway.clock import Clock, SystemClock
+from gateway.errors import DiskFull, IntakeRefused, StoreError
+from gateway.store.migrations import MIGRATIONS
+
+_logger = logging.getLogger(__name__)
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+QUARANTINE_KEY = "quarantined_file"
+
+
+def new_id() -> str:
+    """A fresh random identifier (32 hex digits) for messages, readings, captures, sessions."""
+    return uuid.uuid4().hex
+
+
+def iso(ts: datetime) -> str:
+    """ISO 8601 with offset and milliseconds, as every stored and sent timestamp is written."""
+    return ts.isoformat(timespec="milliseconds")
+
+
+@contextmanager
+def translate_sqlite_errors(what: str) -> Iterator[None]:
+    """Map ``sqlite3`` errors to the gateway's StoreError tree (the one translation point)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL or "full" in str(exc).lower():
+            raise DiskFull(f"{what}: the store is full ({exc})") from exc
+        raise StoreError(f"{what}: {exc}") from exc
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            raise DiskFull(f"{what}: no space left on device") from exc
+        raise StoreError(f"{what}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who sends: stamped into every up message the store enqueues."""
+
+    site_id: str = "site"
+    gateway_id: str = "gateway"
+    payload_format: Literal["json", "fhir"] = "json"
+
+
+class Store:
+    """The gateway's SQLite database and image directory, shared by the asyncio core and the web threads.
+
+    One connection, serialised by a re-entrant lock: the gateway's write rate is tiny and SQLite
+    serialises writers anyway. Clinical writes commit with ``synchronous=FULL``; outbox bookkeeping
+    (whose loss on power cut only causes a harmless re-send) may use ``durable=False``.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        path: Path | None,
+        image_dir: Path,
+        clock: Clock,
+        origin: Origin,
+        min_free_mb: int = 0,
+        low_disk_warn_mb: int = 0,
+    ) -> None:
+        self.db = db
+        self.origin = origin
+        self.path = path
+        self.image_dir = image_dir
+        self.clock = clock
+        self.min_free_mb = min_free_mb
+        self.low_disk_warn_mb = low_disk_warn_mb
+        self.lock = threading.RLock()
+        self._synchronous = "FULL"
+
+    # -- transactions -------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self, *, durable: bool = True) -> Iterator[Database]:
+        """One atomic block (nested blocks become savepoints). Errors come out as StoreError/DiskFull."""
+        with self.lock, translate_sqlite_errors("store write"):
+            if not self.db.conn.in_transaction:
+                self._set_synchronous("FULL" if durable else "NORMAL")
+            with self.db.atomic():
+                yield self.db
+
+    def _set_synchronous(self, mode: str) -> None:
+        if mode != self._synchronous:
+            self.db.conn.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = mode
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        """Run a read query and return rows as dicts."""
+        with self.lock, translate_sqlite_errors("store read"):
+            return list(self.db.query(sql, params))
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run a query returning one value (or None)."""
+        with self.lock, translate_sqlite_errors("store read"):
+            row = self.db.execute(sql, params).fetchone()
+            return None if row is None else row[0]
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    # -- disk ---------------------------------------------------------------------------------
+    def free_bytes(self) -> int:
+        """Free bytes on the file system that holds the database (or the image dir)."""
+        target = self.path.parent if self.path is not None else self.image_dir
+        return shutil.disk_usage(target).free
+
+    def check_intake(self) -> None:
+        """Refuse new clinical intake when free space is below the floor. Stored data stays safe."""
+        if self.min_free_mb and self.free_bytes() < self.min_free_mb * 1024 * 1024:
+            raise IntakeRefused(f"intake refused: less than {self.min_free_mb} MB free on the store's file system")
+
+    # -- small key/value state ---------------------------------------------------------------
+    def get_kv(self, key: str) -> str | None:
+        value = self.scalar("SELECT value FROM kv WHERE key = ?", [key])
+        return None if value is None else str(value)
+
+    def set_kv(self, key: str, value: str, *, durable: bool = False) -> None:
+        with self.transaction(durable=durable) as db:
+            db.execute(
+                "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                [key, value, iso(self.clock.utc_now())],
+            )
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError:
+        return False
+    if header != SQLITE_HEADER:
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False
+    return True
+
+
+def quarantine(path: Path, stamp: str) -> Path:
+    """Move an unreadable database (and its WAL/SHM) aside, keeping its bytes; return the new path."""
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, target.with_name(target.name + suffix))
+    return target
+
+
+def open_store(
+    path: Path | None,
+    image_dir: Path,
+    *,
+    clock: Clock | None = None,
+    origin: Origin | None = None,
+    min_free_mb: int = 0,
+    low_disk_warn_mb: int = 0,
+    max_page_count: int | None = None,
+) -> Store:
+    """Open (creating if needed) the store at ``path`` (None: in memory, for tests).
+
+    A file that is not a readable SQLite database is quarantined next to itself, a fresh database is
+    started, and the fact is recorded as an error event (status page and events topic), so the daemon
+    neither crash-loops nor silently forgets.
+    """
+    clock = clock or SystemClock()
+    quarantined: Path | None = None
+    with translate_sqlite_errors("opening the store"):
+        image_dir.mkdir(parents=True, exist_ok=True)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() and path.stat().st_size > 0 and not _looks_like_sqlite(path):
+                stamp = clock.utc_now().strftime("%Y%m%dT%H%M%SZ")
+                quarantined = quarantine(path, stamp)
+                _logger.error("store %s is not a readable database; moved it to %s", path, quarantined)
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        else:
+            conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        db = Database(conn)
+        if path is not None:
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        if max_page_count is not None:
+            conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+        MIGRATIONS.apply(db)
+    store = Store(
+        db,
+        path=path,
+        image_dir=image_dir,
+        clock=clock,
+        origin=origin or Origin(),
+        min_free_mb=min_free_mb,
+        low_disk_warn_mb=low_disk_warn_mb,
+    )
+    if quarantined is not None:
+        from gateway.store.events import add_event
+
+        store.set_kv(QUARANTINE_KEY, str(quarantined), durable=True)
+        add_event(
+            store,
+            "store_quarantined",
+            "the database file was unreadable; it was set aside and a fresh store started",
+            level="error",
+            detail={"quarantined_to": quarantined.name},
+        )
+    return store

@@ -1,0 +1,61 @@
+"""Operational events: kept locally (status page: recent errors) and sent on the ``events`` topic.
+
+Events never carry patient data: ids, counts and reasons only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from gateway.forward import contract
+from gateway.store.db import Store, iso, new_id
+from gateway.store.outbox import enqueue
+
+Level = Literal["info", "warning", "error"]
+
+
+def add_event(
+    store: Store, kind: str, message: str, *, level: Level = "info", detail: Mapping[str, Any] | None = None
+) -> str:
+    """Record an event and queue it for the platform in one transaction; return its message id."""
+    now = store.clock.utc_now()
+    message_id = new_id()
+    detail = dict(detail or {})
+    with store.transaction(durable=False) as db:
+        db.execute(
+            "INSERT INTO events (at, level, kind, message, detail) VALUES (?, ?, ?, ?, ?)",
+            [iso(now), level, kind, message, json.dumps(detail)],
+        )
+        enqueue(
+            db,
+            kind="event",
+            topic=contract.TOPIC_EVENTS,
+            created_at=now,
+            message_id=message_id,
+            payload=contract.event_payload(
+                kind=kind,
+                level=level,
+                message=message,
+                detail=detail,
+                message_id=message_id,
+                site_id=store.origin.site_id,
+                gateway_id=store.origin.gateway_id,
+                created_at=now,
+            ),
+        )
+    return message_id
+
+
+def recent_events(store: Store, *, limit: int = 20, min_level: Level = "info") -> list[dict[str, Any]]:
+    """Newest events first, at or above ``min_level``."""
+    levels = {"info": ("info", "warning", "error"), "warning": ("warning", "error"), "error": ("error",)}[min_level]
+    rows = store.query(
+        f"SELECT id, at, level, kind, message, detail FROM events WHERE level IN ({', '.join('?' * len(levels))}) "
+        "ORDER BY id DESC LIMIT ?",
+        [*levels, limit],
+    )
+    for row in rows:
+        row["detail"] = json.loads(row["detail"])
+    return rows

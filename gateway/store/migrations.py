@@ -1,0 +1,205 @@
+"""Named, append-only schema migrations. A landed migration is never edited: add a new one."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+MIGRATIONS = Migrations("clinic-gateway")
+
+
+@MIGRATIONS(name="0001_initial")
+def _initial(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE meters (
+            meter_id TEXT PRIMARY KEY,
+            family TEXT NOT NULL,
+            transport TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            model TEXT,
+            firmware TEXT,
+            address TEXT,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            last_sync TEXT,
+            last_sequence INTEGER,
+            last_error TEXT
+        );
+        -- A desk session: one meter download or one retinal capture series for one patient.
+        CREATE TABLE sessions (
+            session_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('meter', 'retina')),
+            patient_id TEXT,
+            meter_id TEXT,
+            operator TEXT,
+            state TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            records_total INTEGER,
+            records_new INTEGER NOT NULL DEFAULT 0,
+            error TEXT
+        );
+        CREATE TABLE readings (
+            id INTEGER PRIMARY KEY,
+            reading_id TEXT NOT NULL UNIQUE,
+            identity TEXT NOT NULL UNIQUE,      -- DESIGN §2: (meter_id, sequence) or (meter_id, time, value)
+            meter_id TEXT NOT NULL,
+            sequence INTEGER,
+            meter_time TEXT NOT NULL,
+            clock_offset_s REAL NOT NULL,
+            corrected_time TEXT NOT NULL,
+            time_trusted INTEGER NOT NULL,
+            value REAL NOT NULL,
+            unit TEXT NOT NULL,
+            mmol_l REAL NOT NULL,
+            patient_id TEXT,
+            session_id TEXT,
+            sample_type TEXT,
+            sample_location TEXT,
+            meal TEXT,
+            control_solution INTEGER NOT NULL DEFAULT 0,
+            flags TEXT NOT NULL DEFAULT '[]',
+            stored_at TEXT NOT NULL,
+            message_id TEXT NOT NULL
+        );
+        CREATE INDEX readings_meter_seq ON readings (meter_id, sequence);
+        CREATE INDEX readings_session ON readings (session_id);
+        CREATE TABLE captures (
+            capture_id TEXT PRIMARY KEY,
+            sha256 TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            media_type TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            eye TEXT NOT NULL,
+            field TEXT NOT NULL,
+            source TEXT NOT NULL,
+            captured_at TEXT NOT NULL,
+            patient_id TEXT,
+            session_id TEXT,
+            operator TEXT,
+            quality_ok INTEGER NOT NULL,
+            quality_reasons TEXT NOT NULL DEFAULT '[]',
+            quality_metrics TEXT NOT NULL DEFAULT '{}',
+            referable_probability REAL,
+            decision TEXT,
+            model_version TEXT,
+            thresholds TEXT NOT NULL DEFAULT '{}',
+            image_path TEXT NOT NULL,
+            stored_at TEXT NOT NULL,
+            message_id TEXT NOT NULL
+        );
+        CREATE INDEX captures_sha ON captures (sha256);
+        -- Outbox row lifecycle (see outbox.TRANSITIONS): pending -> sent -> acked; sent -> pending on
+        -- timeout or restart; pending|sent -> parked when the broker refuses the message; parked -> pending.
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            payload BLOB,
+            body_ref TEXT,
+            properties TEXT NOT NULL DEFAULT '{}',
+            record_ref TEXT,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'sent', 'acked', 'parked')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            sent_at TEXT,
+            acked_at TEXT,
+            parked_reason TEXT,
+            CHECK (payload IS NOT NULL OR body_ref IS NOT NULL)
+        );
+        CREATE INDEX outbox_state_seq ON outbox (state, seq);
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target_kind TEXT,
+            target_id TEXT,
+            patient_id TEXT,
+            detail TEXT NOT NULL DEFAULT '{}'
+        );
+        -- Operational events (no patient data): recent errors on the status page, the events topic.
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            level TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            message TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE TABLE referrals (
+            referral_id TEXT PRIMARY KEY,
+            capture_id TEXT,
+            patient_id TEXT,
+            decision TEXT NOT NULL,
+            note TEXT,
+            grader TEXT,
+            decided_at TEXT,
+            received_at TEXT NOT NULL,
+            seen_at TEXT
+        );
+        CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('nurse', 'technician', 'it', 'admin')),
+            language TEXT,
+            created_at TEXT NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE meter_patients (
+            meter_id TEXT PRIMARY KEY,
+            patient_id TEXT NOT NULL,
+            linked_by TEXT NOT NULL,
+            linked_at TEXT NOT NULL
+        );
+        CREATE TABLE kv (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+@MIGRATIONS(name="0002_retina_folder_ledger")
+def _retina_folder_ledger(db: Database) -> None:
+    # Files taken from a fundus camera's export folder: each (name, content) once, across restarts.
+    db.executescript(
+        """
+        CREATE TABLE retina_folder_files (
+            name TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            outcome TEXT NOT NULL,          -- 'stored', 'duplicate' or 'refused: <reason>'
+            capture_id TEXT,
+            taken_at TEXT NOT NULL,
+            PRIMARY KEY (name, sha256)
+        );
+        """
+    )
+
+
+@MIGRATIONS(name="0003_web_queue_samples_login_failures")
+def _web_samples_and_logins(db: Database) -> None:
+    # Outbox depth over time for the status page's chart (no patient data), and failed logins for the
+    # per-IP+user rate limit (kept in the store so a daemon restart does not reset the lockout).
+    db.executescript(
+        """
+        CREATE TABLE web_queue_samples (
+            at TEXT NOT NULL,
+            unsent INTEGER NOT NULL,
+            parked INTEGER NOT NULL,
+            acked_total INTEGER NOT NULL
+        );
+        CREATE INDEX web_queue_samples_at ON web_queue_samples (at);
+        CREATE TABLE web_login_failures (
+            key TEXT NOT NULL,
+            at TEXT NOT NULL
+        );
+        CREATE INDEX web_login_failures_key_at ON web_login_failures (key, at);
+        """
+    )

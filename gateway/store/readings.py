@@ -1,0 +1,176 @@
+"""Glucose readings and meters. A reading and its outbox message are written in one transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.forward import contract
+from gateway.records import GlucoseReading, MeterInfo
+from gateway.store.db import Store, iso, new_id
+from gateway.store.outbox import enqueue
+
+
+def reading_identity(reading: GlucoseReading) -> str:
+    """DESIGN §2: ``(meter_id, sequence)`` when the meter numbers records, else ``(meter_id, time, value)``."""
+    if reading.sequence is not None:
+        return f"{reading.meter_id}#seq={reading.sequence}"
+    return f"{reading.meter_id}#t={reading.meter_time.isoformat()}#v={reading.value:g}{reading.unit}"
+
+
+@dataclass(slots=True)
+class AddResult:
+    """What :func:`add_readings` did."""
+
+    added: int = 0
+    duplicates: int = 0
+    reading_ids: list[str] = field(default_factory=list)
+
+
+def add_readings(store: Store, readings: Sequence[GlucoseReading]) -> AddResult:
+    """Store readings not seen before, each with its ``glucose`` outbox message, in ONE durable transaction.
+
+    A reading whose identity is already stored is counted as a duplicate and adds nothing, so a second
+    download of the same meter is harmless. Raises IntakeRefused when the disk is nearly full.
+    """
+    result = AddResult()
+    if not readings:
+        return result
+    store.check_intake()
+    origin = store.origin
+    now = store.clock.utc_now()
+    with store.transaction(durable=True) as db:
+        for reading in readings:
+            reading_id, message_id = new_id(), new_id()
+            cur = db.execute(
+                "INSERT OR IGNORE INTO readings (reading_id, identity, meter_id, sequence, meter_time, clock_offset_s, "
+                "corrected_time, time_trusted, value, unit, mmol_l, patient_id, session_id, sample_type, "
+                "sample_location, meal, control_solution, flags, stored_at, message_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    reading_id,
+                    reading_identity(reading),
+                    reading.meter_id,
+                    reading.sequence,
+                    reading.meter_time.isoformat(),
+                    reading.clock_offset_s,
+                    iso(reading.corrected_time),
+                    int(reading.time_trusted),
+                    reading.value,
+                    str(reading.unit),
+                    reading.mmol_l,
+                    reading.patient_id,
+                    reading.session_id,
+                    reading.sample_type,
+                    reading.sample_location,
+                    None if reading.meal is None else str(reading.meal),
+                    int(reading.control_solution),
+                    json.dumps(list(reading.flags)),
+                    iso(now),
+                    message_id,
+                ],
+            )
+            if cur.rowcount == 0:
+                result.duplicates += 1
+                continue
+            enqueue(
+                db,
+                kind="glucose",
+                topic=contract.TOPIC_GLUCOSE,
+                created_at=now,
+                message_id=message_id,
+                record_ref=f"reading:{reading_id}",
+                payload=contract.glucose_payload(
+                    reading,
+                    reading_id=reading_id,
+                    message_id=message_id,
+                    site_id=origin.site_id,
+                    gateway_id=origin.gateway_id,
+                    created_at=now,
+                    payload_format=origin.payload_format,
+                ),
+            )
+            result.added += 1
+            result.reading_ids.append(reading_id)
+    return result
+
+
+def upsert_meter(store: Store, info: MeterInfo) -> None:
+    """Remember a meter (first and last seen, model, firmware)."""
+    now = iso(store.clock.utc_now())
+    with store.transaction(durable=False) as db:
+        db.execute(
+            "INSERT INTO meters (meter_id, family, transport, serial, model, firmware, address, first_seen, last_seen) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (meter_id) DO UPDATE SET "
+            "model = coalesce(excluded.model, model), firmware = coalesce(excluded.firmware, firmware), "
+            "address = coalesce(excluded.address, address), last_seen = excluded.last_seen",
+            [
+                info.meter_id,
+                info.family,
+                info.transport,
+                info.serial,
+                info.model,
+                info.firmware,
+                info.address,
+                now,
+                now,
+            ],
+        )
+
+
+def record_meter_sync(store: Store, meter_id: str, *, error: str | None = None) -> None:
+    """Note the end of a download attempt (``error`` is a short reason, never patient data)."""
+    now = iso(store.clock.utc_now())
+    with store.transaction(durable=False) as db:
+        if error is None:
+            db.execute("UPDATE meters SET last_sync = ?, last_error = NULL WHERE meter_id = ?", [now, meter_id])
+        else:
+            db.execute("UPDATE meters SET last_error = ? WHERE meter_id = ?", [error, meter_id])
+
+
+def last_sequence(store: Store, meter_id: str) -> int | None:
+    """Highest record sequence stored for this meter: the resume cursor for the next download."""
+    value = store.scalar("SELECT max(sequence) FROM readings WHERE meter_id = ?", [meter_id])
+    return None if value is None else int(value)
+
+
+def count_readings(store: Store, meter_id: str | None = None) -> int:
+    """Number of stored readings (optionally of one meter)."""
+    if meter_id is None:
+        return int(store.scalar("SELECT count(*) FROM readings"))
+    return int(store.scalar("SELECT count(*) FROM readings WHERE meter_id = ?", [meter_id]))
+
+
+def readings_of_session(store: Store, session_id: str) -> list[dict[str, Any]]:
+    """Readings stored by one desk session, in meter order."""
+    return store.query("SELECT * FROM readings WHERE session_id = ? ORDER BY meter_time, sequence", [session_id])
+
+
+def list_meters(store: Store) -> list[dict[str, Any]]:
+    """Every meter seen, newest first."""
+    return store.query("SELECT * FROM meters ORDER BY last_seen DESC")
+
+
+def patient_for_meter(store: Store, meter_id: str) -> str | None:
+    """The patient a meter is registered to at the desk, if any."""
+    value = store.scalar("SELECT patient_id FROM meter_patients WHERE meter_id = ?", [meter_id])
+    return None if value is None else str(value)
+
+
+def link_meter_to_patient(store: Store, meter_id: str, patient_id: str, *, actor: str) -> None:
+    """Register a meter as belonging to a patient (desk action, audited)."""
+    from gateway.store import audit
+
+    now = iso(store.clock.utc_now())
+    with store.transaction() as db:
+        db.execute(
+            "INSERT INTO meter_patients (meter_id, patient_id, linked_by, linked_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (meter_id) DO UPDATE SET patient_id = excluded.patient_id, linked_by = excluded.linked_by, "
+            "linked_at = excluded.linked_at",
+            [meter_id, patient_id, actor, now],
+        )
+        audit.record(
+            db, store, actor=actor, action="link_meter", target_kind="meter", target_id=meter_id, patient_id=patient_id
+        )

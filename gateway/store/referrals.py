@@ -1,0 +1,63 @@
+"""Referral decisions the platform sent down (``cmd/referral``), kept for the desk pages.
+
+A referral is stored once per ``referral_id``: the platform may send the same decision again (QoS 1,
+re-sends), and that adds nothing. Rows carry patient data: only the pages behind a login read them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.records import Referral
+from gateway.store.db import Store, iso
+
+
+def add_referral(store: Store, referral: Referral) -> bool:
+    """Store a referral decision; False when this ``referral_id`` was already stored (idempotent)."""
+    with store.transaction(durable=True) as db:
+        cur = db.execute(
+            "INSERT OR IGNORE INTO referrals (referral_id, capture_id, patient_id, decision, note, grader, "
+            "decided_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                referral.referral_id,
+                referral.capture_id,
+                referral.patient_id,
+                referral.decision,
+                referral.note,
+                referral.grader,
+                None if referral.decided_at is None else iso(referral.decided_at),
+                iso(store.clock.utc_now()),
+            ],
+        )
+        return bool(cur.rowcount)
+
+
+def list_referrals(
+    store: Store,
+    *,
+    patient_id: str | None = None,
+    capture_id: str | None = None,
+    unseen_only: bool = False,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Referrals, newest first (arrival order), optionally for one patient or capture, or only unseen ones."""
+    return store.query(
+        "SELECT * FROM referrals WHERE (? IS NULL OR patient_id = ?) AND (? IS NULL OR capture_id = ?) "
+        "AND (? = 0 OR seen_at IS NULL) ORDER BY rowid DESC LIMIT ?",
+        [patient_id, patient_id, capture_id, capture_id, int(unseen_only), limit],
+    )
+
+
+def mark_seen(store: Store, referral_id: str) -> bool:
+    """Note that the desk has shown this referral; False when unknown or already seen."""
+    with store.transaction(durable=False) as db:
+        cur = db.execute(
+            "UPDATE referrals SET seen_at = ? WHERE referral_id = ? AND seen_at IS NULL",
+            [iso(store.clock.utc_now()), referral_id],
+        )
+        return bool(cur.rowcount)
+
+
+def count_unseen(store: Store) -> int:
+    """Referrals not yet shown at the desk."""
+    return int(store.scalar("SELECT count(*) FROM referrals WHERE seen_at IS NULL"))

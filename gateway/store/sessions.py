@@ -1,0 +1,65 @@
+"""Desk sessions: one meter download or one retinal capture series, for one patient."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from gateway.store.db import Store, iso, new_id
+
+SessionKind = Literal["meter", "retina"]
+
+
+def start_session(
+    store: Store,
+    kind: SessionKind,
+    *,
+    patient_id: str | None = None,
+    meter_id: str | None = None,
+    operator: str | None = None,
+    session_id: str | None = None,
+) -> str:
+    """Open a session in state ``running``; return its id."""
+    session_id = session_id or new_id()
+    with store.transaction(durable=False) as db:
+        db.execute(
+            "INSERT INTO sessions (session_id, kind, patient_id, meter_id, operator, state, started_at) "
+            "VALUES (?, ?, ?, ?, ?, 'running', ?)",
+            [session_id, kind, patient_id, meter_id, operator, iso(store.clock.utc_now())],
+        )
+    return session_id
+
+
+def update_session(store: Store, session_id: str, **fields: Any) -> None:
+    """Update progress columns (``records_total``, ``records_new``, ``meter_id``, ``state``, ``error``)."""
+    allowed = {"records_total", "records_new", "meter_id", "state", "error", "patient_id"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"unknown session fields: {sorted(unknown)}")
+    if not fields:
+        return
+    sets = ", ".join(f"{k} = ?" for k in fields)
+    with store.transaction(durable=False) as db:
+        db.execute(f"UPDATE sessions SET {sets} WHERE session_id = ?", [*fields.values(), session_id])
+
+
+def finish_session(store: Store, session_id: str, *, state: str = "done", error: str | None = None) -> None:
+    """Close a session (``done``, ``failed``, ``interrupted``)."""
+    with store.transaction(durable=False) as db:
+        db.execute(
+            "UPDATE sessions SET state = ?, error = ?, ended_at = ? WHERE session_id = ?",
+            [state, error, iso(store.clock.utc_now()), session_id],
+        )
+
+
+def get_session(store: Store, session_id: str) -> dict[str, Any] | None:
+    rows = store.query("SELECT * FROM sessions WHERE session_id = ?", [session_id])
+    return rows[0] if rows else None
+
+
+def sessions_since(store: Store, since_iso: str, kind: SessionKind | None = None) -> list[dict[str, Any]]:
+    """Sessions started at or after ``since_iso``, newest first."""
+    if kind is None:
+        return store.query("SELECT * FROM sessions WHERE started_at >= ? ORDER BY started_at DESC", [since_iso])
+    return store.query(
+        "SELECT * FROM sessions WHERE started_at >= ? AND kind = ? ORDER BY started_at DESC", [since_iso, kind]
+    )

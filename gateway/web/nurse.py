@@ -1,0 +1,154 @@
+"""Nurse desk: patient id (typed or scanned), meters detected, download with progress, readings, link.
+
+Patient ids travel only in POST bodies and in the server-rendered pages, never in URLs (which end up in
+browser history and proxy logs) or in log lines. The download runs in the asyncio core; this page asks
+for it through the facade and polls its progress.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
+from flask_login import current_user
+
+from gateway.services import DeskUnavailable
+from gateway.store import audit
+from gateway.web.auth import roles_required
+from gateway.web.context import services
+
+_logger = logging.getLogger(__name__)
+
+bp = Blueprint("nurse", __name__, url_prefix="/nurse")
+
+HYPO_MMOL_L = 3.9
+HYPER_MMOL_L = 13.9
+FINISHED_STATES = frozenset({"done", "interrupted", "failed"})
+MAX_PATIENT_ID = 64
+
+
+def clean_patient_id(raw: str | None) -> str | None:
+    """A patient id as typed or scanned (scanners add the Enter; some add spaces), or None when unusable."""
+    value = (raw or "").strip()
+    if not value or len(value) > MAX_PATIENT_ID or not value.isprintable():
+        return None
+    return value
+
+
+def glucose_band(mmol_l: float) -> str:
+    """``low`` below 3.9 mmol/L, ``high`` above 13.9 mmol/L, else ``normal``."""
+    if mmol_l < HYPO_MMOL_L:
+        return "low"
+    if mmol_l > HYPER_MMOL_L:
+        return "high"
+    return "normal"
+
+
+def _meters() -> list[dict[str, Any]]:
+    return [d for d in services().devices() if d.get("kind", "meter") == "meter"]
+
+
+@bp.route("", methods=["GET", "POST"])
+@roles_required("nurse")
+def desk() -> ResponseReturnValue:
+    """Step 1: the patient id; then the meters detected, each with a download button."""
+    patient_id = None
+    if request.method == "POST":
+        patient_id = clean_patient_id(request.form.get("patient_id"))
+        if patient_id is None:
+            flash(_("Enter or scan a patient id."), "error")
+    return render_template(
+        "nurse.html",
+        patient_id=patient_id,
+        meters=_meters(),
+        sessions=services().sessions_today("meter"),
+    )
+
+
+@bp.post("/sync")
+@roles_required("nurse")
+def start_sync() -> ResponseReturnValue:
+    """Step 2: ask the core to download the chosen meter for this patient."""
+    patient_id = clean_patient_id(request.form.get("patient_id"))
+    target = request.form.get("target", "").strip()
+    if patient_id is None or not target:
+        flash(_("Enter or scan a patient id, then choose a meter."), "error")
+        return redirect(url_for("nurse.desk"))
+    svc = services()
+    try:
+        session_id = svc.request_meter_sync(target, patient_id=patient_id, operator=current_user.username)
+    except DeskUnavailable:
+        flash(_("No meter service is running. Ask IT to check the gateway."), "error")
+        return render_template(
+            "nurse.html", patient_id=patient_id, meters=_meters(), sessions=svc.sessions_today("meter")
+        )
+    audit.add(
+        svc.store,
+        actor=current_user.username,
+        action="meter_sync_requested",
+        target_kind="meter",
+        target_id=target,
+        patient_id=patient_id,
+        detail={"session_id": session_id},
+    )
+    _logger.info("user %s started meter download %s on %s", current_user.username, session_id, target)
+    return redirect(url_for("nurse.session", session_id=session_id))
+
+
+def _session_or_404(session_id: str) -> dict[str, Any]:
+    progress = services().progress(session_id)
+    if progress is None:
+        abort(404)
+    return progress
+
+
+@bp.get("/session/<session_id>")
+@roles_required("nurse")
+def session(session_id: str) -> ResponseReturnValue:
+    """Step 3: progress (polled), then the readings to review and the link to confirm."""
+    progress = _session_or_404(session_id)
+    finished = progress.get("state") in FINISHED_STATES
+    readings = services().session_readings(session_id) if finished else []
+    for row in readings:
+        row["band"] = glucose_band(row["mmol_l"])
+    return render_template(
+        "nurse_session.html",
+        session_id=session_id,
+        progress=progress,
+        finished=finished,
+        readings=readings,
+        hypo=HYPO_MMOL_L,
+        hyper=HYPER_MMOL_L,
+    )
+
+
+@bp.get("/api/progress/<session_id>")
+@roles_required("nurse")
+def api_progress(session_id: str) -> ResponseReturnValue:
+    """n of N for the polling script (no patient data in this answer)."""
+    progress = _session_or_404(session_id)
+    return {
+        "state": progress.get("state"),
+        "done": progress.get("done", progress.get("records_new")),
+        "total": progress.get("total", progress.get("records_total")),
+        "meter_id": progress.get("meter_id"),
+        "finished": progress.get("state") in FINISHED_STATES,
+    }
+
+
+@bp.post("/session/<session_id>/link")
+@roles_required("nurse")
+def link(session_id: str) -> ResponseReturnValue:
+    """Confirm the meter belongs to the session's patient (audited by the store)."""
+    progress = _session_or_404(session_id)
+    meter_id, patient_id = progress.get("meter_id"), progress.get("patient_id")
+    if not meter_id or not patient_id:
+        flash(_("This download has no meter or patient to link."), "error")
+    else:
+        services().link_meter(meter_id, patient_id, actor=current_user.username)
+        _logger.info("user %s linked meter %s (session %s)", current_user.username, meter_id, session_id)
+        flash(_("Meter linked to this patient."), "ok")
+    return redirect(url_for("nurse.session", session_id=session_id))

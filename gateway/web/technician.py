@@ -1,0 +1,216 @@
+"""Technician desk: patient id, eye and field, live preview, capture or upload, quality verdict with
+reasons and retake, the advisory triage result, and referral decisions from the platform.
+
+Captures run in the retina service (``gateway.retina.service``) in the asyncio core; this page asks for
+them through the facade and polls the outcome. Without the retina service (or without a camera) the page
+still works and says so. Patient ids stay in POST bodies and server-rendered pages, never in URLs or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_login import current_user
+
+from gateway.services import DeskUnavailable
+from gateway.store import audit
+from gateway.web.auth import roles_required
+from gateway.web.context import services, web_context
+from gateway.web.nurse import clean_patient_id
+
+_logger = logging.getLogger(__name__)
+
+bp = Blueprint("technician", __name__, url_prefix="/technician")
+
+EYES = ("R", "L")
+FIELDS = ("disc", "macula")
+FINISHED_STATES = frozenset({"done", "failed"})
+PREVIEW_SECONDS = 300
+"""A preview stream ends after this long (it holds a server thread); the page offers to restart it."""
+
+REASON_TEXT = {
+    "not_fundus": _l("This is not a retinal photo: photograph the fundus."),
+    "too_dark": _l("Too dark: raise the flash or illumination, let the pupil dilate, clean the lens."),
+    "overexposed": _l("Overexposed: lower the flash, check the camera's exposure setting."),
+    "uneven_illumination": _l("Uneven light: re-align the camera on the pupil axis."),
+    "small_pupil_vignetting": _l("Dark rim all around: wait for dilation, move closer to the pupil."),
+    "not_centred": _l("Not centred: centre the fundus in the frame."),
+    "field_incomplete": _l("Part of the field is cut off: move back or re-align so the whole circle shows."),
+    "out_of_focus": _l("Out of focus: refocus, and check that the patient does not blink."),
+    "motion_blur": _l("Motion blur: ask the patient to fixate and hold still, then take it again."),
+    "jpeg_damage": _l("The file is damaged: export or transfer it again."),
+}
+DECISION_TEXT = {
+    "refer": _l("Refer (advisory)"),
+    "rescreen": _l("Rescreen at the usual interval (advisory)"),
+    "ungradable": _l("Ungradable: treat as refer (advisory)"),
+}
+
+
+def reason_text(reason: str) -> str:
+    """What the technician should do about a quality reason (the code itself when unknown)."""
+    text = REASON_TEXT.get(reason)
+    return reason if text is None else str(text)
+
+
+def _retina_session(session_id: str) -> dict[str, Any]:
+    row = services().progress(session_id)
+    if row is None or row.get("kind") != "retina" or not row.get("patient_id"):
+        abort(404)
+    return row
+
+
+def _choice(value: str | None, allowed: tuple[str, ...]) -> str | None:
+    return value if value in allowed else None
+
+
+@bp.route("", methods=["GET", "POST"])
+@roles_required("technician")
+def desk() -> ResponseReturnValue:
+    """Step 1: the patient id (typed or scanned) opens a capture session."""
+    if request.method == "POST":
+        patient_id = clean_patient_id(request.form.get("patient_id"))
+        if patient_id is None:
+            flash(_("Enter or scan a patient id."), "error")
+        else:
+            session_id = services().start_retina_session(patient_id, operator=current_user.username)
+            audit.add(
+                services().store,
+                actor=current_user.username,
+                action="retina_session_started",
+                target_kind="session",
+                target_id=session_id,
+                patient_id=patient_id,
+            )
+            return redirect(url_for("technician.session", session_id=session_id))
+    return render_template("technician.html", retina_available=services().retina_available())
+
+
+def _session_page(session_id: str, result: dict[str, Any] | None = None, **extra: Any) -> ResponseReturnValue:
+    row = _retina_session(session_id)
+    svc = services()
+    captures = svc.captures(session_id=session_id)
+    referrals = svc.referrals(patient_id=row["patient_id"])
+    return render_template(
+        "technician_session.html",
+        session_id=session_id,
+        patient_id=row["patient_id"],
+        retina_available=svc.retina_available(),
+        camera_enabled=web_context().config.retina.camera.enabled,
+        captures=captures,
+        referrals=referrals,
+        result=result,
+        eyes=EYES,
+        fields=FIELDS,
+        reason_text=reason_text,
+        decision_text=DECISION_TEXT,
+        **extra,
+    )
+
+
+@bp.get("/session/<session_id>")
+@roles_required("technician")
+def session(session_id: str) -> ResponseReturnValue:
+    """Step 2: choose eye and field, watch the preview, capture (or upload) a photo."""
+    return _session_page(session_id, eye=request.args.get("eye", "R"), field=request.args.get("field", "macula"))
+
+
+def _submit(session_id: str, *, upload: bool) -> ResponseReturnValue:
+    row = _retina_session(session_id)
+    eye, field = _choice(request.form.get("eye"), EYES), _choice(request.form.get("field"), FIELDS)
+    if eye is None or field is None:
+        flash(_("Choose the eye (L/R) and the field (disc/macula)."), "error")
+        return redirect(url_for("technician.session", session_id=session_id))
+    svc = services()
+    patient_id = row["patient_id"]
+    try:
+        if upload:
+            file = request.files.get("photo")
+            data = file.read() if file is not None else b""
+            if not data:
+                flash(_("Choose a photo file to upload."), "error")
+                return redirect(url_for("technician.session", session_id=session_id, eye=eye, field=field))
+            request_id = svc.upload_capture(
+                data, patient_id=patient_id, eye=eye, field=field, operator=current_user.username, session_id=session_id
+            )
+        else:
+            request_id = svc.request_capture(
+                patient_id=patient_id, eye=eye, field=field, operator=current_user.username, session_id=session_id
+            )
+    except DeskUnavailable:
+        flash(_("The retina service is not running. Ask IT to check the gateway."), "error")
+        return redirect(url_for("technician.session", session_id=session_id, eye=eye, field=field))
+    action = "retina_upload" if upload else ("retina_retake" if request.form.get("retake_of") else "retina_capture")
+    audit.add(
+        svc.store,
+        actor=current_user.username,
+        action=action,
+        target_kind="session",
+        target_id=session_id,
+        patient_id=patient_id,
+        detail={"request_id": request_id, "eye": eye, "field": field, "retake_of": request.form.get("retake_of")},
+    )
+    _logger.info("user %s asked for retina %s %s (session %s)", current_user.username, action, request_id, session_id)
+    return redirect(url_for("technician.result", session_id=session_id, request_id=request_id, eye=eye, field=field))
+
+
+@bp.post("/session/<session_id>/capture")
+@roles_required("technician")
+def capture(session_id: str) -> ResponseReturnValue:
+    """Take a photo with the camera now (also the retake button)."""
+    return _submit(session_id, upload=False)
+
+
+@bp.post("/session/<session_id>/upload")
+@roles_required("technician")
+def upload(session_id: str) -> ResponseReturnValue:
+    """Take a photo file from this computer (a camera that saves files, a USB stick)."""
+    return _submit(session_id, upload=True)
+
+
+def _request_state(request_id: str) -> dict[str, Any]:
+    state = services().progress(request_id)
+    if state is None or state.get("kind") != "retina":
+        abort(404)
+    return state
+
+
+@bp.get("/session/<session_id>/result/<request_id>")
+@roles_required("technician")
+def result(session_id: str, request_id: str) -> ResponseReturnValue:
+    """Step 3: the verdict with reasons, the advisory triage, and the retake button (polled until done)."""
+    state = _request_state(request_id)
+    return _session_page(
+        session_id,
+        result={"request_id": request_id, **state},
+        eye=request.args.get("eye", "R"),
+        field=request.args.get("field", "macula"),
+        finished=state.get("state") in FINISHED_STATES,
+    )
+
+
+@bp.get("/api/request/<request_id>")
+@roles_required("technician")
+def api_request(request_id: str) -> ResponseReturnValue:
+    """State of a capture request for the polling script (no patient data)."""
+    state = _request_state(request_id)
+    return {"state": state.get("state"), "finished": state.get("state") in FINISHED_STATES}
+
+
+@bp.get("/preview.mjpg")
+@roles_required("technician")
+def preview() -> ResponseReturnValue:
+    """The camera's live preview (MJPEG) for the page's ``<img>``; 503 without a retina service."""
+    fps = web_context().config.retina.camera.preview_fps
+    preview = services().preview_stream(max_frames=int(fps * PREVIEW_SECONDS))
+    if preview is None:
+        return Response(_("No camera preview: the retina service is not running."), status=503, mimetype="text/plain")
+    content_type, stream = preview
+    response = Response(stream, content_type=content_type)
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,1 @@
+"""Referable diabetic-retinopathy triage model: definition, data, training, export and evaluation."""

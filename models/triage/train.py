@@ -1,0 +1,256 @@
+"""Fine-tune EfficientNet-Lite0 for referable DR (grade >= 2) on the fundus developer set.
+
+Two modes:
+
+* default: train on the ``train`` split with a fixed schedule, log the ``valid`` AUC every few epochs
+  (for the record only) and save the final exponential-moving-average (EMA) weights;
+* ``--cv K``: K-fold cross-validation *inside the train split*, folds grouped by patient, printing
+  the pooled out-of-fold AUC. Use this to compare settings without looking at ``valid``.
+
+The valid split is used only to pick the operating thresholds (``export.py``), never to tune.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from models.triage.data import Augment, Dataset, batch_inputs, load_dataset
+from models.triage.metrics import roc_auc
+from models.triage.model import EfficientNetLite0, ProbabilityModel, build_model
+
+RUNS_DIR = Path(__file__).resolve().parent / "runs"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Everything that determines a training run (saved next to the checkpoint)."""
+
+    size: int = 256
+    epochs: int = 24
+    batch: int = 16
+    lr: float = 6e-4
+    weight_decay: float = 0.02
+    warmup_epochs: float = 1.0
+    ema_decay: float = 0.98
+    label_smoothing: float = 0.05
+    aux_grade_weight: float = 0.0
+    dropout: float = 0.3
+    drop_connect: float = 0.2
+    flip_tta: bool = True
+    seed: int = 20261123
+    threads: int = 2
+    eval_every: int = 4
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def predict(
+    net: nn.Module, squares: npt.NDArray[np.uint8], size: int, flip_tta: bool, device: str = "cpu"
+) -> npt.NDArray[np.float64]:
+    """Referable probabilities for cached squares, through the same wrapper that is exported to ONNX."""
+    wrapper = ProbabilityModel(net, flip_tta=flip_tta).to(device).eval()
+    out: list[npt.NDArray[np.float64]] = []
+    with torch.no_grad():
+        for start in range(0, len(squares), 32):
+            x = torch.from_numpy(batch_inputs(squares[start : start + 32], size)).to(device)
+            out.append(wrapper(x)[:, 0].double().cpu().numpy())
+    return np.concatenate(out)
+
+
+class _ReferableHead(nn.Module):
+    """View of a 2-output training net (referable logit, grade regression) as a 1-logit net."""
+
+    def __init__(self, net: EfficientNetLite0) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.net(x)
+        return logits[:, :1]
+
+
+def referable_net(net: EfficientNetLite0) -> nn.Module:
+    """The 1-logit network to export (drops the auxiliary grade output if the net has one)."""
+    return net if net._fc.out_features == 1 else _ReferableHead(net)
+
+
+def _ema_net(ema: AveragedModel) -> EfficientNetLite0:
+    """The averaged network inside an :class:`AveragedModel`."""
+    net = ema.module
+    assert isinstance(net, EfficientNetLite0)
+    return net
+
+
+def make_net(cfg: TrainConfig, pretrained: bool = True) -> EfficientNetLite0:
+    """Build the training network for ``cfg`` (one logit, plus one grade output with the auxiliary loss)."""
+    net = build_model(pretrained=pretrained, dropout=cfg.dropout, drop_connect=cfg.drop_connect)
+    if cfg.aux_grade_weight > 0:
+        old = net._fc
+        net._fc = nn.Linear(old.in_features, 2)
+        with torch.no_grad():
+            net._fc.weight[:1].copy_(old.weight)
+            net._fc.bias[:1].copy_(old.bias)
+    return net
+
+
+def train(
+    cfg: TrainConfig,
+    data: Dataset,
+    train_idx: npt.NDArray[np.intp],
+    eval_idx: npt.NDArray[np.intp] | None = None,
+    device: str = "cpu",
+    log_prefix: str = "",
+) -> tuple[EfficientNetLite0, list[dict[str, float]]]:
+    """Train on ``train_idx``; return the EMA network (eval mode) and a per-epoch log.
+
+    ``eval_idx`` is only scored and logged after each epoch; it never influences training.
+    """
+    seed_everything(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    net = make_net(cfg).to(device)
+    ema = AveragedModel(
+        net,
+        multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),  # type: ignore[no-untyped-call]
+        use_buffers=True,
+    )
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(train_idx) // cfg.batch
+    total = steps_per_epoch * cfg.epochs
+    warmup = max(1, round(steps_per_epoch * cfg.warmup_epochs))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return float(0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    augment = Augment()
+    labels = data.labels(train_idx)
+    grades = data.grades(train_idx).astype(np.float32)
+    log: list[dict[str, float]] = []
+    for epoch in range(cfg.epochs):
+        net.train()
+        started = time.perf_counter()
+        order = rng.permutation(len(train_idx))
+        losses: list[float] = []
+        for b in range(steps_per_epoch):
+            pick = order[b * cfg.batch : (b + 1) * cfg.batch]
+            squares = np.stack([augment(data.squares[train_idx[i]], rng) for i in pick])
+            x = torch.from_numpy(batch_inputs(squares, cfg.size)).to(device)
+            y = torch.from_numpy(labels[pick]).to(device)
+            target = y * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
+            out = net(x)
+            loss = F.binary_cross_entropy_with_logits(out[:, 0], target)
+            if cfg.aux_grade_weight > 0:
+                g = torch.from_numpy(grades[pick]).to(device)
+                loss = loss + cfg.aux_grade_weight * F.smooth_l1_loss(out[:, 1], g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+            ema.update_parameters(net)
+            losses.append(float(loss.detach()))
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started}
+        if eval_idx is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            probs = predict(referable_net(_ema_net(ema)), data.squares[eval_idx], cfg.size, cfg.flip_tta, device)
+            entry["eval_auc"] = roc_auc(data.labels(eval_idx), probs)
+        log.append(entry)
+        print(log_prefix + json.dumps({k: round(v, 4) for k, v in entry.items()}), flush=True)
+    return _ema_net(ema).eval(), log
+
+
+def patient_folds(data: Dataset, idx: npt.NDArray[np.intp], k: int, seed: int) -> list[npt.NDArray[np.intp]]:
+    """Split ``idx`` into ``k`` folds with whole patients, stratified by "any eye referable"."""
+    patients: dict[str, list[int]] = {}
+    for i in idx:
+        patients.setdefault(data.samples[i].patient_id, []).append(int(i))
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for positive in (True, False):
+        group = sorted(p for p, m in patients.items() if any(data.samples[i].referable for i in m) == positive)
+        for j, p in enumerate(rng.permutation(group)):
+            folds[j % k].extend(patients[str(p)])
+    return [np.array(sorted(f), dtype=np.intp) for f in folds]
+
+
+def cross_validate(cfg: TrainConfig, data: Dataset, k: int, device: str) -> float:
+    """Pooled out-of-fold AUC of ``cfg`` over ``k`` patient-grouped folds of the train split."""
+    train_all = data.indices("train")
+    oof = np.zeros(len(data.samples))
+    for f, held in enumerate(patient_folds(data, train_all, k, cfg.seed)):
+        fit = np.setdiff1d(train_all, held)
+        net, _ = train(cfg, data, fit, held, device, log_prefix=f"fold{f} ")
+        oof[held] = predict(referable_net(net), data.squares[held], cfg.size, cfg.flip_tta, device)
+    auc = roc_auc(data.labels(train_all), oof[train_all])
+    print(json.dumps({"cv_folds": k, "oof_auc": round(auc, 4), "config": asdict(cfg)}), flush=True)
+    return auc
+
+
+def save_checkpoint(net: EfficientNetLite0, cfg: TrainConfig, log: list[dict[str, float]], out: Path) -> None:
+    """Save weights, config and training log to ``out`` (a directory under ``runs/``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), out / "model.pt")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+
+
+def load_checkpoint(out: Path) -> tuple[EfficientNetLite0, TrainConfig]:
+    """Load a network and its config saved by :func:`save_checkpoint` (eval mode, CPU)."""
+    cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
+    net = make_net(cfg, pretrained=False)
+    net.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
+    return net.eval(), cfg
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Command-line options: every :class:`TrainConfig` field, plus mode and output."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = TrainConfig()
+    for field in fields(TrainConfig):
+        value = getattr(defaults, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, type=lambda s: s.lower() in {"1", "true", "yes"}, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    parser.add_argument("--cv", type=int, default=0, help="K-fold CV inside train instead of a final run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RUNS_DIR / "final")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``python -m models.triage.train [--cv K] [--size N] ...``."""
+    cfg, args = parse_args(argv)
+    data = load_dataset()
+    if args.cv:
+        cross_validate(cfg, data, args.cv, args.device)
+        return
+    net, log = train(cfg, data, data.indices("train"), data.indices("valid"), args.device)
+    save_checkpoint(net.cpu(), cfg, log, args.out)
+    print(json.dumps({"saved": str(args.out)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

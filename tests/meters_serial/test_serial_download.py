@@ -1,0 +1,163 @@
+"""Real pyserial in the gateway against each family's emulator on a real pty, through the shared DownloadSession.
+
+Each test runs for all three families (OneTouch Ultra 2, OneTouch UltraEasy, FreeStyle Optium).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import pytest
+from support.serial_meters import FAST, download
+
+from gateway.emulate.serial_meter import Fault
+from gateway.meters.drivers import FLAG_DISPLAYS_MMOL_L
+from gateway.meters.session import FLAG_METER_CLOCK_IMPLAUSIBLE
+from gateway.records import MGDL_PER_MMOLL, Unit
+from gateway.store import readings as store_readings
+
+FAMILIES = ["onetouch_ultra2", "onetouch_ultraeasy", "freestyle_optium"]
+
+
+def _outbox_glucose(store) -> int:
+    return int(store.scalar("SELECT count(*) FROM outbox WHERE kind = 'glucose'"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_full_download_then_nothing_new_then_only_the_new_reading(family, emulators, store, clock) -> None:
+    emu = emulators(family, records=500)
+    first = asyncio.run(download(store, clock, emu.port, patient_id="P-0001"))
+    assert (first.state, first.received, first.added) == ("done", 500, 500), first.error
+    meter_id = first.meter.meter_id
+    assert meter_id == f"{family}:{emu.state.serial}"
+    rows = store.query("SELECT meter_time, value, unit, sequence, patient_id FROM readings ORDER BY meter_time")
+    expected = sorted((r.meter_time.isoformat(), float(r.value_mg_dl)) for r in emu.state.readings)
+    assert [(r["meter_time"], r["value"]) for r in rows] == expected
+    assert {(r["unit"], r["sequence"], r["patient_id"]) for r in rows} == {("mg/dL", None, "P-0001")}
+    assert _outbox_glucose(store) == 500
+
+    second = asyncio.run(download(store, clock, emu.port))
+    assert (second.state, second.received, second.added, second.duplicates) == ("done", 500, 0, 500)
+    assert _outbox_glucose(store) == 500
+
+    emu.state.add_reading(187)  # taken at home between visits
+    third = asyncio.run(download(store, clock, emu.port))
+    assert (third.state, third.added) == ("done", 1)
+    assert _outbox_glucose(store) == 501
+    new = store.query("SELECT value FROM readings WHERE session_id = ?", [third.session_id])
+    assert [r["value"] for r in new] == [187.0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unplug_at_record_200_then_resume(family, emulators, store, clock) -> None:
+    emu = emulators(family, records=500, faults=[Fault("unplug", at_record=200)])
+    cut = asyncio.run(download(store, clock, emu.port))
+    assert cut.state in {"interrupted", "failed"}
+    assert "DeviceDisconnected" in (cut.error or "")
+    kept = store_readings.count_readings(store)
+    # Line-checksummed protocols keep every record that arrived; the Optium's dump is only trusted whole.
+    assert kept == (0 if family == "freestyle_optium" else 200)
+    assert not emu.plugged
+
+    emu.replug()
+    resumed = asyncio.run(download(store, clock, emu.port))
+    assert (resumed.state, resumed.added, resumed.duplicates) == ("done", 500 - kept, kept)
+    assert store_readings.count_readings(store) == 500
+    assert _outbox_glucose(store) == 500
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_corrupt_frame_is_retried_and_the_session_completes(family, emulators, store, clock, caplog) -> None:
+    emu = emulators(family, records=120, faults=[Fault("bad_checksum", at_record=37), Fault("garbage", at_record=80)])
+    with caplog.at_level(logging.WARNING, logger="gateway.meters"):
+        result = asyncio.run(download(store, clock, emu.port))
+    assert (result.state, result.added) == ("done", 120), result.error
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "checksum" in warnings or "CRC" in warnings
+    # no glucose value from the damaged lines reaches the log
+    damaged = {str(r.value_mg_dl) for r in emu.state.newest_first()[36:38]}
+    assert not any(f" {v} " in warnings for v in damaged)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_persistent_corruption_ends_with_a_clear_protocol_error_and_keeps_what_arrived(
+    family, emulators, store, clock
+) -> None:
+    emu = emulators(family, records=60, faults=[Fault("bad_checksum", at_record=30, times=99)])
+    result = asyncio.run(download(store, clock, emu.port))
+    assert result.state in {"interrupted", "failed"}
+    assert result.error is not None and result.error.startswith("FrameError")
+    assert "wire 0x" in result.error and "calculated 0x" in result.error
+    kept = store_readings.count_readings(store)
+    assert kept == {"onetouch_ultra2": 59, "onetouch_ultraeasy": 30, "freestyle_optium": 0}[family]
+    row = store.query("SELECT last_error FROM meters")[0]
+    assert row["last_error"].startswith("FrameError")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_silent_meter_times_out_cleanly(family, emulators, store, clock) -> None:
+    emu = emulators(family, records=40, faults=[Fault("silence", at_record=10)])
+    result = asyncio.run(download(store, clock, emu.port))
+    assert result.state in {"interrupted", "failed"}
+    assert "DeviceTimeout" in (result.error or "")
+    assert store_readings.count_readings(store) == (0 if family == "freestyle_optium" else 10)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("unit", [Unit.MG_DL, Unit.MMOL_L])
+def test_mg_dl_and_mmol_l_meters(family, unit, emulators, store, clock) -> None:
+    emu = emulators(family, records=20, unit=unit)
+    result = asyncio.run(download(store, clock, emu.port))
+    assert result.state == "done", result.error
+    rows = store.query("SELECT value, unit, mmol_l, flags FROM readings")
+    assert len(rows) == 20
+    for row in rows:
+        # values as the meter sends them (mg/dL on every serial protocol), canonical mmol/L alongside
+        assert row["unit"] == "mg/dL"
+        assert row["mmol_l"] == pytest.approx(row["value"] / MGDL_PER_MMOLL, abs=0.006)
+        assert (FLAG_DISPLAYS_MMOL_L in row["flags"]) == (unit is Unit.MMOL_L)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_clock_three_years_off_is_corrected_and_flagged(family, emulators, store, clock) -> None:
+    skew = -timedelta(days=3 * 365 + 1)
+    emu = emulators(family, records=10, clock_skew=skew)
+    result = asyncio.run(download(store, clock, emu.port))
+    assert result.state == "done", result.error
+    assert result.clock is not None and not result.clock.trusted
+    assert FLAG_METER_CLOCK_IMPLAUSIBLE in result.clock.flags
+    assert result.clock.offset_s == pytest.approx(-skew.total_seconds(), abs=120)
+    rows = store.query("SELECT meter_time, corrected_time, time_trusted, flags FROM readings")
+    assert {r["time_trusted"] for r in rows} == {0}
+    assert all(FLAG_METER_CLOCK_IMPLAUSIBLE in r["flags"] for r in rows)
+    newest = max(rows, key=lambda r: r["meter_time"])
+    assert newest["meter_time"] < "2024"  # the meter's own (wrong) clock is kept
+    assert newest["corrected_time"] >= clock.now.strftime("%Y")  # corrected back to this year
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_meter_clock_is_set_only_when_configured(family, emulators, store, clock) -> None:
+    emu = emulators(family, records=3, clock_skew=timedelta(days=-1100))
+    asyncio.run(download(store, clock, emu.port, set_meter_clock=False))
+    assert emu.state.clock_skew < timedelta(days=-1099)
+    asyncio.run(download(store, clock, emu.port, set_meter_clock=True))
+    assert abs(emu.state.clock_skew) < timedelta(minutes=2)
+
+
+def test_optium_ignoring_its_first_command_is_retried(emulators, store, clock) -> None:
+    emu = emulators("freestyle_optium", records=5, ignore_first_command=True)
+    result = asyncio.run(download(store, clock, emu.port, families=("freestyle_optium",), timeouts=FAST))
+    assert (result.state, result.added) == ("done", 5)
+
+
+def test_ultra2_control_solution_and_meal_marks_reach_the_store(emulators, store, clock) -> None:
+    emu = emulators("onetouch_ultra2", records=200)
+    asyncio.run(download(store, clock, emu.port))
+    stored = {(r["meter_time"], r["value"]): r for r in store.query("SELECT * FROM readings")}
+    for reading in emu.state.readings:
+        row = stored[(reading.meter_time.isoformat(), float(reading.value_mg_dl))]
+        assert bool(row["control_solution"]) == reading.control_solution
+        assert row["meal"] == (None if reading.meal is None else str(reading.meal))
+    assert any(r.control_solution for r in emu.state.readings) and any(r.meal for r in emu.state.readings)

@@ -1,0 +1,72 @@
+"""Small builders of domain values and stores for tests."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from gateway.clock import FakeClock
+from gateway.records import Capture, Eye, Field, GlucoseReading, QualityVerdict, Unit
+from gateway.store import Store, open_store
+from gateway.store.captures import add_capture as add_capture_to_store
+from gateway.store.db import Origin, new_id
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def make_store(tmp_path: Path, clock: FakeClock | None = None, **kwargs: object) -> Store:
+    """A real SQLite store in ``tmp_path``."""
+    return open_store(
+        tmp_path / "gateway.db",
+        tmp_path / "images",
+        clock=clock or FakeClock(T0),
+        origin=Origin("chc-test", "gw-test", "json"),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def reading(seq: int | None, *, meter_id: str = "gls:TEST1", value: float = 108.0, unit: Unit = Unit.MG_DL,
+            patient_id: str | None = "P-0001", minutes: int = 0) -> GlucoseReading:
+    """A plausible reading; ``seq=None`` for meters that do not number records."""
+    meter_time = datetime(2026, 11, 1, 7, 30) + timedelta(minutes=minutes + (seq or 0) * 30)
+    return GlucoseReading(
+        meter_id=meter_id,
+        sequence=seq,
+        meter_time=meter_time,
+        clock_offset_s=12.0,
+        corrected_time=(meter_time + timedelta(seconds=12)).replace(tzinfo=UTC),
+        time_trusted=True,
+        value=value,
+        unit=unit,
+        patient_id=patient_id,
+    )
+
+
+def store_capture(store: Store, image: bytes, *, chunk_size: int = 1024) -> tuple[str, str, list[str]]:
+    """A photo stored by the real intake path (file by hash, row, capture message and chunk messages)."""
+    sha = hashlib.sha256(image).hexdigest()
+    capture = Capture(
+        capture_id=new_id(),
+        sha256=sha,
+        size_bytes=len(image),
+        media_type="image/jpeg",
+        width=10,
+        height=10,
+        eye=Eye.RIGHT,
+        field=Field.MACULA,
+        source=f"upload-{new_id()[:6]}",  # distinct sources: the same bytes again are a new capture
+        captured_at=store.clock.utc_now(),
+        quality=QualityVerdict(ok=True),
+        patient_id="P-1",
+    )
+    stored = add_capture_to_store(store, capture, image, chunk_size=chunk_size)
+    assert stored.message_id is not None and not stored.duplicate
+    chunks = [
+        r["message_id"]
+        for r in store.query(
+            "SELECT message_id FROM outbox WHERE kind = 'image_chunk' AND record_ref = ? ORDER BY seq",
+            [f"capture:{capture.capture_id}"],
+        )
+    ]
+    return capture.capture_id, stored.message_id, chunks

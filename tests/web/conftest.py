@@ -1,0 +1,41 @@
+"""Fixtures for the page tests: a real store file, the real app, the four users."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from web_harness import add_users, make_config
+
+from gateway.clock import FakeClock
+from gateway.daemon import open_runtime
+from gateway.runtime import Runtime
+from gateway.services import GatewayServices
+from gateway.web.app import create_app
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock(datetime(2026, 11, 23, 2, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Runtime]:
+    rt = open_runtime(make_config(tmp_path / "state"), clock=fake_clock)
+    add_users(rt)
+    yield rt
+    rt.store.close()
+
+
+@pytest.fixture
+def app(runtime: Runtime) -> Flask:
+    return create_app(GatewayServices(runtime), runtime.config)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
