@@ -13,7 +13,9 @@ Three figures, measured in the same run on the same broker:
 cores); ``cpu_ratio`` compares the gateway process's own CPU per message with the bare loop's, which is the
 forwarder's overhead alone. The last line is one JSON object.
 
-    .venv/bin/python bench/outbox_drain.py [--readings 20000] [--window 1000]
+    .venv/bin/python bench/outbox_drain.py [--readings 20000] [--window 500] [--rounds 3]
+
+Each round prints its figures on stderr; the last line (stdout) holds the medians.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,9 +39,10 @@ from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.clock import SystemClock
-from gateway.config import parse_config
+from gateway.config import ForwardSection, parse_config
 from gateway.emulate.broker import BrokerOptions, MosquittoBroker
 from gateway.forward.forwarder import Forwarder
+from gateway.forward.mqtt import RECEIVE_MAXIMUM_DEFAULT
 from gateway.records import GlucoseReading, Unit
 from gateway.store import Store, open_store
 from gateway.store.db import Origin
@@ -73,8 +77,31 @@ def fill_store(store: Store, n: int, batch: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def broker_receive_maximum(port: int) -> int:
+    """The Receive Maximum the broker announces in its CONNACK (65,535 when it names none)."""
+    announced: list[int] = []
+    connected = threading.Event()
+
+    def on_connect(_c: Any, _u: Any, _f: Any, _rc: Any, props: Any) -> None:
+        announced.append(int(getattr(props, "ReceiveMaximum", 0) or RECEIVE_MAXIMUM_DEFAULT))
+        connected.set()
+
+    client = Client(CallbackAPIVersion.VERSION2, client_id="bench-probe", protocol=MQTTProtocolVersion.MQTTv5)
+    client.on_connect = on_connect
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    connected.wait(10)
+    client.disconnect()
+    client.loop_stop()
+    return announced[0]
+
+
 def bare_loop(port: int, payloads: list[bytes], inflight: int) -> tuple[float, float]:
-    """Messages per second of a bare paho QoS 1 publisher (first PUBLISH to last PUBACK), and CPU us/message."""
+    """Messages per second of a bare paho QoS 1 publisher (first PUBLISH to last PUBACK), and CPU us/message.
+
+    Like the gateway it keeps the MQTT 5 rule: at most the broker's Receive Maximum PUBLISHes unanswered.
+    """
+    inflight = min(inflight, broker_receive_maximum(port))
     done = threading.Event()
     remaining = [len(payloads)]
     connected = threading.Event()
@@ -116,13 +143,8 @@ async def _drain(forwarder: Forwarder, outbox: Outbox, n: int) -> tuple[float, f
     return n / elapsed, cpu / n * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readings", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=500, help="readings per add_readings call")
-    parser.add_argument("--window", type=int, default=1000, help="forward.inflight_window")
-    args = parser.parse_args()
-
+def one_round(readings: int, batch: int, window: int) -> dict[str, Any]:
+    """Fill a fresh store, time the bare loop, then the real drain; on a fresh broker and receiver."""
     with tempfile.TemporaryDirectory(prefix="cg-bench-") as tmp:
         work = Path(tmp)
         # set_tcp_nodelay: without it mosquitto delivers small packets under Nagle + delayed ACK (~40 ms a hop)
@@ -139,33 +161,69 @@ def main() -> None:
             clock = SystemClock("assume_synced")
             store = open_store(work / "gw" / "gateway.db", work / "gw" / "images", clock=clock,
                                origin=Origin("bench", "gw-bench", "json"))  # fmt: skip
-            store_rate = fill_store(store, args.readings, args.batch)
+            store_rate = fill_store(store, readings, batch)
             payloads = [bytes(r["payload"]) for r in store.query("SELECT payload FROM outbox ORDER BY seq")]
-            bare_rate, bare_cpu = bare_loop(broker.port, payloads, args.window)
+            receive_maximum = broker_receive_maximum(broker.port)
+            bare_rate, bare_cpu = bare_loop(broker.port, payloads, window)
             config = parse_config(
                 {
                     "gateway": {"site_id": "bench", "gateway_id": "gw-bench", "state_dir": str(work / "gw")},
-                    "forward": {"port": broker.port, "inflight_window": args.window, "ack_timeout_s": 120},
+                    "forward": {"port": broker.port, "inflight_window": window, "ack_timeout_s": 120},
                     "clock": {"sync_check": "assume_synced"},
                 }
             )
             time.sleep(1.0)  # the receiver process is subscribed by now
-            drain_rate, drain_cpu = asyncio.run(_drain(Forwarder(config, store, clock), Outbox(store), args.readings))
+            drain_rate, drain_cpu = asyncio.run(_drain(Forwarder(config, store, clock), Outbox(store), readings))
             store.close()
         finally:
             receiver.terminate()
             receiver.wait(30)
             broker.stop()
+    return {
+        "store_records_per_s": store_rate,
+        "bare_msgs_per_s": bare_rate,
+        "drain_msgs_per_s": drain_rate,
+        "ratio": drain_rate / bare_rate,
+        "bare_cpu_us_per_msg": bare_cpu,
+        "drain_cpu_us_per_msg": drain_cpu,
+        "broker_receive_maximum": receive_maximum,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=500, help="readings per add_readings call")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=ForwardSection().inflight_window,
+        help="forward.inflight_window (default: the gateway's)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="figures are the median over the rounds")
+    args = parser.parse_args()
+
+    rounds = []
+    for i in range(args.rounds):
+        figures = one_round(args.readings, args.batch, args.window)
+        rounds.append(figures)
+        print(f"round {i + 1}: " + json.dumps({k: round(v, 3) for k, v in figures.items()}), file=sys.stderr)
+    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    ratios = [r["ratio"] for r in rounds]
     result = {
         "readings": args.readings,
         "window": args.window,
-        "store_records_per_s": round(store_rate),
-        "bare_msgs_per_s": round(bare_rate),
-        "drain_msgs_per_s": round(drain_rate),
-        "ratio": round(drain_rate / bare_rate, 3),
-        "bare_cpu_us_per_msg": round(bare_cpu, 1),
-        "drain_cpu_us_per_msg": round(drain_cpu, 1),
-        "cpu_ratio": round(bare_cpu / drain_cpu, 3),
+        "rounds": args.rounds,
+        "broker_receive_maximum": rounds[0]["broker_receive_maximum"],
+        "store_records_per_s": round(median["store_records_per_s"]),
+        "bare_msgs_per_s": round(median["bare_msgs_per_s"]),
+        "drain_msgs_per_s": round(median["drain_msgs_per_s"]),
+        "ratio": round(median["ratio"], 3),
+        "ratio_min": round(min(ratios), 3),
+        "ratio_max": round(max(ratios), 3),
+        "bare_cpu_us_per_msg": round(median["bare_cpu_us_per_msg"], 1),
+        "drain_cpu_us_per_msg": round(median["drain_cpu_us_per_msg"], 1),
+        "cpu_ratio": round(median["bare_cpu_us_per_msg"] / median["drain_cpu_us_per_msg"], 3),
         "target_ratio": 0.8,
         "cpus": os.cpu_count(),
     }

@@ -231,7 +231,11 @@ class Forwarder:
                     attempt = 0
                     self.retry_in_s = None
                     self._set_state(LinkState.ONLINE)
-                    _logger.info("connected to the broker (session present: %s)", link.session_present)
+                    _logger.info(
+                        "connected to the broker (session present: %s, receive maximum %d)",
+                        link.session_present,
+                        link.receive_maximum,
+                    )
                     error = await self._drain(link, events)
                     self._set_state(state_for(error), error)
                     _logger.warning("broker link lost: %s", error)

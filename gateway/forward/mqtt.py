@@ -21,6 +21,12 @@ socket with "Protocol error" and, left to itself, would reconnect and replay the
 Brokers with ``max_packet_size`` instead DISCONNECT with 0x95. Brokers answer a connection's PUBLISHes in
 order, so when the link drops for one of these reasons the oldest PUBLISH still unanswered is the one refused:
 the :class:`Disconnected` event names it in ``rejected``, and every other unanswered one in ``unconfirmed``.
+
+Flow control: MQTT 5 (§3.3.4) lets a client have at most the server's *Receive Maximum* (CONNACK property,
+65,535 when absent) QoS 1 PUBLISHes unanswered by PUBACK; a broker may disconnect a client that sends more
+(0x93). paho 2.x ignores the property, so the link sets paho's in-flight limit to the smaller of it and
+``forward.inflight_window``; paho holds the rest in memory and sends each when a PUBACK frees a slot.
+Mosquitto 2.0 announces 20.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ from gateway.forward import contract
 _logger = logging.getLogger(__name__)
 
 QOS = 1
+RECEIVE_MAXIMUM_DEFAULT = 65_535
+"""The server's Receive Maximum when its CONNACK does not give one (MQTT 5 §3.2.2.3.3)."""
 # CONNACK reason codes that mean "your credentials / certificate identity are refused" (MQTT 5 §3.2.2.2).
 _AUTH_REFUSED = {0x86, 0x87, 0x8A, 0x8C}  # bad user name or password, not authorized, banned, bad auth
 # DISCONNECT reasons after which the oldest unanswered PUBLISH is the one the broker refused.
@@ -143,6 +151,7 @@ class Connected:
 
     session_present: bool
     max_packet_size: int | None
+    receive_maximum: int = 65_535
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +293,7 @@ class MqttLink:
         self._publishing = 0
         self._deferred_error: object = _NOTHING
         self.max_packet_size: int | None = None
+        self.receive_maximum = RECEIVE_MAXIMUM_DEFAULT
         self.session_present = False
 
     # -- connection --------------------------------------------------------------------------
@@ -301,7 +311,7 @@ class MqttLink:
             reconnect_on_failure=False,
         )
         client.suppress_exceptions = True  # a bug in a callback must not kill the network thread
-        client.max_inflight_messages_set(max(20, s.max_inflight))
+        client.max_inflight_messages_set(min(s.max_inflight, RECEIVE_MAXIMUM_DEFAULT))  # until CONNACK says
         client.max_queued_messages_set(0)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
@@ -360,7 +370,11 @@ class MqttLink:
         if rc.is_failure:
             self.close()
             raise connack_error(rc)
-        return Connected(session_present=self.session_present, max_packet_size=self.max_packet_size)
+        return Connected(
+            session_present=self.session_present,
+            max_packet_size=self.max_packet_size,
+            receive_maximum=self.receive_maximum,
+        )
 
     _thread_error: ForwardError | None = None
     _last_socket_error: str | None = None
@@ -539,6 +553,11 @@ class MqttLink:
         if not rc.is_failure:
             self.session_present = bool(flags.session_present)
             self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props is not None else None
+            announced = getattr(props, "ReceiveMaximum", None) if props is not None else None
+            self.receive_maximum = int(announced) if announced else RECEIVE_MAXIMUM_DEFAULT
+            # paho's setter refuses once the socket is open, but nothing has been published on this fresh
+            # client yet (we are in its CONNACK callback, before any PUBLISH), so the limit can still move.
+            client._max_inflight_messages = min(self.settings.max_inflight, self.receive_maximum)
             self._connected = True
             if self.settings.subscriptions:
                 client.subscribe([(t, QOS) for t in self.settings.subscriptions])
@@ -547,7 +566,7 @@ class MqttLink:
                     self.publish(self.settings.will_topic, self._online_payload(), message_id="status", retain=True)
                 except Exception:
                     _logger.exception("could not publish the online status")
-            self._emit(Connected(self.session_present, self.max_packet_size))
+            self._emit(Connected(self.session_present, self.max_packet_size, self.receive_maximum))
         self._connack.set()
 
     def _handle_disconnect(

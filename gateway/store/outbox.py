@@ -135,7 +135,7 @@ class Outbox:
         if not ids:
             return 0
         changed = 0
-        with self.store.transaction(durable=False) as db:
+        with self.store.transaction(durable=True) as db:
             now = iso(self.store.clock.utc_now())
             for start in range(0, len(ids), 500):
                 part = ids[start : start + 500]

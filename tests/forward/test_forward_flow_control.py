@@ -1,0 +1,49 @@
+"""MQTT 5 flow control: never more unanswered QoS 1 PUBLISHes than the broker's Receive Maximum.
+
+A broker may disconnect a client that exceeds it (0x93 Receive Maximum exceeded), and paho 2.x does not
+look at the property itself. A relay between the gateway and a real mosquitto withholds every PUBACK, so
+what the gateway sends upstream meanwhile is exactly what its flow control lets out.
+"""
+
+from __future__ import annotations
+
+import time
+
+from support.broker import ForwarderRunner, gateway_config, wait_until
+from support.factories import make_store, reading
+from support.mqtt_relay import WithholdingRelay
+
+from gateway.clock import SystemClock
+from gateway.store.outbox import Outbox
+from gateway.store.readings import add_readings
+
+N = 40
+BROKER_RECEIVE_MAXIMUM = 5
+
+
+def test_unanswered_publishes_never_exceed_the_brokers_receive_maximum(
+    tmp_path, broker_factory, receiver_factory
+) -> None:
+    broker = broker_factory(extra_lines=[f"max_inflight_messages {BROKER_RECEIVE_MAXIMUM}"])
+    receiver = receiver_factory(broker)
+    relay = WithholdingRelay(broker.port)
+    store = make_store(tmp_path / "gw", SystemClock("assume_synced"))
+    add_readings(store, [reading(i) for i in range(1, N + 1)])
+    relay.hold()  # CONNACK gets through; no PUBACK does
+    config = gateway_config(tmp_path / "gw", port=relay.port, inflight_window=500)
+    try:
+        with ForwarderRunner(config, store) as run:
+            wait_until(lambda: run.forwarder.counters["sent"] == N, what="every reading handed to the link")
+            assert run.forwarder._link is not None
+            assert run.forwarder._link.receive_maximum == BROKER_RECEIVE_MAXIMUM
+            time.sleep(0.3)  # let anything the client would still write reach the relay
+            # the retained "online" status counts too: it is a QoS 1 PUBLISH like the readings
+            assert relay.publishes_upstream == BROKER_RECEIVE_MAXIMUM
+
+            relay.release()
+            wait_until(lambda: Outbox(store).stats().total_unsent == 0, what="drained once PUBACKs flow")
+            assert run.forwarder.state == "online"  # the broker never had reason to cut us off
+    finally:
+        relay.close()
+    assert receiver.counts()["readings"] == N
+    assert relay.publishes_upstream == N + 2  # "online", the readings once each, "offline" at stop
