@@ -143,6 +143,12 @@ async def _drain(forwarder: Forwarder, outbox: Outbox, n: int) -> tuple[float, f
     return n / elapsed, cpu / n * 1e6
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_round(readings: int, batch: int, window: int) -> dict[str, Any]:
     """Fill a fresh store, time the bare loop, then the real drain; on a fresh broker and receiver."""
     with tempfile.TemporaryDirectory(prefix="cg-bench-") as tmp:
@@ -164,7 +170,11 @@ def one_round(readings: int, batch: int, window: int) -> dict[str, Any]:
             store_rate = fill_store(store, readings, batch)
             payloads = [bytes(r["payload"]) for r in store.query("SELECT payload FROM outbox ORDER BY seq")]
             receive_maximum = broker_receive_maximum(broker.port)
+            assert broker.process is not None
+            others = {"broker": broker.process.pid, "receiver": receiver.pid}
+            before = {name: cpu_seconds(pid) for name, pid in others.items()}
             bare_rate, bare_cpu = bare_loop(broker.port, payloads, window)
+            bare_broker_cpu = (cpu_seconds(others["broker"]) - before["broker"]) / len(payloads) * 1e6
             config = parse_config(
                 {
                     "gateway": {"site_id": "bench", "gateway_id": "gw-bench", "state_dir": str(work / "gw")},
@@ -173,7 +183,9 @@ def one_round(readings: int, batch: int, window: int) -> dict[str, Any]:
                 }
             )
             time.sleep(1.0)  # the receiver process is subscribed by now
+            before = {name: cpu_seconds(pid) for name, pid in others.items()}
             drain_rate, drain_cpu = asyncio.run(_drain(Forwarder(config, store, clock), Outbox(store), readings))
+            drain_other_cpu = {name: (cpu_seconds(pid) - before[name]) / readings * 1e6 for name, pid in others.items()}
             store.close()
         finally:
             receiver.terminate()
@@ -187,6 +199,9 @@ def one_round(readings: int, batch: int, window: int) -> dict[str, Any]:
         "bare_cpu_us_per_msg": bare_cpu,
         "drain_cpu_us_per_msg": drain_cpu,
         "broker_receive_maximum": receive_maximum,
+        "bare_broker_cpu_us_per_msg": bare_broker_cpu,
+        "drain_broker_cpu_us_per_msg": drain_other_cpu["broker"],
+        "drain_receiver_cpu_us_per_msg": drain_other_cpu["receiver"],
     }
 
 
@@ -224,6 +239,9 @@ def main() -> None:
         "bare_cpu_us_per_msg": round(median["bare_cpu_us_per_msg"], 1),
         "drain_cpu_us_per_msg": round(median["drain_cpu_us_per_msg"], 1),
         "cpu_ratio": round(median["bare_cpu_us_per_msg"] / median["drain_cpu_us_per_msg"], 3),
+        "bare_broker_cpu_us_per_msg": round(median["bare_broker_cpu_us_per_msg"], 1),
+        "drain_broker_cpu_us_per_msg": round(median["drain_broker_cpu_us_per_msg"], 1),
+        "drain_receiver_cpu_us_per_msg": round(median["drain_receiver_cpu_us_per_msg"], 1),
         "target_ratio": 0.8,
         "cpus": os.cpu_count(),
     }
