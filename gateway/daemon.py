@@ -26,6 +26,7 @@ from gateway.runtime import Component, Runtime
 from gateway.store import Store, open_store
 from gateway.store.db import Origin
 from gateway.store.events import add_event
+from gateway.store.instance import exclusive_store
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings, upsert_meter
 
@@ -176,9 +177,16 @@ async def run_daemon(
     stop: asyncio.Event | None = None,
     factories: Iterable[str] = COMPONENT_FACTORIES,
 ) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set). Returns the exit code."""
-    runtime = runtime or open_runtime(config)
-    stop = stop or asyncio.Event()
+    """Run until SIGTERM/SIGINT (or ``stop`` is set). Returns the exit code.
+
+    Holds the store's instance lock from before the store is opened until it is closed: a second daemon
+    (or ``gateway import``) on the same store refuses with :class:`~gateway.store.instance.StoreInUse`.
+    """
+    with exclusive_store(config.db_path, "the gateway daemon"):
+        return await _run(config, runtime or open_runtime(config), stop or asyncio.Event(), factories)
+
+
+async def _run(config: GatewayConfig, runtime: Runtime, stop: asyncio.Event, factories: Iterable[str]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -36,6 +36,7 @@ from typing import Any
 from gateway import __version__
 from gateway.errors import StoreError
 from gateway.store.db import iso, translate_sqlite_errors
+from gateway.store.instance import exclusive_store
 
 _logger = logging.getLogger(__name__)
 
@@ -301,7 +302,16 @@ def _chown_like(path: Path, reference: Path) -> None:
 
 
 def import_backup(source: Path, db_path: Path, image_dir: Path, *, force: bool = False) -> BackupSummary:
-    """Restore a backup into the store at ``db_path``/``image_dir``. Stop the daemon first."""
+    """Restore a backup into the store at ``db_path``/``image_dir``.
+
+    Refuses (:class:`~gateway.store.instance.StoreInUse`) while the daemon runs on that store: swapping the
+    database under its open connection would lose what it writes meanwhile.
+    """
+    with exclusive_store(db_path, "gateway import"):
+        return _import_backup(source, db_path, image_dir, force=force)
+
+
+def _import_backup(source: Path, db_path: Path, image_dir: Path, *, force: bool) -> BackupSummary:
     if store_holds_data(db_path, image_dir) and not force:
         raise BackupError(
             f"the store at {db_path} already holds data; use --force to set it aside (it is kept, renamed)"

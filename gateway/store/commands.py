@@ -1,6 +1,7 @@
 """Store subcommands: ``gateway export``, ``gateway import`` and ``gateway prune``.
 
-``export`` is safe while the daemon runs; ``import`` is for a replacement Pi with the daemon stopped;
+``export`` is safe while the daemon runs; ``import`` is for a replacement Pi with the daemon stopped (it
+refuses while the daemon holds the store's instance lock, :mod:`gateway.store.instance`);
 ``prune`` applies the retention policy now instead of waiting for the daemon's next run.
 """
 

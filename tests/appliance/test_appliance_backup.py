@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +17,15 @@ from support.factories import T0, make_store, reading, store_capture
 
 from gateway.cli import main
 from gateway.clock import FakeClock
+from gateway.emulate.broker import free_port
 from gateway.store import Store
 from gateway.store.backup import BackupError, export_backup, import_backup, store_holds_data
 from gateway.store.events import add_event
+from gateway.store.instance import lock_path
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def snapshot(store: Store) -> dict[str, list[tuple[object, ...]]]:
@@ -166,3 +174,50 @@ def test_store_commands_are_registered_and_documented() -> None:
     for command in ("export", "import", "prune"):
         assert command in help_text
         assert f"gateway {command} -c /etc/clinic-gateway/gateway.toml" in doc.replace("\\\n     ", "")
+
+
+def test_import_and_a_second_daemon_refuse_while_the_daemon_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store's instance lock: `gateway import` must not swap the database under a running daemon."""
+    state = tmp_path / "state"
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(
+        f'[gateway]\nsite_id = "chc-test"\ngateway_id = "gw-test"\nstate_dir = "{state}"\n'
+        f'[clock]\nsync_check = "assume_synced"\n[forward]\nport = {free_port()}\n[web]\nenabled = false\n'
+    )
+    old = make_store(tmp_path / "old-pi")
+    add_readings(old, [reading(s) for s in range(1, 6)])
+    backup = export_backup(tmp_path / "old-pi" / "gateway.db", old.image_dir, tmp_path / "bk.tar").path
+    lock = lock_path(state / "gateway.db")
+
+    def daemon() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(cfg)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    first = daemon()
+    try:
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and "the gateway daemon" in lock.read_text()):
+            assert first.poll() is None and time.monotonic() < deadline, "daemon did not take the store lock"
+            time.sleep(0.05)
+
+        assert main(["import", "-c", str(cfg), "--from", str(backup), "--force"]) == 2
+        err = capsys.readouterr().err
+        assert "StoreInUse" in err and f"the gateway daemon (pid {first.pid})" in err
+        assert not list(state.glob("*.replaced-*"))  # nothing was set aside: the refusal came first
+
+        second = daemon()
+        out = second.communicate(timeout=60)[0]
+        assert second.returncode == 2 and "StoreInUse" in out, out
+        assert first.poll() is None  # the running daemon is untouched
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 0
+
+    # stopped: the lock is free and the restore goes ahead (the daemon's own store is set aside, kept)
+    assert main(["import", "-c", str(cfg), "--from", str(backup), "--force"]) == 0
+    assert make_store(state).scalar("SELECT count(*) FROM readings") == 5
