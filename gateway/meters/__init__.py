@@ -20,6 +20,12 @@ class MeterDriver(Protocol):
     Implementations translate their library's exceptions into DeviceError / ProtocolError.
     """
 
+    @property
+    def newest_first(self) -> bool:
+        """True when :meth:`records` yields the meter's memory newest first and stopping early is cheap (one
+        request per record). The session then stops at the newest record of the last *complete* download."""
+        ...
+
     async def read_info(self) -> MeterInfo:
         """Identity of the meter (family, serial, model, firmware)."""
         ...

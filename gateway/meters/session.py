@@ -8,7 +8,7 @@ stored sequence (the store's unique reading identity makes any overlap harmless)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -238,15 +238,32 @@ class DownloadSession:
                 correction.trusted,
             )
             self._progress(info.meter_id, 0, total, "running")
-            async for record in self.driver.records(since):
-                if since is not None and record.sequence is not None and record.sequence <= since:
-                    continue
-                received += 1
-                batch.append(self._to_reading(record, info, correction, patient_id))
-                if len(batch) >= self.batch_size:
-                    flush()
-                self._progress(info.meter_id, received, total, "running")
+            # A newest-first meter without record numbers: stop at the newest record of the last complete
+            # download; everything older came then. Only a complete download moves the mark (below).
+            stop_at = store_readings.resume_identity(self.store, info.meter_id) if self.driver.newest_first else None
+            newest: str | None = None
+            records = self.driver.records(since)
+            try:
+                async for record in records:
+                    if since is not None and record.sequence is not None and record.sequence <= since:
+                        continue
+                    reading = self._to_reading(record, info, correction, patient_id)
+                    identity = store_readings.reading_identity(reading)
+                    if identity == stop_at:
+                        _logger.info("download %s: reached the previous download's newest record", self.session_id)
+                        break
+                    newest = newest or identity
+                    received += 1
+                    batch.append(reading)
+                    if len(batch) >= self.batch_size:
+                        flush()
+                    self._progress(info.meter_id, received, total, "running")
+            finally:
+                if isinstance(records, AsyncGenerator):
+                    await records.aclose()  # also when we stopped early: the driver is between requests
             flush()
+            if self.driver.newest_first and newest is not None:
+                store_readings.set_resume_identity(self.store, info.meter_id, newest)
             if self.set_meter_clock and self.clock.is_synchronised() and not correction.trusted:
                 await self.driver.set_clock(self.clock.utc_now().astimezone(self.tz).replace(tzinfo=None))
             state, error = "done", None

@@ -203,3 +203,11 @@ def _web_samples_and_logins(db: Database) -> None:
         CREATE INDEX web_login_failures_key_at ON web_login_failures (key, at);
         """
     )
+
+
+@MIGRATIONS(name="0004_meter_resume_identity")
+def _meter_resume_identity(db: Database) -> None:
+    # Meters without record numbers that are read newest first (OneTouch UltraEasy): the identity of the
+    # newest record of the last download that ran to the end. The next download stops when it reaches it.
+    # Only complete downloads move it, so a download cut short is read again past its gap next time.
+    db.execute("ALTER TABLE meters ADD COLUMN resume_identity TEXT")

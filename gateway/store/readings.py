@@ -136,6 +136,19 @@ def last_sequence(store: Store, meter_id: str) -> int | None:
     return None if value is None else int(value)
 
 
+def resume_identity(store: Store, meter_id: str) -> str | None:
+    """Identity of the newest record of this meter's last complete download (see :func:`set_resume_identity`)."""
+    value = store.scalar("SELECT resume_identity FROM meters WHERE meter_id = ?", [meter_id])
+    return None if value is None else str(value)
+
+
+def set_resume_identity(store: Store, meter_id: str, identity: str) -> None:
+    """Remember the newest record of a download that ran to the end: a newest-first meter's next download
+    stops there. Never call it for a download cut short, whose older records may still be missing."""
+    with store.transaction() as db:
+        db.execute("UPDATE meters SET resume_identity = ? WHERE meter_id = ?", [identity, meter_id])
+
+
 def count_readings(store: Store, meter_id: str | None = None) -> int:
     """Number of stored readings (optionally of one meter)."""
     if meter_id is None:

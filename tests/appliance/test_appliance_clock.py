@@ -52,6 +52,8 @@ def test_file_sync_check_flips(tmp_path: Path) -> None:
 class ScriptedMeter:
     """A meter stand-in for the session (no device needed): fixed records and a plausible clock."""
 
+    newest_first = False
+
     def __init__(self, records: list[MeterRecord]) -> None:
         self._records = records
 

@@ -19,6 +19,8 @@ from gateway.records import MGDL_PER_MMOLL, Unit
 from gateway.store import readings as store_readings
 
 FAMILIES = ["onetouch_ultra2", "onetouch_ultraeasy", "freestyle_optium"]
+NEWEST_FIRST = {"onetouch_ultraeasy"}
+"""Read record by record, newest first: a later visit stops at the last complete download's newest record."""
 
 
 def _outbox_glucose(store) -> int:
@@ -38,13 +40,19 @@ def test_full_download_then_nothing_new_then_only_the_new_reading(family, emulat
     assert {(r["unit"], r["sequence"], r["patient_id"]) for r in rows} == {("mg/dL", None, "P-0001")}
     assert _outbox_glucose(store) == 500
 
+    first_bytes, before = emu.bytes_out, emu.bytes_out
     second = asyncio.run(download(store, clock, emu.port))
-    assert (second.state, second.received, second.added, second.duplicates) == ("done", 500, 0, 500)
+    if family in NEWEST_FIRST:  # stops at the first record it already has: nothing else crosses the cable
+        assert (second.state, second.received, second.added, second.duplicates) == ("done", 0, 0, 0)
+        assert emu.bytes_out - before < first_bytes / 20
+    else:  # dump protocols send the whole memory; the store's identity keeps it from adding anything
+        assert (second.state, second.received, second.added, second.duplicates) == ("done", 500, 0, 500)
     assert _outbox_glucose(store) == 500
 
     emu.state.add_reading(187)  # taken at home between visits
     third = asyncio.run(download(store, clock, emu.port))
     assert (third.state, third.added) == ("done", 1)
+    assert third.received == (1 if family in NEWEST_FIRST else 500)  # a full memory drops its oldest
     assert _outbox_glucose(store) == 501
     new = store.query("SELECT value FROM readings WHERE session_id = ?", [third.session_id])
     assert [r["value"] for r in new] == [187.0]
@@ -161,3 +169,28 @@ def test_ultra2_control_solution_and_meal_marks_reach_the_store(emulators, store
         assert bool(row["control_solution"]) == reading.control_solution
         assert row["meal"] == (None if reading.meal is None else str(reading.meal))
     assert any(r.control_solution for r in emu.state.readings) and any(r.meal for r in emu.state.readings)
+
+
+def test_newest_first_meter_reads_past_a_cut_download_and_a_clock_reset(emulators, store, clock) -> None:
+    """Only a complete download moves the stop mark; memory order, not meter time, decides what is new."""
+    emu = emulators("onetouch_ultraeasy", records=50)
+    assert asyncio.run(download(store, clock, emu.port)).added == 50
+    now = emu.state.now()
+    for minutes, value in ((1, 150), (2, 160), (3, 170)):
+        emu.state.add_reading(value, meter_time=now + timedelta(minutes=minutes))
+    emu.state.faults.append(Fault("unplug", at_record=1))  # the newest (170) arrives, then the cable is pulled
+    cut = asyncio.run(download(store, clock, emu.port))
+    assert (cut.state, cut.added) == ("interrupted", 1)
+
+    emu.replug()
+    # the battery was changed meanwhile: the meter's clock restarted years back, and a reading was taken
+    emu.state.add_reading(99, meter_time=now - timedelta(days=3 * 365))
+    resumed = asyncio.run(download(store, clock, emu.port))
+    # the reset-clock reading, 170 again (a duplicate), 160 and 150: then the previous complete download's newest
+    assert (resumed.state, resumed.received, resumed.added, resumed.duplicates) == ("done", 4, 3, 1)
+    values = [r["value"] for r in store.query("SELECT value FROM readings ORDER BY id DESC LIMIT 4")]
+    assert sorted(values) == [99.0, 150.0, 160.0, 170.0]
+    assert store_readings.count_readings(store) == 54
+
+    again = asyncio.run(download(store, clock, emu.port))
+    assert (again.state, again.received) == ("done", 0)  # the mark moved to the reset-clock reading

@@ -108,6 +108,8 @@ class CoreThread:
 class ScriptedMeter:
     """A meter driver that yields scripted records with a short pause between them (progress shows)."""
 
+    newest_first = False
+
     def __init__(self, meter_id: str, records: list[MeterRecord], pause_s: float = 0.05) -> None:
         serial = meter_id.rsplit(":", maxsplit=1)[-1]
         self.info = MeterInfo(

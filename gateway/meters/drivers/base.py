@@ -43,6 +43,7 @@ class SerialDriver(ABC):
     family: ClassVar[str]
     model: ClassVar[str]
     line: ClassVar[LineSettings]
+    newest_first: ClassVar[bool] = False
 
     def __init__(self, port: SerialPort, timeouts: Timeouts) -> None:
         self.port = port

@@ -4,7 +4,8 @@ Supports serial number, firmware, display unit, clock read/set, record count and
 Retries follow the link layer: a request that is not acknowledged, or whose answer does not arrive, is
 retransmitted unchanged (same sequence bit) up to ``retries`` times; a damaged frame from the meter is
 dropped and the meter's own retransmission (or ours) brings it again. Records have no stable numbers
-(index 0 is always the newest), so ``sequence=None``.
+(index 0 is always the newest), so ``sequence=None``; the download session stops once it reaches the newest
+record of the previous complete download (``newest_first``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class OneTouchUltraEasy(SerialDriver):
     family = "onetouch_ultraeasy"
     model = "OneTouch UltraEasy"
     line = LineSettings(baudrate=9600)
+    newest_first = True  # index 0 is the newest, one request per record: a later visit stops early
 
     def __init__(self, port: SerialPort, timeouts: Timeouts) -> None:
         super().__init__(port, timeouts)
@@ -45,7 +47,9 @@ class OneTouchUltraEasy(SerialDriver):
                 frame = self._decoder.next_frame()
             except FrameError as exc:
                 _logger.warning("%s: damaged frame dropped: %s", self.port.path, exc)
-                self._last_damage = exc
+                # Report the first damage of the request: resynchronising inside a bad frame can raise
+                # follow-on errors (a 0x02 data byte read as STX) that would hide the real cause (its CRC).
+                self._last_damage = self._last_damage or exc
                 continue
             if frame is not None:
                 return frame

@@ -190,6 +190,8 @@ def to_meter_record(event: gls.Measurement) -> MeterRecord | None:
 class BleGlsDriver:
     """A connected GLS meter (MeterDriver). Build it with :func:`open_driver`."""
 
+    newest_first = False  # RACP filters on the sequence number instead
+
     def __init__(self, address: str, ble: BleSection) -> None:
         self.address = address
         self.ble = ble
