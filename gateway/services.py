@@ -276,3 +276,50 @@ class GatewayServices:
             "SELECT * FROM referrals WHERE (? IS NULL OR patient_id = ?) ORDER BY received_at DESC LIMIT ?",
             [patient_id, patient_id, limit],
         )
+
+    # -- desk: referral inbox (web area) --------------------------------------------------------
+    def referral_inbox(self, *, recent: int = 100) -> list[dict[str, Any]]:
+        """The desk's referral decisions: all unseen ones and the ``recent`` newest, newest first, each with
+        its capture's patient, eye and field when known (patient data: behind login)."""
+        from gateway.store import referrals as store_referrals
+
+        return store_referrals.inbox(self.store, recent=recent)
+
+    def referral(self, referral_id: str) -> dict[str, Any] | None:
+        """One referral decision as the inbox shows it, or None (patient data: behind login)."""
+        from gateway.store import referrals as store_referrals
+
+        return store_referrals.get_referral(self.store, referral_id)
+
+    def unseen_referral_count(self) -> int:
+        """How many referral decisions nobody at the desk has acknowledged yet (a count, no patient data)."""
+        from gateway.store import referrals as store_referrals
+
+        return store_referrals.count_unseen(self.store)
+
+    def acknowledge_referral(self, referral_id: str, user: str) -> bool:
+        """Mark a referral decision as seen by ``user`` at the desk, with its audit row in the same transaction.
+
+        Returns False (and audits nothing) when the referral is unknown or was already acknowledged, so a
+        double click or two desks acknowledging at once leave one audit row.
+        """
+        from gateway.store import audit
+        from gateway.store import referrals as store_referrals
+
+        row = store_referrals.get_referral(self.store, referral_id)
+        if row is None:
+            return False
+        with self.store.transaction() as db:
+            if not store_referrals.mark_seen(self.store, referral_id):  # a savepoint inside this transaction
+                return False
+            audit.record(
+                db,
+                self.store,
+                actor=user,
+                action="referral_acknowledged",
+                target_kind="referral",
+                target_id=referral_id,
+                patient_id=row["patient_id"],
+                detail={"decision": row["decision"], "capture_id": row["capture_id"]},
+            )
+        return True

@@ -61,3 +61,35 @@ def mark_seen(store: Store, referral_id: str) -> bool:
 def count_unseen(store: Store) -> int:
     """Referrals not yet shown at the desk."""
     return int(store.scalar("SELECT count(*) FROM referrals WHERE seen_at IS NULL"))
+
+
+_INBOX_COLUMNS = (
+    "r.referral_id, r.capture_id, COALESCE(r.patient_id, c.patient_id) AS patient_id, r.decision, r.note, "
+    "r.grader, r.decided_at, r.received_at, r.seen_at, c.eye, c.field, c.captured_at"
+)
+"""A referral with what the desk needs of its capture: a decision sent for a capture only names the
+capture, and the patient and eye come from the capture row when this gateway took it."""
+
+
+def get_referral(store: Store, referral_id: str) -> dict[str, Any] | None:
+    """One referral with its capture's patient, eye and field (None when unknown)."""
+    rows = store.query(
+        f"SELECT {_INBOX_COLUMNS} FROM referrals r LEFT JOIN captures c ON c.capture_id = r.capture_id "
+        "WHERE r.referral_id = ?",
+        [referral_id],
+    )
+    return rows[0] if rows else None
+
+
+def inbox(store: Store, *, recent: int = 100, cap: int = 1000) -> list[dict[str, Any]]:
+    """The desk's referral inbox, newest arrival first: every unseen referral plus the ``recent`` newest.
+
+    Unseen ones are never pushed off the list by newer seen ones; ``cap`` only bounds the page if
+    nobody acknowledges anything for a very long time.
+    """
+    return store.query(
+        f"SELECT {_INBOX_COLUMNS} FROM referrals r LEFT JOIN captures c ON c.capture_id = r.capture_id "
+        "WHERE r.seen_at IS NULL OR r.rowid IN (SELECT rowid FROM referrals ORDER BY rowid DESC LIMIT ?) "
+        "ORDER BY r.rowid DESC LIMIT ?",
+        [recent, cap],
+    )

@@ -26,7 +26,7 @@ from werkzeug.security import generate_password_hash
 from gateway.config import GatewayConfig, read_secret
 from gateway.errors import ConfigError
 from gateway.services import GatewayServices
-from gateway.web import auth, i18n, nurse, status, technician
+from gateway.web import auth, i18n, nurse, referrals, status, technician
 from gateway.web.context import EXTENSION_KEY, WebContext
 
 _logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def create_app(services: GatewayServices, config: GatewayConfig) -> Flask:
     CSRFProtect(app)
     Babel(app, locale_selector=i18n.select_locale, default_locale="en")
     auth.init_login(app)
-    for blueprint in (auth.bp, i18n.bp, status.bp, nurse.bp, technician.bp):
+    for blueprint in (auth.bp, i18n.bp, status.bp, nurse.bp, technician.bp, referrals.bp):
         app.register_blueprint(blueprint)
 
     @app.context_processor

@@ -22,6 +22,7 @@ from gateway.store import audit
 from gateway.web.auth import roles_required
 from gateway.web.context import services, web_context
 from gateway.web.nurse import clean_patient_id
+from gateway.web.referrals import decision_text as referral_text
 
 _logger = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def _session_page(session_id: str, result: dict[str, Any] | None = None, **extra
         fields=FIELDS,
         reason_text=reason_text,
         decision_text=DECISION_TEXT,
+        referral_text=referral_text,
         **extra,
     )
 

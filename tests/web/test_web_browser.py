@@ -24,13 +24,14 @@ from gateway.daemon import open_runtime
 from gateway.emulate import camera as emulated_camera
 from gateway.logs import PhiFilter, TextFormatter
 from gateway.meters import SYNC_KIND_SERIAL
-from gateway.records import MeterInfo
+from gateway.records import MeterInfo, Referral
 from gateway.retina import degrade
 from gateway.retina.service import RetinaService
 from gateway.runtime import Runtime
 from gateway.services import GatewayServices
-from gateway.store.db import iso
+from gateway.store.db import iso, new_id
 from gateway.store.readings import upsert_meter
+from gateway.store.referrals import add_referral, count_unseen
 from gateway.web.component import WebServer
 
 pytestmark = pytest.mark.browser
@@ -104,6 +105,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     assert web.started.wait(10), "web component did not start"
     assert web.app is not None
     web.app.config["CG_STATUS_REFRESH_S"] = 1
+    web.app.config["CG_REFERRAL_REFRESH_S"] = 1  # the navigation badge asks every second
     try:
         yield Gateway(url=f"http://127.0.0.1:{web.port}", runtime=runtime, web=web, logs=logs)
     finally:
@@ -278,6 +280,42 @@ def _technician_journey(page: object) -> None:
     assert TECH_PATIENT not in page.url  # type: ignore[attr-defined]
 
 
+def _referral_step(page: object, gateway: Gateway) -> None:
+    """The grader's decision on the technician's first photo comes back while the page is open: the badge
+    shows it, the inbox lists it with the photo's patient and eye, and acknowledging it clears it."""
+    expect = sync_api.expect
+    store = gateway.runtime.store
+    capture_id = store.scalar(
+        "SELECT capture_id FROM captures WHERE patient_id = ? ORDER BY rowid LIMIT 1", [TECH_PATIENT]
+    )
+    assert capture_id, "the technician journey stored no photo"
+    unseen = count_unseen(store)
+    referral = Referral(referral_id=new_id(), decision="refer_routine", capture_id=capture_id, grader="Dr Wang",
+                        note="Moderate NPDR, left eye. Book the eye clinic within 4 weeks.")  # fmt: skip
+    # Stored as the forwarder stores a cmd/referral downlink (this harness runs no broker).
+    assert add_referral(store, referral)
+    badge = page.locator("#referral-badge")  # type: ignore[attr-defined]
+    expect(badge).to_be_visible()
+    expect(badge).to_have_text(str(unseen + 1))
+    page.click("#nav-referrals")  # type: ignore[attr-defined]
+    row = page.locator(f"tr[data-referral='{referral.referral_id}']")  # type: ignore[attr-defined]
+    expect(row).to_have_class("unseen")
+    for text in (TECH_PATIENT, "Left (OS)", "Disc-centred", "Refer (routine)", "Dr Wang", "within 4 weeks"):
+        expect(row).to_contain_text(text)
+    _shot(page, "13-referral-inbox")
+    page.click(f"button[data-acknowledge='{referral.referral_id}']")  # type: ignore[attr-defined]
+    expect(page.locator(".flash.ok")).to_have_text("Decision acknowledged.")
+    expect(row).to_have_class("seen")
+    expect(row).to_contain_text("Acknowledged")
+    if unseen:
+        expect(badge).to_have_text(str(unseen))
+    else:
+        expect(badge).to_be_hidden()
+    _shot(page, "14-referral-acknowledged")
+    assert count_unseen(store) == unseen
+    assert TECH_PATIENT not in page.url  # type: ignore[attr-defined]
+
+
 def test_language_switch(page: object, gateway: Gateway) -> None:
     expect = sync_api.expect
     page.goto("/login")  # type: ignore[attr-defined]
@@ -293,17 +331,22 @@ def test_language_switch(page: object, gateway: Gateway) -> None:
 
 
 def test_desk_journeys_log_no_patient_id(page: object, browser: object, gateway: Gateway) -> None:
-    """Nurse download and technician capture/retake, end to end; their logs must not carry the patient ids."""
+    """Nurse download, technician capture/retake and a referral decision acknowledged, end to end; their logs
+    must not carry the patient ids."""
     gateway.logs.clear()
     _nurse_journey(page)
     page.click("#logout")  # type: ignore[attr-defined]
     _technician_journey(page)
+    _referral_step(page, gateway)
     logs = "\n".join(gateway.logs)
     assert "download" in logs and "retina" in logs, "the journeys left no logs: nothing was checked"
+    assert "acknowledged referral" in logs
     for patient_id in (NURSE_PATIENT, TECH_PATIENT):
         assert patient_id not in logs
 
 
 def test_screenshots_were_saved() -> None:
     names = sorted(p.name for p in SHOTS.glob("*.png"))
-    assert {"04-status.png", "07-nurse-readings.png", "09-technician-verdict.png"} <= set(names)
+    assert {"04-status.png", "07-nurse-readings.png", "09-technician-verdict.png", "13-referral-inbox.png"} <= set(
+        names
+    )
