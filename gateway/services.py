@@ -271,11 +271,11 @@ class GatewayServices:
         return store_captures.get_capture(self.store, capture_id)
 
     def referrals(self, *, patient_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        """Referral decisions the platform sent down, newest first (patient data: behind login)."""
-        return self.store.query(
-            "SELECT * FROM referrals WHERE (? IS NULL OR patient_id = ?) ORDER BY received_at DESC LIMIT ?",
-            [patient_id, patient_id, limit],
-        )
+        """Referral decisions the platform sent down, newest first, also those naming only one of the patient's
+        captures (patient data: behind login)."""
+        from gateway.store import referrals as store_referrals
+
+        return store_referrals.list_referrals(self.store, patient_id=patient_id, limit=limit)
 
     # -- desk: referral inbox (web area) --------------------------------------------------------
     def referral_inbox(self, *, recent: int = 100) -> list[dict[str, Any]]:

@@ -32,6 +32,14 @@ def add_referral(store: Store, referral: Referral) -> bool:
         return bool(cur.rowcount)
 
 
+_INBOX_COLUMNS = (
+    "r.referral_id, r.capture_id, COALESCE(r.patient_id, c.patient_id) AS patient_id, r.decision, r.note, "
+    "r.grader, r.decided_at, r.received_at, r.seen_at, c.eye, c.field, c.captured_at"
+)
+"""A referral with what the desk needs of its capture: a decision sent for a capture only names the
+capture, and the patient and eye come from the capture row when this gateway took it."""
+
+
 def list_referrals(
     store: Store,
     *,
@@ -40,10 +48,14 @@ def list_referrals(
     unseen_only: bool = False,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """Referrals, newest first (arrival order), optionally for one patient or capture, or only unseen ones."""
+    """Referrals, newest first (arrival order), optionally for one patient or capture, or only unseen ones.
+
+    A decision that names only a capture belongs to that capture's patient (when this gateway took it).
+    """
     return store.query(
-        "SELECT * FROM referrals WHERE (? IS NULL OR patient_id = ?) AND (? IS NULL OR capture_id = ?) "
-        "AND (? = 0 OR seen_at IS NULL) ORDER BY rowid DESC LIMIT ?",
+        f"SELECT {_INBOX_COLUMNS} FROM referrals r LEFT JOIN captures c ON c.capture_id = r.capture_id "
+        "WHERE (? IS NULL OR COALESCE(r.patient_id, c.patient_id) = ?) AND (? IS NULL OR r.capture_id = ?) "
+        "AND (? = 0 OR r.seen_at IS NULL) ORDER BY r.rowid DESC LIMIT ?",
         [patient_id, patient_id, capture_id, capture_id, int(unseen_only), limit],
     )
 
@@ -61,14 +73,6 @@ def mark_seen(store: Store, referral_id: str) -> bool:
 def count_unseen(store: Store) -> int:
     """Referrals not yet shown at the desk."""
     return int(store.scalar("SELECT count(*) FROM referrals WHERE seen_at IS NULL"))
-
-
-_INBOX_COLUMNS = (
-    "r.referral_id, r.capture_id, COALESCE(r.patient_id, c.patient_id) AS patient_id, r.decision, r.note, "
-    "r.grader, r.decided_at, r.received_at, r.seen_at, c.eye, c.field, c.captured_at"
-)
-"""A referral with what the desk needs of its capture: a decision sent for a capture only names the
-capture, and the patient and eye come from the capture row when this gateway took it."""
 
 
 def get_referral(store: Store, referral_id: str) -> dict[str, Any] | None:

@@ -167,3 +167,13 @@ def test_technician_session_shows_the_decision_in_words(client: FlaskClient, rec
     location = post_form(client, "/technician", "/technician", {"patient_id": PATIENT}).headers["Location"]
     html = client.get(location).get_data(as_text=True)
     assert 'data-decision="refer_urgent">Refer urgently<' in html
+
+
+def test_patient_view_includes_decisions_that_name_only_one_of_the_patients_photos(
+    runtime: Runtime, received: dict[str, str]
+) -> None:
+    """The technician page lists a patient's decisions through this query: a decision sent for a photo only
+    must be there under the photo's patient, with the photo's eye."""
+    rows = store_referrals.list_referrals(runtime.store, patient_id="P-1")
+    assert [(r["referral_id"], r["patient_id"], r["eye"]) for r in rows] == [("ref-b", "P-1", "R")]
+    assert [r["referral_id"] for r in store_referrals.list_referrals(runtime.store, patient_id=PATIENT)] == ["ref-a"]
