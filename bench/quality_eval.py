@@ -8,7 +8,7 @@ synthetic non-fundus images. Thresholds are chosen on *train* only:
   photos rejected for that reason); if the degraded photos it targets lie clearly below that (their
   90th percentile is lower), the threshold moves half way towards them, to leave a margin for clean
   photos not seen yet. Mirror image for metrics where high is bad.
-- motion vs. defocus: half way between the median anisotropy of the two degradations.
+- motion vs. defocus: half way between the median blur anisotropy of the two degradations.
 
 Then *valid* is measured with those thresholds, and with the thresholds shipped in
 ``gateway/retina/quality.py`` (they should be the calibrated ones; ``shipped_equals_calibrated`` says).
@@ -58,6 +58,7 @@ CALIBRATED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "max_centre_offset": ("centre_offset", "high", ("shifted",)),
     "min_field_inside": ("field_inside", "low", ("cropped", "shifted")),
     "min_focus": ("focus", "low", ("defocus", "motion")),
+    "min_focus_dir": ("focus_dir", "low", ("motion",)),
     "max_block_damage": ("block_damage", "high", ("jpeg_damage",)),
 }
 CLEAN_QUANTILE = 0.005
@@ -132,8 +133,8 @@ def calibrate(items: list[Item]) -> quality.Thresholds:
     # A fundus, even blurred, has vessel texture; a flat object does not.
     fundus_texture = _values(items, ("clean", "defocus", "motion"), "texture")
     chosen["min_texture"] = _sig(float(np.quantile(fundus_texture, CLEAN_QUANTILE)) * 0.8)
-    defocus = statistics.median(_values(items, ("defocus",), "anisotropy"))
-    motion = statistics.median(_values(items, ("motion",), "anisotropy"))
+    defocus = statistics.median(_values(items, ("defocus",), "blur_anisotropy"))
+    motion = statistics.median(_values(items, ("motion",), "blur_anisotropy"))
     chosen["max_motion_anisotropy"] = _sig((defocus + motion) / 2)
     return dataclasses.replace(quality.THRESHOLDS, **chosen)
 

@@ -31,7 +31,8 @@ split of the shared photos by ``bench/quality_eval.py``; rates on the *valid* sp
 4. Exposure from the luminance inside the fundus; illumination from sector means and the radial profile
    of a heavily smoothed luminance map; geometry from the circle; focus from the ratio of fine to coarse
    detail in the green channel (self-normalising: exposure and contrast cancel) at a fixed scale of
-   :data:`FOCUS_DIAMETER` pixels across the fundus; motion from the anisotropy of that fine detail.
+   :data:`FOCUS_DIAMETER` pixels across the fundus; motion from the same ratio measured per direction
+   (gradient energy at two scales): a smear leaves one direction blurred while the others stay sharp.
 
 Imports numpy and OpenCV's array functions only; no I/O.
 """
@@ -99,7 +100,8 @@ class Thresholds:
     max_centre_offset: float = 0.251
     min_field_inside: float = 0.813
     min_focus: float = 0.282
-    max_motion_anisotropy: float = 0.299
+    min_focus_dir: float = 1.11
+    max_motion_anisotropy: float = 0.0657
     max_block_damage: float = 0.000956
 
 
@@ -232,6 +234,30 @@ def _block_damage(image: Image, mask: npt.NDArray[np.bool_]) -> float:
     return float((edge > 2.5 * typical).mean())
 
 
+def _gradient_tensor(green: Floats, sigma: float, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """Mean gradient structure tensor [[gx², gx·gy], [gx·gy, gy²]] inside ``mask`` after a Gaussian of ``sigma``."""
+    smooth = cv2.GaussianBlur(green, (0, 0), sigma)
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1)
+    xx, yy, xy = (float(v[mask].mean()) for v in (gx * gx, gy * gy, gx * gy))
+    return np.array([[xx, xy], [xy, yy]], dtype=np.float64)
+
+
+def _directional_sharpness(fine: npt.NDArray[np.float64], coarse: npt.NDArray[np.float64]) -> tuple[float, float]:
+    """Fine-to-coarse gradient ratio in the blurriest and in the sharpest direction: (lowest, highest).
+
+    The gradient energy along a unit direction u is uᵀJu; the extremes of uᵀJ_f u / uᵀJ_c u over all u are
+    the generalised eigenvalues of the two tensors. A motion blur wipes out fine detail along the motion
+    only, so vessels across it keep the isotropic ``focus`` high while the lowest ratio falls towards 1 (both
+    scales see the same smear); a defocus lowers both alike. Exposure and contrast cancel, as in ``focus``.
+    """
+    try:
+        values = np.linalg.eigvals(np.linalg.solve(coarse + 1e-9 * np.eye(2), fine)).real
+    except np.linalg.LinAlgError:
+        return 0.0, 0.0
+    return math.sqrt(max(float(values.min()), 0.0)), math.sqrt(max(float(values.max()), 0.0))
+
+
 def _illumination(work: Image, mask: npt.NDArray[np.uint8], circle: _Circle | None) -> dict[str, float]:
     """Sector balance, rim/centre ratio and log-luminance slope, on a small copy (light varies slowly)."""
     h0, w0 = work.shape[:2]
@@ -337,8 +363,8 @@ def measure(image: Image) -> dict[str, float]:
 
     # Focus and motion at a fixed fundus scale, in the green channel (best vessel contrast).
     view = _focus_view(image, work_scale, circle, (h, w))
-    vmask = cv2.resize(mask, (view.shape[1], view.shape[0]), interpolation=cv2.INTER_NEAREST)
-    vmask = cv2.erode(vmask, np.ones((9, 9), np.uint8)).astype(bool)
+    vmask_u8 = cv2.resize(mask, (view.shape[1], view.shape[0]), interpolation=cv2.INTER_NEAREST)
+    vmask: npt.NDArray[np.bool_] = np.asarray(cv2.erode(vmask_u8, np.ones((9, 9), np.uint8)), dtype=bool)
     if vmask.sum() < 500:
         vmask = np.ones(view.shape[:2], bool)
     green = view[:, :, 1].astype(np.float32)
@@ -348,10 +374,9 @@ def measure(image: Image) -> dict[str, float]:
     coarse_sd = float(coarse[vmask].std())
     metrics["focus"] = fine_sd / max(coarse_sd, 1e-3)
     metrics["texture"] = coarse_sd / max(float(green[vmask].mean()), 1.0)
-    gx = cv2.Sobel(cv2.GaussianBlur(green, (0, 0), 1.0), cv2.CV_32F, 1, 0)
-    gy = cv2.Sobel(cv2.GaussianBlur(green, (0, 0), 1.0), cv2.CV_32F, 0, 1)
-    jxx, jyy, jxy = (float(v[vmask].mean()) for v in (gx * gx, gy * gy, gx * gy))
-    metrics["anisotropy"] = math.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / max(jxx + jyy, 1e-6)
+    low, high = _directional_sharpness(_gradient_tensor(green, 1.0, vmask), _gradient_tensor(green, 2.0, vmask))
+    metrics["focus_dir"] = low
+    metrics["blur_anisotropy"] = 1.0 - low / max(high, 1e-6)
     metrics["block_damage"] = _block_damage(work, cv2.erode(mask, np.ones((7, 7), np.uint8)).astype(bool))
     return {k: round(v, 4) for k, v in metrics.items()}
 
@@ -379,7 +404,10 @@ def decide(metrics: dict[str, float], t: Thresholds = THRESHOLDS) -> tuple[str, 
     if not framed or metrics["field_inside"] < t.min_field_inside:
         reasons.append("field_incomplete")
     if metrics["focus"] < t.min_focus:
-        reasons.append("motion_blur" if metrics["anisotropy"] > t.max_motion_anisotropy else "out_of_focus")
+        reasons.append("motion_blur" if metrics["blur_anisotropy"] > t.max_motion_anisotropy else "out_of_focus")
+    elif metrics["focus_dir"] < t.min_focus_dir:
+        # Sharp overall but blurred in one direction: a smear, not a focus error.
+        reasons.append("motion_blur")
     return tuple(reasons)
 
 

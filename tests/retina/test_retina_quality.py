@@ -7,6 +7,7 @@ does not flake; ``bench/quality_eval.py`` gives the full figures.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from support.retina import fundus_files, read_bgr
@@ -19,8 +20,8 @@ SAMPLE = 24
 
 # degradation -> minimum share of the sample detected with an expected reason (full-valid figure in the doc)
 FLOORS = {
-    "defocus": 0.6,
-    "motion": 0.45,
+    "defocus": 0.9,
+    "motion": 0.9,
     "underexposed": 0.85,
     "overexposed": 0.8,
     "uneven": 0.2,
@@ -49,6 +50,59 @@ def test_degraded_photos_are_caught_with_the_right_reason(photos: list[np.ndarra
     assert all(isinstance(v, QualityVerdict) for v in verdicts)
     detected = sum(1 for v in verdicts if not v.ok and expected & set(v.reasons))
     assert detected / len(verdicts) >= FLOORS[kind], [v.reasons for v in verdicts]
+
+
+def test_blur_is_named_by_its_direction(photos: list[np.ndarray]) -> None:
+    # The technician's action differs (refocus vs. hold still), so the reason must follow the blur's shape:
+    # on all of valid 118/118 defocused copies say out_of_focus and 112/118 motion copies say motion_blur.
+    defocused = [quality.assess(degrade.degrade("defocus", p, seed)).reasons for seed, p in enumerate(photos)]
+    smeared = [quality.assess(degrade.degrade("motion", p, seed)).reasons for seed, p in enumerate(photos)]
+    assert sum("motion_blur" in r for r in defocused) <= 1, defocused
+    assert sum("motion_blur" in r for r in smeared) >= 0.8 * len(photos), smeared
+
+
+def _smear(image: np.ndarray, angle: float, length: int) -> np.ndarray:
+    """A straight smear of ``length`` pixels at ``angle`` (radians), the shape a moving eye leaves."""
+    size = length + 2
+    kernel = np.zeros((size, size), np.float32)
+    c = size / 2 - 0.5
+    dx, dy = np.cos(angle) * (length - 1) / 2, np.sin(angle) * (length - 1) / 2
+    cv2.line(kernel, (round(c - dx), round(c - dy)), (round(c + dx), round(c + dy)), 1.0, 1, cv2.LINE_AA)
+    return np.asarray(cv2.filter2D(image, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT), np.uint8)
+
+
+def test_a_smear_in_any_direction_is_motion_blur_even_when_the_photo_looks_sharp_across_it(
+    photos: list[np.ndarray],
+) -> None:
+    # Vessels running along the smear stay sharp, so the isotropic focus ratio often passes such a photo
+    # (72 % of motion copies caught before the directional measure, 98 % with it); the blurriest direction
+    # gives it away. 5 % of the fundus diameter, in four directions.
+    verdicts = []
+    for p in photos[:8]:
+        assert "motion_blur" not in quality.assess(p).reasons
+        length = round(0.05 * max(p.shape[:2]))
+        verdicts += [quality.assess(_smear(p, a, length)).reasons for a in np.arange(4) * np.pi / 4]
+    assert sum("motion_blur" in r for r in verdicts) >= 0.9 * len(verdicts), verdicts
+
+
+def _shade(image: np.ndarray, angle: float, low: float) -> np.ndarray:
+    """Light falling off linearly across the frame towards ``angle`` (radians), down to ``low`` at the edge."""
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = ((xx - w / 2) * np.cos(angle) + (yy - h / 2) * np.sin(angle)) / (max(h, w) / 2)
+    gain = low + (1 - low) * np.clip((1 - t) / 2, 0, 1)
+    return np.asarray(np.clip(image * gain[..., None], 0, 255), np.uint8)
+
+
+def test_strong_shading_is_uneven_illumination_and_an_evenly_lit_frame_is_not() -> None:
+    # Evenly lit emulator frames, shaded to 10 % at one edge in eight directions. This pins today's known
+    # limit too: the luminance slope catches about half of them (docs/quality-gate.md, Known limits).
+    frames = [synthetic_fundus(seed, (640, 480)) for seed in range(1, 7)]
+    assert all("uneven_illumination" not in quality.assess(f).reasons for f in frames)
+    shaded = [quality.assess(_shade(f, a, 0.1)).reasons for f in frames for a in np.arange(8) * np.pi / 4]
+    assert sum("uneven_illumination" in r for r in shaded) >= 0.4 * len(shaded), shaded
+    mild = [quality.assess(_shade(f, a, 0.6)).reasons for f in frames[:2] for a in np.arange(4) * np.pi / 2]
+    assert all(not r for r in mild), mild  # 40 % fall-off across the whole frame is within a good photo's range
 
 
 @pytest.mark.parametrize("kind", degrade.NOT_FUNDUS_KINDS)
