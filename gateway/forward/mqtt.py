@@ -151,7 +151,7 @@ class Connected:
 
     session_present: bool
     max_packet_size: int | None
-    receive_maximum: int = 65_535
+    receive_maximum: int = RECEIVE_MAXIMUM_DEFAULT
 
 
 @dataclass(frozen=True, slots=True)

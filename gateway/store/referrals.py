@@ -39,6 +39,8 @@ _INBOX_COLUMNS = (
 """A referral with what the desk needs of its capture: a decision sent for a capture only names the
 capture, and the patient and eye come from the capture row when this gateway took it."""
 
+_SELECT_WITH_CAPTURE = f"SELECT {_INBOX_COLUMNS} FROM referrals r LEFT JOIN captures c ON c.capture_id = r.capture_id "
+
 
 def list_referrals(
     store: Store,
@@ -53,8 +55,8 @@ def list_referrals(
     A decision that names only a capture belongs to that capture's patient (when this gateway took it).
     """
     return store.query(
-        f"SELECT {_INBOX_COLUMNS} FROM referrals r LEFT JOIN captures c ON c.capture_id = r.capture_id "
-        "WHERE (? IS NULL OR COALESCE(r.patient_id, c.patient_id) = ?) AND (? IS NULL OR r.capture_id = ?) "
+        _SELECT_WITH_CAPTURE
+        + "WHERE (? IS NULL OR COALESCE(r.patient_id, c.patient_id) = ?) AND (? IS NULL OR r.capture_id = ?) "
         "AND (? = 0 OR r.seen_at IS NULL) ORDER BY r.rowid DESC LIMIT ?",
         [patient_id, patient_id, capture_id, capture_id, int(unseen_only), limit],
     )
@@ -78,8 +80,7 @@ def count_unseen(store: Store) -> int:
 def get_referral(store: Store, referral_id: str) -> dict[str, Any] | None:
     """One referral with its capture's patient, eye and field (None when unknown)."""
     rows = store.query(
-        f"SELECT {_INBOX_COLUMNS} FROM referrals r LEFT JOIN captures c ON c.capture_id = r.capture_id "
-        "WHERE r.referral_id = ?",
+        _SELECT_WITH_CAPTURE + "WHERE r.referral_id = ?",
         [referral_id],
     )
     return rows[0] if rows else None
@@ -92,8 +93,8 @@ def inbox(store: Store, *, recent: int = 100, cap: int = 1000) -> list[dict[str,
     nobody acknowledges anything for a very long time.
     """
     return store.query(
-        f"SELECT {_INBOX_COLUMNS} FROM referrals r LEFT JOIN captures c ON c.capture_id = r.capture_id "
-        "WHERE r.seen_at IS NULL OR r.rowid IN (SELECT rowid FROM referrals ORDER BY rowid DESC LIMIT ?) "
+        _SELECT_WITH_CAPTURE
+        + "WHERE r.seen_at IS NULL OR r.rowid IN (SELECT rowid FROM referrals ORDER BY rowid DESC LIMIT ?) "
         "ORDER BY r.rowid DESC LIMIT ?",
         [recent, cap],
     )
