@@ -430,6 +430,11 @@ class SerialMeterEmulator:
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> str:
         """Plug the cable in: a fresh pty, a fresh protocol handler; returns the path (or the link)."""
+        previous = self._thread
+        if previous is not None and previous is not threading.current_thread():
+            # An unplug from the emulator's own thread (a fault) only asks it to stop. Until it has, it
+            # could still answer (a pending retransmission) on the new pty: wait, then plug in.
+            previous.join(timeout=5)
         master, slave = os.openpty()
         tty.setraw(slave)
         os.set_blocking(master, False)
