@@ -115,7 +115,8 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not logging.getLogger().handlers:  # as basicConfig would, but with the escaping formatter of gateway.logs
+        setup_logging("WARNING")  # a command that loads its config sets its own level and format
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
