@@ -24,18 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.broker import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "status-token-" + "0" * 32
 DEADLINE_S = 60.0
 DROP_WARNING = "sd_notify: cannot deliver"
 RECOVERED = "sd_notify: delivering again"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fill(address: str) -> int:
@@ -168,7 +163,7 @@ def test_daemon_keeps_working_and_stops_on_sigterm_while_nobody_reads_notify_soc
         first = seen.setdefault("first_unsent", unsent)
         seen["doc"] = doc
         # Readings keep landing (the event loop runs) and many pings were dropped rather than waited on.
-        return unsent >= first + 5 and dropped >= 10
+        return bool(unsent >= first + 5 and dropped >= 10)
 
     wait_for(working_while_dropping, "readings stored and notifications dropped while the socket is full", proc, log)
     notify_state = seen["doc"]["systemd_notify"]

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import pwd
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.broker import free_port
 from support.factories import make_store, reading
 from support.unprivileged import ServiceUser
 
@@ -79,12 +79,6 @@ def service_name(service_user: ServiceUser) -> str:
 def expected_owner(service_user: ServiceUser) -> str:
     """Who owns what was taken away: root (as root), else the service user itself (chmod only)."""
     return "root" if service_user.as_root else service_name(service_user)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_daemon_stops_with_one_line_on_a_database_it_may_not_read(service_user: ServiceUser, shared_dir: Path) -> None:
