@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import logging
 import os
+import pwd
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,8 +64,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
+    reader_uid = None
+    if args.user is not None:
+        try:
+            reader_uid = pwd.getpwnam(args.user).pw_uid
+        except KeyError:
+            print(f"{args.file}: --user: no such user {args.user!r}")
+            return EXIT_PROBLEMS
     try:
-        load_config(args.file)
+        load_config(args.file, reader_uid=reader_uid)
     except ConfigError as exc:
         for key, message in exc.problems:
             print(f"{args.file}: {key}: {message}")
@@ -106,6 +114,11 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_sub.add_parser("check", help="validate a config file; list every problem with its key path")
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--user",
+        default=None,
+        help="check the secret files as this user reads them (owner and mode); default: whoever runs the check",
+    )
     check.set_defaults(func=_cmd_config_check)
 
     for module_name in modules:
@@ -115,7 +128,8 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not logging.getLogger().handlers:  # as basicConfig would, but with the escaping formatter of gateway.logs
+        setup_logging("WARNING")  # a command that loads its config sets its own level and format
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -11,7 +11,9 @@ Environment overrides: ``CG_<SECTION>__<KEY>=value`` (double underscore between 
 
 from __future__ import annotations
 
+import codecs
 import os
+import pwd
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -326,26 +328,64 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
     return data
 
 
-def _secret_problem(path: Path) -> str | None:
+def user_name(uid: int) -> str:
+    """The login name of ``uid`` (its number when the system does not know it)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def secret_problem(path: Path, reader_uid: int | None = None) -> str | None:
+    """What keeps ``path`` from being a usable secret file for ``reader_uid`` (default: this process), or None.
+
+    The one rule for secret files, applied by :func:`read_secret` and ``gateway config check``: the file
+    exists, nobody but its owner has any access (mode 0600 or stricter), its owner may read it, and its owner
+    is the user who reads it. Root reads any file, so for root the owner is not checked (``config check --user``
+    checks as the service's user instead).
+    """
+    reader = os.geteuid() if reader_uid is None else reader_uid
     try:
         st = path.stat()
     except OSError as exc:
         return f"secret file {path} cannot be read ({exc.strerror})"
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return f"secret file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"secret file {path} is readable by others (mode {mode:04o}); chmod 600 it"
+    if reader not in (0, st.st_uid):  # root reads any file
+        owner, name = user_name(st.st_uid), user_name(reader)
+        return f"secret file {path} is owned by {owner} (mode {mode:04o}) but read as {name}; chown {name} it"
+    if not mode & stat.S_IRUSR:
+        return f"secret file {path} is not readable by its owner (mode {mode:04o}); chmod 600 it"
     return None
 
 
-def _file_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    secrets: list[tuple[str, Path | None]] = [
+def secret_files(cfg: GatewayConfig) -> list[tuple[str, Path]]:
+    """Every secret file the daemon will read, with the key that names it.
+
+    The web session secret counts at its default place too (``<state_dir>/web-secret``) once it exists: the
+    daemon reads it there, and creates it (0600) only when it is missing.
+    """
+    web_secret = cfg.web.secret_key_file
+    if web_secret is None and cfg.web.enabled:
+        try:
+            present = cfg.web_secret_path.exists()
+        except PermissionError:  # the state directory is closed to us: secret_problem() says so
+            present = True
+        web_secret = cfg.web_secret_path if present else None
+    candidates: list[tuple[str, Path | None]] = [
         ("forward.password_file", cfg.forward.password_file),
         ("forward.tls.key_file", cfg.forward.tls.key_file if cfg.forward.tls else None),
-        ("web.secret_key_file", cfg.web.secret_key_file),
+        ("web.secret_key_file", web_secret),
         ("web.status_token_file", cfg.web.status_token_file),
     ]
-    for key, path in secrets:
-        if path is not None and (msg := _secret_problem(path)):
+    return [(key, path) for key, path in candidates if path is not None]
+
+
+def _file_problems(cfg: GatewayConfig, reader_uid: int | None) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for key, path in secret_files(cfg):
+        if msg := secret_problem(path, reader_uid):
             problems.append((key, msg))
     if cfg.forward.password_file is not None and cfg.forward.username is None:
         problems.append(("forward.username", "password_file is set but username is missing"))
@@ -374,31 +414,71 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
     return key, msg
 
 
-def parse_config(data: Mapping[str, Any], source: str = "config", *, check_files: bool = True) -> GatewayConfig:
-    """Validate a config mapping; raise ConfigError naming every problem's key path."""
+def parse_config(
+    data: Mapping[str, Any], source: str = "config", *, check_files: bool = True, reader_uid: int | None = None
+) -> GatewayConfig:
+    """Validate a config mapping; raise ConfigError naming every problem's key path.
+
+    With ``check_files``, the files it names must exist and its secret files must pass :func:`secret_problem`
+    for ``reader_uid`` (default: this process).
+    """
     try:
         cfg = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([_describe(e) for e in exc.errors()], source) from None
-    if check_files and (problems := _file_problems(cfg)):
+    if check_files and (problems := _file_problems(cfg, reader_uid)):
         raise ConfigError(problems, source)
     return cfg
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Load, override from the environment and validate the TOML file at ``path``."""
+def decode_config_text(raw: bytes, source: str) -> str:
+    """The text of a config file: UTF-8, with a leading byte-order mark accepted and dropped.
+
+    Windows editors (Notepad's "UTF-8 with BOM") write the mark; it carries no meaning in UTF-8. Any other
+    encoding (a GBK comment from a Chinese Windows editor, UTF-16) is one :class:`ConfigError` naming the
+    byte offset, line and column of the first byte that is not UTF-8.
+    """
+    start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = start + exc.start
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        hint = "it is UTF-16: save it as UTF-8"
+    else:
+        hint = "save it as UTF-8"
+    line_start = raw.rfind(b"\n", 0, offset) + 1
+    line = raw.count(b"\n", 0, offset) + 1
+    column = len(raw[line_start:offset].decode("utf-8", "replace")) + 1
+    where = f"byte 0x{raw[offset]:02x} at offset {offset} (line {line}, column {column})"
+    raise ConfigError([("(file)", f"not UTF-8 text: {where}; {hint}")], source)
+
+
+def load_config(
+    path: Path, environ: Mapping[str, str] | None = None, *, reader_uid: int | None = None
+) -> GatewayConfig:
+    """Load, override from the environment and validate the TOML file at ``path``.
+
+    ``reader_uid``: whose secret files they must be (default: this process's; see :func:`secret_problem`).
+    """
+    try:
+        text = decode_config_text(path.read_bytes(), str(path))
+        data = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError([("(file)", f"cannot read: {exc.strerror}")], str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("(file)", f"not valid TOML: {exc}")], str(path)) from None
     data = apply_env_overrides(data, os.environ if environ is None else environ)
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), reader_uid=reader_uid)
 
 
 def read_secret(path: Path) -> str:
     """Read a secret file, refusing one that others can read. Trailing newlines are stripped."""
-    if msg := _secret_problem(path):
+    if msg := secret_problem(path):
         raise ConfigError([("(secret)", msg)], str(path))
-    return path.read_text(encoding="utf-8").rstrip("\r\n")
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [("(secret)", f"secret file {path} is not UTF-8 text (offset {exc.start})")], str(path)
+        ) from None

@@ -200,7 +200,7 @@ async def _run(config: GatewayConfig, runtime: Runtime, stop: asyncio.Event, fac
         ", ".join(c.name for c in runtime.components), requeued,
     )  # fmt: skip
     tasks = [asyncio.create_task(_supervise(c, runtime.store, stop), name=c.name) for c in runtime.components]
-    notifier = notify.Notifier()
+    notifier = runtime.notifier = notify.Notifier()
     watchdog = notify.Watchdog(notifier, lambda: all(c.healthy() for c in runtime.components))
     tasks.append(asyncio.create_task(watchdog.run(), name="watchdog"))
     tasks.append(asyncio.create_task(_report_status(runtime, notifier, stop), name="status"))

@@ -16,7 +16,8 @@ Callers branch on the type and on attributes, never on message text::
     ├── ModelError           model missing, wrong version or input shape
     ├── StoreError           SQLite or image directory
     │   ├── DiskFull
-    │   └── IntakeRefused    intake stopped before the disk fills
+    │   ├── IntakeRefused    intake stopped before the disk fills
+    │   └── StoreCannotOpen  permissions, owner, read-only: .path, .owner, .mode, .access, .user (not corruption)
     └── ForwardError         the broker link failed
         ├── BrokerAuthError      credentials refused
         ├── BrokerTLSError       certificate or handshake failure
@@ -30,6 +31,7 @@ this tree exactly once, with ``raise ... from exc``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class GatewayError(Exception):
@@ -111,6 +113,30 @@ class DiskFull(StoreError):
 
 class IntakeRefused(StoreError):
     """New clinical intake is refused because free space is below the configured floor."""
+
+
+class StoreCannotOpen(StoreError):
+    """The store's file or directory is there, but this process may not use it: not corruption.
+
+    A permission, ownership or read-only problem (a database or WAL file left by a command run as root, a card
+    mounted read-only). The data is intact and stays where it is; someone must give it back to the service.
+
+    ``path``: the file or directory refused; ``owner`` and ``mode``: its owner's name and permission bits;
+    ``access``: what was refused (``"read"``, ``"write"``, ``"create files in"``, ``"enter"``); ``user``: who we
+    run as; ``reason``: the system's word for it ("Permission denied", "Read-only file system").
+    """
+
+    def __init__(self, *, path: Path, owner: str, mode: int, access: str, user: str, reason: str) -> None:
+        self.path = path
+        self.owner = owner
+        self.mode = mode
+        self.access = access
+        self.user = user
+        self.reason = reason
+        super().__init__(
+            f"cannot open the store: {user} may not {access} {path} (owner {owner}, mode {mode:04o}): {reason}; "
+            "it is not corrupt and was left in place: give it back to the service user (docs/operations.md, §8)"
+        )
 
 
 class ForwardError(GatewayError):

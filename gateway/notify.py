@@ -4,6 +4,12 @@ Supports the parts of the protocol the gateway uses (``sd_notify(3)``): ``READY=
 ``STOPPING=1`` and ``WATCHDOG=1``, sent as one datagram to ``$NOTIFY_SOCKET`` (a path, or an abstract
 socket written ``@name``). Without ``NOTIFY_SOCKET`` (tests, the demo, a shell) every call is a no-op.
 
+Sending never blocks the event loop: a datagram socket whose reader has stalled (a hung PID 1, a test
+harness that does not read) fills up, and a blocking ``sendto`` would then wait forever, taking signal
+handling and every reconnect with it. The socket is non-blocking; a datagram that cannot be delivered at
+once (queue full, socket gone) is dropped and counted (:meth:`Notifier.snapshot`, on the status page), and
+logged once when dropping starts and once when delivery resumes, not once per datagram.
+
 The watchdog interval is half of ``$WATCHDOG_USEC``, and only when ``$WATCHDOG_PID`` is unset or names this
 process (systemd sets it to the main pid; a child that inherited the environment must not ping).
 :class:`Watchdog` pings only while a health predicate holds, so a stuck loop makes systemd restart us.
@@ -16,6 +22,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
+from typing import Any
 
 _logger = logging.getLogger(__name__)
 
@@ -32,6 +39,12 @@ class Notifier:
         usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_interval_s = int(usec) / 2 / 1_000_000
+        self.sent = 0
+        self.dropped = 0
+        """Datagrams that could not be delivered at once and were dropped (since start)."""
+        self._dropping = 0
+        """Datagrams dropped in the current episode (0: delivering)."""
+        self.last_error: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -39,17 +52,42 @@ class Notifier:
         return self.address is not None
 
     def notify(self, *lines: str) -> bool:
-        """Send ``lines`` as one message; False (logged, never raised) when it could not be sent."""
+        """Send ``lines`` as one message without ever waiting; False (counted, never raised) when dropped."""
         if self.address is None:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.setblocking(False)  # a full queue is EAGAIN at once, not a wait on a reader that may never come
                 sock.sendto("\n".join(lines).encode(), self.address)
         except OSError as exc:
-            # Never fatal: a missed ping is systemd's business (it restarts us), not a crash here.
-            _logger.warning("sd_notify failed: %s", exc)
+            # Never fatal: a missed ping is systemd's business (it restarts us), not a crash or a stall here.
+            self._drop(exc)
             return False
+        self.sent += 1
+        if self._dropping:
+            _logger.info("sd_notify: delivering again after %d dropped notifications", self._dropping)
+            self._dropping = 0
         return True
+
+    def _drop(self, exc: OSError) -> None:
+        self.dropped += 1
+        self.last_error = "socket full" if isinstance(exc, BlockingIOError) else (exc.strerror or type(exc).__name__)
+        if not self._dropping:
+            _logger.warning(
+                "sd_notify: cannot deliver to the service manager (%s); dropping notifications until it reads again",
+                self.last_error,
+            )
+        self._dropping += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Delivery counts for the status page (``dropping``: the last datagram was dropped)."""
+        return {
+            "enabled": self.enabled,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "dropping": self._dropping > 0,
+            "last_error": self.last_error,
+        }
 
     def ready(self, status: str | None = None) -> bool:
         """Tell systemd start-up is complete (``Type=notify``)."""

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
+from gateway.notify import Notifier
 from gateway.store import Store
 
 
@@ -136,6 +137,8 @@ class Runtime:
     devices: Board = field(default_factory=Board)
     """device_id -> {kind: meter|camera, transport, state, last_sync, last_error} (no patient data)."""
     components: list[Component] = field(default_factory=list)
+    notifier: Notifier = field(default_factory=lambda: Notifier({}))
+    """systemd notifications (the daemon sets its own; the default sends nothing)."""
     started_monotonic: float = field(default_factory=time.monotonic)
     started_at: datetime | None = None
 

@@ -90,6 +90,7 @@ class GatewayServices:
             },
             "model": components.get("retina", {}).get("model"),
             "store": {"quarantined_file": self.store.get_kv(QUARANTINE_KEY)},
+            "systemd_notify": self.runtime.notifier.snapshot(),
             "recent_errors": recent_events(self.store, limit=10, min_level="warning"),
         }
 

@@ -10,4 +10,4 @@ REPO_ROOT = TESTS_DIR.parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-pytest_plugins = ["support.fixtures_broker"]
+pytest_plugins = ["support.fixtures_broker", "support.unprivileged"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import sqlite3
+import stat
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,12 +21,15 @@ from typing import Any, Literal
 from sqlite_utils import Database
 
 from gateway.clock import Clock, SystemClock
-from gateway.errors import DiskFull, IntakeRefused, StoreError
+from gateway.config import user_name
+from gateway.errors import DiskFull, IntakeRefused, StoreCannotOpen, StoreError
 from gateway.store.migrations import MIGRATIONS
 
 _logger = logging.getLogger(__name__)
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+SIDECARS = ("-wal", "-shm")
+"""Files SQLite keeps next to a WAL-mode database."""
 QUARANTINE_KEY = "quarantined_file"
 
 
@@ -146,31 +152,87 @@ class Store:
             )
 
 
-def _looks_like_sqlite(path: Path) -> bool:
+_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+"""Errors that mean "not allowed" (permissions, owner, read-only), never "damaged"."""
+
+
+def _denied(path: Path, access: str, reason: str) -> StoreCannotOpen:
     try:
-        with path.open("rb") as fh:
-            header = fh.read(len(SQLITE_HEADER))
+        st = os.stat(path)
+        owner, mode = user_name(st.st_uid), stat.S_IMODE(st.st_mode)
     except OSError:
-        return False
-    if header != SQLITE_HEADER:
-        return False
+        owner, mode = "unknown", 0
+    return StoreCannotOpen(
+        path=path, owner=owner, mode=mode, access=access, user=user_name(os.geteuid()), reason=reason
+    )
+
+
+def _why_not(path: Path) -> str:
+    """The reason ``os.access`` does not give: a read-only file system, or plain permissions."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return "Read-only file system" if read_only else "Permission denied"
+
+
+def check_directory(directory: Path) -> None:
+    """Create ``directory`` if needed; raise StoreCannotOpen unless we may enter it and create files in it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno not in _DENIED:
+            raise
+        existing = next(p for p in directory.parents if p.exists())
+        raise _denied(existing, "create files in", exc.strerror or "Permission denied") from None
+    for access, bits in (("enter", os.X_OK), ("create files in", os.W_OK | os.X_OK)):
+        if not os.access(directory, bits):
+            raise _denied(directory, access, _why_not(directory))
+
+
+def check_store_access(path: Path) -> None:
+    """Raise :class:`StoreCannotOpen` unless this process may use the database at ``path``.
+
+    SQLite in WAL mode needs to create files next to the database (``-wal``, ``-shm``) and to read and write
+    the database and those files where they exist. ``access(2)`` answers for ACLs and read-only mounts too,
+    and, unlike opening and closing the files, cannot drop the POSIX locks SQLite holds on them for another
+    connection of this process. A missing database is fine: it is created.
+    """
+    check_directory(path.parent)
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in SIDECARS)):
+        if not file.exists() or os.access(file, os.R_OK | os.W_OK):
+            continue
+        access = "write" if os.access(file, os.R_OK) else "read"
+        raise _denied(file, access, _why_not(file))
+
+
+def _is_corrupt(path: Path) -> bool:
+    """True when the file opens but is not an SQLite database or fails SQLite's quick integrity check.
+
+    Any other failure (I/O error, busy, cannot open) is raised, never taken for corruption: moving a good
+    database aside would strand its unsent readings and photos.
+    """
+    with path.open("rb") as fh:
+        if fh.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            return True
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True)
         try:
-            conn.execute("PRAGMA schema_version").fetchone()
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            problems = conn.execute("PRAGMA quick_check(1)").fetchall()
         finally:
             conn.close()
-    except sqlite3.DatabaseError:
-        return False
-    return True
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            return True
+        raise
+    return problems != [("ok",)]
 
 
 def quarantine(path: Path, stamp: str) -> Path:
-    """Move an unreadable database (and its WAL/SHM) aside, keeping its bytes; return the new path."""
+    """Move a corrupt database (and its WAL/SHM) aside, keeping its bytes; return the new path."""
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     os.replace(path, target)
-    for suffix in ("-wal", "-shm"):
+    for suffix in SIDECARS:
         side = path.with_name(path.name + suffix)
         if side.exists():
             os.replace(side, target.with_name(target.name + suffix))
@@ -189,20 +251,25 @@ def open_store(
 ) -> Store:
     """Open (creating if needed) the store at ``path`` (None: in memory, for tests).
 
-    A file that is not a readable SQLite database is quarantined next to itself, a fresh database is
-    started, and the fact is recorded as an error event (status page and events topic), so the daemon
-    neither crash-loops nor silently forgets.
+    Two different failures, told apart before anything is touched:
+
+    - **cannot open** (permissions, owner, read-only file or directory, WAL/SHM files we may not write):
+      :class:`StoreCannotOpen` names the file, its owner and mode; the data stays where it is.
+    - **corrupt** (the file opens but is not a database, or SQLite's quick check fails): the file is
+      quarantined next to itself, a fresh database is started, and the fact is recorded as an error event
+      (status page and events topic), so the daemon neither crash-loops nor silently forgets.
     """
     clock = clock or SystemClock()
     quarantined: Path | None = None
     with translate_sqlite_errors("opening the store"):
-        image_dir.mkdir(parents=True, exist_ok=True)
+        check_directory(image_dir)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists() and path.stat().st_size > 0 and not _looks_like_sqlite(path):
+            check_store_access(path)
+            if path.exists() and path.stat().st_size > 0 and _is_corrupt(path):
                 stamp = clock.utc_now().strftime("%Y%m%dT%H%M%SZ")
                 quarantined = quarantine(path, stamp)
-                _logger.error("store %s is not a readable database; moved it to %s", path, quarantined)
+                _logger.error("store %s is corrupt (not a database or fails the integrity check); moved it to %s",
+                              path, quarantined)  # fmt: skip
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         else:
             conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
@@ -230,7 +297,7 @@ def open_store(
         add_event(
             store,
             "store_quarantined",
-            "the database file was unreadable; it was set aside and a fresh store started",
+            "the database file was corrupt; it was set aside and a fresh store started",
             level="error",
             detail={"quarantined_to": quarantined.name},
         )

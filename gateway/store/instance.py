@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.errors import StoreError
+from gateway.store.db import check_directory
 
 LOCK_NAME = "gateway.lock"
 
@@ -39,7 +40,7 @@ def exclusive_store(db_path: Path, purpose: str) -> Iterator[Path]:
     process's error message.
     """
     path = lock_path(db_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_directory(path.parent)  # a directory we may not use is StoreCannotOpen (owner, mode), not a traceback
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         writable = True

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,15 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.settimeout(2.0)
     yield sock, str(path)
     sock.close()
+
+
+def fill(path: str) -> None:
+    """Queue datagrams on ``path`` until the reader's queue is full (a reader that stalled)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sender.sendto(b"FILLER=1", path)
 
 
 def drain(sock: socket.socket) -> list[str]:
@@ -129,3 +141,40 @@ def test_periodic_pings_while_healthy_and_none_while_unhealthy(
     assert len(first) >= 5 and set(first) == {"WATCHDOG=1"}
     assert second == []
     assert third and set(third) == {"WATCHDOG=1"}  # recovered: pings again
+
+
+def test_full_socket_drops_counts_and_logs_once_per_episode(
+    notify_socket: tuple[socket.socket, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody reads: every send returns at once, counted; one warning for the episode, one line when it ends."""
+    sock, path = notify_socket
+    n = Notifier({"NOTIFY_SOCKET": path})
+    fill(path)
+    caplog.set_level(logging.INFO, logger="gateway.notify")
+    results: list[bool] = []
+    # In a thread, so that a blocking send fails this test instead of hanging it.
+    worker = threading.Thread(target=lambda: results.extend(n.watchdog() for _ in range(50)), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "sd_notify blocked on a full socket"
+    assert results == [False] * 50
+    assert n.snapshot() == {"enabled": True, "sent": 0, "dropped": 50, "dropping": True, "last_error": "socket full"}
+    assert [r.levelname for r in caplog.records] == ["WARNING"]  # one line for the episode, not 50
+
+    drain(sock)
+    assert n.status("back") is True
+    assert n.snapshot()["dropping"] is False and n.snapshot()["dropped"] == 50
+    assert [(r.levelname, r.getMessage()) for r in caplog.records][1:] == [
+        ("INFO", "sd_notify: delivering again after 50 dropped notifications")
+    ]
+    caplog.clear()
+    fill(path)
+    assert n.watchdog() is False and n.watchdog() is False
+    assert [r.levelname for r in caplog.records] == ["WARNING"]  # a new episode: one new warning
+
+
+def test_absent_socket_is_counted(tmp_path: Path) -> None:
+    n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    assert n.watchdog() is False and n.watchdog() is False
+    assert n.snapshot()["dropped"] == 2
+    assert n.snapshot()["last_error"] == "No such file or directory"
