@@ -155,6 +155,7 @@ class Forwarder:
             "acked": 0,
             "resent_after_timeout": 0,
             "parked": 0,
+            "connect_attempts": 0,
             "connects": 0,
             "downlink_received": 0,
             "dead_letters": 0,
@@ -246,6 +247,7 @@ class Forwarder:
             while True:
                 self._beat = self.clock.monotonic()
                 self._set_state(LinkState.CONNECTING)
+                self.counters["connect_attempts"] += 1
                 try:
                     settings = settings_from_config(self.config, will_payload=self._offline_payload())
                     link = self._link = MqttLink(settings, on_event, online_payload=self._online_payload)
