@@ -25,6 +25,7 @@ The checks, cheapest first, each before the next would cost anything:
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from itertools import accumulate
@@ -66,7 +67,9 @@ _BAD_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\
 _BAD_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _MULTILINE_FIELDS: Final = frozenset({"note"})
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,32}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    # [0-9], not \d: \d also matches other scripts' digits (U+FF12 full-width two), which RFC 3339 does not allow
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,32}))?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 
 
@@ -87,7 +90,10 @@ def _number_hook(what: str, convert: type[int] | type[float]) -> Any:
             raise ContractError(
                 f"a number literal longer than {MAX_NUMBER_CHARS} characters", what=what, where="(json)"
             )
-        return convert(literal)
+        value = convert(literal)
+        if not math.isfinite(value):  # 1e99999 parses as inf
+            raise ContractError("a number out of range", what=what, where="(json)")
+        return value
 
     return hook
 
