@@ -187,7 +187,7 @@ def test_a_decision_whose_patient_disagrees_with_its_photo_is_held_plainly(
     added = store_referrals.add_referral(
         runtime.store, Referral(referral_id="ref-x", decision="refer_urgent", capture_id=capture_id, patient_id=PATIENT)
     )
-    assert added is not None and added.held == "patient_mismatch"
+    assert added
     login(client, "tom")
     html = client.get("/referrals").get_data(as_text=True)
     row = html[html.index('data-referral="ref-x"') :]
@@ -198,6 +198,7 @@ def test_a_decision_whose_patient_disagrees_with_its_photo_is_held_plainly(
     assert store_referrals.list_referrals(runtime.store, patient_id=PATIENT) == []
     assert store_referrals.list_referrals(runtime.store, patient_id="P-1") == []
     assert _acknowledge(client, "ref-x").status_code == 302  # still acknowledged at the desk like any other
+    assert added.held == "patient_mismatch"
 
 
 @pytest.mark.parametrize("referral_id", ["r.2026-11:ok_1", "R-0001", "9f0e1d2c.v2"])
