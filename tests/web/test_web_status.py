@@ -216,10 +216,10 @@ def test_dead_letters_on_the_status_page_without_payloads(client: FlaskClient, r
     from gateway.store.dead_letters import add_dead_letter
 
     payload = json.dumps({"schema": "cg.referral/1", "referral_id": "r1", "patient_id": PATIENT}).encode()
-    assert add_dead_letter(runtime.store, topic="cmd/referral", what="referral", field="decision",
-                           reason="a required field is missing (decision)", payload=payload)  # fmt: skip
-    assert not add_dead_letter(runtime.store, topic="cmd/referral", what="referral", field="decision",
-                               reason="a required field is missing (decision)", payload=payload)  # redelivered
+    fields = {"topic": "cmd/referral", "what": "referral", "field": "decision"}
+    reason = "a required field is missing (decision)"
+    assert add_dead_letter(runtime.store, **fields, reason=reason, payload=payload)
+    assert not add_dead_letter(runtime.store, **fields, reason=reason, payload=payload)  # redelivered: kept once
     login(client, "ivy")
     doc = client.get("/api/status").get_json()
     assert doc["downlink"]["dead_letters"] == 1
