@@ -104,6 +104,9 @@ class ForwardSection(_Section):
     ack_timeout_s: float = Field(default=60.0, gt=0)
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
+    reconnect_probe_s: float = Field(default=1.0, ge=0, le=60)
+    """While the broker is unreachable, try its port (a bare TCP connect) about this often and reconnect as
+    soon as it answers, instead of sitting out the backoff; 0 turns probing off."""
     chunk_size: int = Field(default=128 * 1024, ge=1024, le=64 * 1024 * 1024)
 
     @field_validator("topic_prefix")

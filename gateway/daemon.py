@@ -23,7 +23,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.records import GlucoseReading, Unit
 from gateway.runtime import Component, Runtime
-from gateway.store import Store, open_store
+from gateway.store import open_store
 from gateway.store.db import Origin
 from gateway.store.events import add_event
 from gateway.store.instance import exclusive_store
@@ -123,8 +123,12 @@ def components(runtime: Runtime) -> list[Component]:
     return [SyntheticReadings(runtime, demo.synthetic_interval_s)] if demo.synthetic_readings else []
 
 
-async def _supervise(component: Component, store: Store, stop: asyncio.Event) -> None:
-    """Run a component; on GatewayError (or a bug) log, record an event and restart with backoff."""
+async def _supervise(component: Component, runtime: Runtime, stop: asyncio.Event) -> None:
+    """Run a component; on GatewayError (or a bug) log, record it (event, status page) and restart with backoff.
+
+    What a component had taken but not finished is not lost by the restart: everything is in SQLite before
+    it is sent, and the forwarder acknowledges a downlink message to the broker only after storing it.
+    """
     delay = 1.0
     while not stop.is_set():
         started = asyncio.get_running_loop().time()
@@ -137,14 +141,26 @@ async def _supervise(component: Component, store: Store, stop: asyncio.Event) ->
             _logger.error("component %s failed: %s: %s", component.name, type(exc).__name__, exc)
             kind = "component_failed"
             message = f"{component.name} failed: {type(exc).__name__}"
-        except Exception:
+            error: Exception = exc
+        except Exception as exc:
             _logger.exception("component %s crashed (bug)", component.name)
             kind = "component_crashed"
-            message = f"{component.name} crashed"
-        with contextlib.suppress(GatewayError):
-            add_event(store, kind, message, level="error", detail={"component": component.name})
+            message = f"{component.name} crashed: {type(exc).__name__}"
+            error = exc
         if asyncio.get_running_loop().time() - started > 60:
             delay = 1.0
+        record = runtime.supervision.failed(
+            component.name, error, runtime.clock.utc_now(), bug=kind == "component_crashed"
+        )
+        with contextlib.suppress(GatewayError):
+            add_event(
+                runtime.store,
+                kind,
+                message,
+                level="error",
+                detail={"component": component.name, "error": type(error).__name__, "restarts": record.restarts,
+                        "restart_in_s": delay},
+            )  # fmt: skip
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
         delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
@@ -199,7 +215,7 @@ async def _run(config: GatewayConfig, runtime: Runtime, stop: asyncio.Event, fac
         __version__, config.gateway.site_id, config.gateway.gateway_id, len(runtime.components),
         ", ".join(c.name for c in runtime.components), requeued,
     )  # fmt: skip
-    tasks = [asyncio.create_task(_supervise(c, runtime.store, stop), name=c.name) for c in runtime.components]
+    tasks = [asyncio.create_task(_supervise(c, runtime, stop), name=c.name) for c in runtime.components]
     notifier = runtime.notifier = notify.Notifier()
     watchdog = notify.Watchdog(notifier, lambda: all(c.healthy() for c in runtime.components))
     tasks.append(asyncio.create_task(watchdog.run(), name="watchdog"))

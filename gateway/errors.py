@@ -68,7 +68,18 @@ class RecordError(ProtocolError):
 
 
 class ContractError(ProtocolError):
-    """A platform message (ack, command) or payload does not satisfy the message contract."""
+    """A platform message (ack, command) or payload does not satisfy the message contract.
+
+    ``what``: the kind of message (``ack``, ``referral``, ``downlink`` ...); ``where``: the field or JSON path
+    at fault, or a check's name in parentheses (``(size)``, ``(json)``); ``reason``: why, in words that never
+    quote the offending value (downlink values may be patient data, or crafted to forge a log line).
+    """
+
+    def __init__(self, reason: str, *, what: str = "message", where: str = "") -> None:
+        self.reason = reason
+        self.what = what
+        self.where = where
+        super().__init__(f"{what}: {where}: {reason}" if where else f"{what}: {reason}")
 
 
 class DeviceError(GatewayError):

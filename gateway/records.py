@@ -164,6 +164,13 @@ class Capture:
     operator: str | None = None
 
 
+class ReferralHold(StrEnum):
+    """Why a stored referral decision is held for review instead of being shown as a patient's."""
+
+    PATIENT_MISMATCH = "patient_mismatch"
+    """It names a photo taken here of one patient, and the id of another patient."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Referral:
     """A grader's decision sent down by the platform for a capture or a patient."""

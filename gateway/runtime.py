@@ -124,6 +124,42 @@ class Board:
             self._items.pop(key, None)
 
 
+@dataclass(frozen=True, slots=True)
+class ComponentRestarts:
+    """What the supervisor did for one component: restarts after failures, and the last failure.
+
+    ``last_failure`` is the exception's type name (never its text, which may quote data); ``last_failure_bug``
+    is True when it was not a GatewayError (a bug, logged with its traceback).
+    """
+
+    restarts: int = 0
+    last_failure: str | None = None
+    last_failure_at: datetime | None = None
+    last_failure_bug: bool = False
+
+
+class Supervision:
+    """Restart records of the daemon's components, written by the supervisor (event loop), read by the
+    pages (web threads)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, ComponentRestarts] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, name: str, error: BaseException, at: datetime, *, bug: bool) -> ComponentRestarts:
+        """Note that ``name`` failed with ``error`` and is being restarted."""
+        with self._lock:
+            before = self._records.get(name, ComponentRestarts())
+            record = ComponentRestarts(before.restarts + 1, type(error).__name__, at, bug)
+            self._records[name] = record
+            return record
+
+    def of(self, name: str) -> ComponentRestarts:
+        """The record of ``name`` (zero restarts when it never failed)."""
+        with self._lock:
+            return self._records.get(name, ComponentRestarts())
+
+
 @dataclass
 class Runtime:
     """Everything a component needs, passed explicitly (no globals)."""
@@ -139,6 +175,8 @@ class Runtime:
     components: list[Component] = field(default_factory=list)
     notifier: Notifier = field(default_factory=lambda: Notifier({}))
     """systemd notifications (the daemon sets its own; the default sends nothing)."""
+    supervision: Supervision = field(default_factory=Supervision)
+    """How often each component was restarted after a failure, and its last failure (status page)."""
     started_monotonic: float = field(default_factory=time.monotonic)
     started_at: datetime | None = None
 

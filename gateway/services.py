@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.meters import sync_kind_for
-from gateway.runtime import DeskRequest, Runtime
+from gateway.runtime import Component, DeskRequest, Runtime
+from gateway.store import dead_letters as store_dead_letters
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store.db import QUARANTINE_KEY, new_id
@@ -85,13 +86,44 @@ class GatewayServices:
                 "low": usage.free < cfg.store.low_disk_warn_mb * 1024 * 1024,
             },
             "devices": self.devices(),
-            "components": {
-                c.name: {"healthy": c.healthy(), **components.get(c.name, {})} for c in self.runtime.components
-            },
+            "components": {c.name: self._component_status(c, components) for c in self.runtime.components},
+            "downlink": self.dead_letters(),
             "model": components.get("retina", {}).get("model"),
             "store": {"quarantined_file": self.store.get_kv(QUARANTINE_KEY)},
             "systemd_notify": self.runtime.notifier.snapshot(),
             "recent_errors": recent_events(self.store, limit=10, min_level="warning"),
+        }
+
+    def _component_status(self, component: Component, snapshots: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Health, the component's own snapshot, and what the supervisor did: restarts and the last failure."""
+        record = self.runtime.supervision.of(component.name)
+        return {
+            "healthy": component.healthy(),
+            **snapshots.get(component.name, {}),
+            "restarts": record.restarts,
+            "last_failure": record.last_failure,
+            "last_failure_bug": record.last_failure_bug,
+            "last_failure_at": None if record.last_failure_at is None else record.last_failure_at.isoformat(),
+        }
+
+    def dead_letters(self, limit: int = 10) -> dict[str, Any]:
+        """Downlink messages that failed the contract: how many, and the newest reasons (never payloads)."""
+        found = store_dead_letters.summary(self.store, limit=limit)
+        return {
+            "dead_letters": found.total,
+            "dead_letters_kept": found.kept,
+            "recent": [
+                {
+                    "id": d.id,
+                    "received_at": d.received_at,
+                    "topic": d.topic,
+                    "what": d.what,
+                    "field": d.field,
+                    "reason": d.reason,
+                    "size_bytes": d.size_bytes,
+                }
+                for d in found.recent
+            ],
         }
 
     def health(self) -> HealthCheck:

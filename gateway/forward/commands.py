@@ -1,8 +1,11 @@
-"""Outbox operations: ``gateway outbox stats`` and ``gateway outbox retry [--kind K]``.
+"""Outbox operations: ``gateway outbox stats``, ``gateway outbox retry [--kind K]`` and
+``gateway outbox dead-letters [--show ID]``.
 
-Both work on the store named by the config and are safe while the daemon runs (SQLite WAL; the store
+All work on the store named by the config and are safe while the daemon runs (SQLite WAL; the store
 serialises writers). ``retry`` puts parked messages back in the queue after IT fixed the cause (for
-example raised the broker's message size limit).
+example raised the broker's message size limit). ``dead-letters`` lists the platform's downlink messages
+that failed the contract (count, newest reasons); ``--show ID`` prints one's kept bytes, escaped (they may
+hold patient data: the terminal, never a log).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import argparse
 import json
 from typing import Any
 
-from gateway.cli import EXIT_OK, add_config_argument, config_from
+from gateway.cli import EXIT_OK, EXIT_PROBLEMS, add_config_argument, config_from
 
 
 def _open(args: argparse.Namespace) -> Any:
@@ -64,8 +67,37 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_dead_letters(args: argparse.Namespace) -> int:
+    from gateway.services import GatewayServices
+    from gateway.store.dead_letters import payload_of
+
+    runtime = _open(args)
+    try:
+        summary = GatewayServices(runtime).dead_letters(limit=args.limit)
+        shown = None if args.show is None else payload_of(runtime.store, args.show)
+    finally:
+        runtime.store.close()
+    if args.show is not None:
+        if shown is None:
+            print(f"no dead letter {args.show}")
+            return EXIT_PROBLEMS
+        data, size = shown
+        cut = f" (first {len(data)} of {size} bytes)" if len(data) < size else f" ({size} bytes)"
+        print(f"dead letter {args.show}{cut}, escaped:")
+        # ASCII-only JSON string: control characters, bidi overrides and invalid UTF-8 come out as escapes
+        print(json.dumps(data.decode("utf-8", "backslashreplace"), ensure_ascii=True))
+        return EXIT_OK
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"dead letters {summary['dead_letters']} (kept {summary['dead_letters_kept']})")
+    for d in summary["recent"]:
+        print(f"  #{d['id']} {d['received_at']} {d['topic']} ({d['size_bytes']} bytes): {d['field']}: {d['reason']}")
+    return EXIT_OK
+
+
 def register(subparsers: Any) -> None:
-    """Add ``outbox stats`` and ``outbox retry`` to the ``gateway`` command."""
+    """Add ``outbox stats``, ``outbox retry`` and ``outbox dead-letters`` to the ``gateway`` command."""
     outbox = subparsers.add_parser("outbox", help="inspect and retry the outbox (messages to the platform)")
     sub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
     stats = sub.add_parser("stats", help="counts per kind and state, the oldest unsent message, parked reasons")
@@ -77,3 +109,11 @@ def register(subparsers: Any) -> None:
     add_config_argument(retry)
     retry.add_argument("--kind", default=None, help="only this kind (glucose, capture, image_chunk, event)")
     retry.set_defaults(func=_cmd_retry)
+    dead = sub.add_parser(
+        "dead-letters", help="platform messages that failed the contract: count, newest reasons, one's bytes"
+    )
+    add_config_argument(dead)
+    dead.add_argument("--json", action="store_true", help="print JSON")
+    dead.add_argument("--limit", type=int, default=20, help="dead letters to list (default 20)")
+    dead.add_argument("--show", type=int, default=None, metavar="ID", help="print one dead letter's bytes, escaped")
+    dead.set_defaults(func=_cmd_dead_letters)

@@ -2,7 +2,7 @@
 
 Pure: records in, bytes out; bytes in, values or :class:`~gateway.errors.ContractError` out. The JSON
 Schemas in ``schemas/`` (published as ``docs/contract/``) are the reference; every payload this module
-builds validates against them, and every downlink message is validated before use.
+builds validates against them. Downlink messages are parsed under limits by :mod:`gateway.forward.downlink`.
 """
 
 from __future__ import annotations
@@ -76,15 +76,50 @@ def _fast_validator(schema_id: str) -> Any:
     return jsonschema_rs.validator_for(schema(schema_id), validate_formats=True)
 
 
-def validate(schema_id: str, obj: Any) -> None:
-    """Raise ContractError naming the first problem's JSON path when ``obj`` breaks ``schema_id``."""
+_RULES = {
+    "type": "wrong type",
+    "enum": "not one of the allowed values",
+    "const": "not the expected value",
+    "required": "a required field is missing",
+    "additionalProperties": "a field the schema does not know",
+    "anyOf": "none of the allowed shapes",
+    "oneOf": "not exactly one of the allowed shapes",
+    "pattern": "wrong form",
+    "format": "wrong format",
+    "minLength": "too short",
+    "maxLength": "too long",
+    "minItems": "too few items",
+    "maxItems": "too many items",
+    "minimum": "too small",
+    "maximum": "too large",
+}
+
+
+def _rule(error: jsonschema.ValidationError) -> str:
+    """What a schema error means, without its value (jsonschema's own message quotes the value)."""
+    text = _RULES.get(str(error.validator), f"breaks the schema's {error.validator!s} rule")
+    required = error.validator_value
+    if error.validator == "required" and isinstance(error.instance, dict) and isinstance(required, list):
+        missing = [str(k) for k in required if k not in error.instance]
+        text += f" ({', '.join(missing)})"
+    return text
+
+
+def _path(parts: Any) -> str:
+    # Property names come from the schema when the path got this far; an unknown key would only appear
+    # under additionalProperties, whose error sits on the object itself.
+    return "/".join(str(p) for p in parts) or "(root)"
+
+
+def validate(schema_id: str, obj: Any, *, what: str | None = None) -> None:
+    """Raise ContractError (``where``: the first problem's JSON path, ``reason``: the rule it breaks, never the
+    value) when ``obj`` breaks ``schema_id``."""
     fast = _fast_validator(schema_id)
     if fast is not None and fast.is_valid(obj):
         return  # the common case; a failure is explained by jsonschema below
     error = jsonschema.exceptions.best_match(_validator(schema_id).iter_errors(obj))
     if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise ContractError(f"{schema_id}: {where}: {error.message}")
+        raise ContractError(f"{_rule(error)} ({schema_id})", what=what or schema_id, where=_path(error.absolute_path))
 
 
 def dumps(obj: Mapping[str, Any]) -> bytes:
@@ -93,11 +128,12 @@ def dumps(obj: Mapping[str, Any]) -> bytes:
 
 
 def loads(payload: bytes, what: str) -> Any:
-    """Parse JSON bytes or raise ContractError saying what could not be read."""
+    """Parse JSON bytes or raise ContractError saying what could not be read (the platform side's parser;
+    the gateway parses its downlink with :func:`gateway.forward.downlink.load_json`, under limits)."""
     try:
         return json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError(f"{what}: not UTF-8 JSON ({exc})") from None
+        raise ContractError(f"not UTF-8 JSON ({exc})", what=what, where="(json)") from None
 
 
 def _envelope(schema_id: str, message_id: str, site_id: str, gateway_id: str, created_at: datetime) -> dict[str, Any]:
@@ -252,29 +288,6 @@ def status_payload(state: Literal["online", "offline"], *, site_id: str, gateway
 def ack_payload(message_ids: list[str]) -> bytes:
     """Bytes for the ``ack`` topic (the platform side builds these)."""
     return dumps({"schema": SCHEMA_ACK, "message_ids": message_ids})
-
-
-def parse_ack(payload: bytes) -> list[str]:
-    """The message ids a platform ``ack`` names; ContractError when it breaks the contract."""
-    doc = loads(payload, "ack")
-    validate(SCHEMA_ACK, doc)
-    return list(doc["message_ids"])
-
-
-def parse_referral(payload: bytes) -> Referral:
-    """A ``cmd/referral`` downlink as a Referral; ContractError when it breaks the contract."""
-    doc = loads(payload, "referral")
-    validate(SCHEMA_REFERRAL, doc)
-    decided = doc.get("decided_at")
-    return Referral(
-        referral_id=doc["referral_id"],
-        decision=doc["decision"],
-        capture_id=doc.get("capture_id"),
-        patient_id=doc.get("patient_id"),
-        note=doc.get("note"),
-        grader=doc.get("grader"),
-        decided_at=None if decided is None else datetime.fromisoformat(decided),
-    )
 
 
 def referral_payload(referral: Referral) -> bytes:

@@ -13,8 +13,16 @@ What it supports:
   is parked with the reason, and the rest keeps draining. A body that cannot be read is parked too.
 - Failures get a named state (``auth_refused``, ``tls_error``, ``unreachable``...) with the error text,
   and exponential backoff with jitter before the next attempt; nothing is lost meanwhile (all in SQLite).
-- Downlink: ``<prefix>ack`` and ``<prefix>cmd/referral`` (validated, stored once per referral_id). A
-  malformed or unknown message is logged (ids and sizes only, never payloads) and dropped.
+  While the broker is unreachable, its port is probed (a bare TCP connect every
+  ``forward.reconnect_probe_s``) and the backoff ends as soon as it answers: the link resumes within about
+  a second of the broker's return, while a broker that answers but refuses us still gets the full backoff.
+- Downlink: ``<prefix>ack`` and ``<prefix>cmd/referral``, each message checked on its own
+  (:mod:`gateway.forward.downlink`). A valid referral is stored once per referral_id (held for review when
+  its patient disagrees with its photo's); an ack is applied only to messages actually sent. A message that
+  fails the contract is kept as a dead letter with its reason (:mod:`gateway.store.dead_letters`), counted,
+  logged by size and reason only, and never stops the link or its neighbours. Every message is acknowledged
+  to the broker (PUBACK, paho's manual-ack mode) only after its outcome is committed, so one we stop over
+  is redelivered.
 
 State for the status page comes from :meth:`Forwarder.snapshot` (no patient data).
 """
@@ -44,7 +52,7 @@ from gateway.errors import (
     MessageRejected,
     StoreError,
 )
-from gateway.forward import contract
+from gateway.forward import contract, downlink
 from gateway.forward.mqtt import (
     Connected,
     Disconnected,
@@ -53,12 +61,14 @@ from gateway.forward.mqtt import (
     PublishHandle,
     Received,
     Rejected,
+    broker_answers,
     settings_from_config,
 )
-from gateway.records import OutboxMessage
+from gateway.records import OutboxMessage, Referral
 from gateway.runtime import Component, Runtime
 from gateway.store import Store
 from gateway.store.db import iso
+from gateway.store.dead_letters import add_dead_letter
 from gateway.store.events import add_event
 from gateway.store.outbox import Outbox
 from gateway.store.referrals import add_referral
@@ -69,6 +79,9 @@ IDLE_POLL_S = 0.1
 """How often an empty outbox is looked at again (other components write rows without telling us)."""
 RATE_WINDOW_S = 60.0
 HEALTHY_BEAT_S = 120.0
+PROBE_TIMEOUT_S = 2.0
+LOGGED_IDS = 20
+"""At most this many message ids in one log line (the event carries up to 100)."""
 
 
 class LinkState(StrEnum):
@@ -137,8 +150,21 @@ class Forwarder:
         self.retry_in_s: float | None = None
         self.loops = 0
         """Passes of the drain loop (tests wait on it instead of on time)."""
-        self.counters = {"sent": 0, "acked": 0, "resent_after_timeout": 0, "parked": 0, "dropped_downlink": 0}
+        self.counters = {
+            "sent": 0,
+            "acked": 0,
+            "resent_after_timeout": 0,
+            "parked": 0,
+            "connect_attempts": 0,
+            "connects": 0,
+            "downlink_received": 0,
+            "dead_letters": 0,
+            "ack_not_sent": 0,
+            "referrals_held": 0,
+        }
         self._link: MqttLink | None = None
+        self._probe_trusted = True
+        """False once a probe said "up" and the connect still failed (e.g. a proxy in front of a dead broker)."""
 
     # -- status ---------------------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -216,10 +242,12 @@ class Forwarder:
             _logger.info("requeued %d messages that were in flight at the last stop", requeued)
         self._inflight.clear()
         attempt = 0
+        cut_short = False
         try:
             while True:
                 self._beat = self.clock.monotonic()
                 self._set_state(LinkState.CONNECTING)
+                self.counters["connect_attempts"] += 1
                 try:
                     settings = settings_from_config(self.config, will_payload=self._offline_payload())
                     link = self._link = MqttLink(settings, on_event, online_payload=self._online_payload)
@@ -227,9 +255,15 @@ class Forwarder:
                 except (ForwardError, ConfigError) as exc:
                     self._set_state(state_for(exc), exc)
                     _logger.warning("cannot connect to the broker: %s: %s", type(exc).__name__, exc)
+                    if cut_short and self.state is LinkState.UNREACHABLE:
+                        # The port answered but the broker did not: something else holds the port (a proxy, a
+                        # load balancer). Probes prove nothing until the next real connection.
+                        self._probe_trusted = False
                 else:
                     attempt = 0
                     self.retry_in_s = None
+                    self._probe_trusted = True
+                    self.counters["connects"] += 1
                     self._set_state(LinkState.ONLINE)
                     _logger.info(
                         "connected to the broker (session present: %s, receive maximum %d)",
@@ -244,22 +278,43 @@ class Forwarder:
                 )
                 attempt += 1
                 self.retry_in_s = round(delay, 2)
-                await self._sleep_processing(events, delay)
+                cut_short = await self._sleep_processing(events, delay, probe=self._may_probe())
+                if cut_short:
+                    _logger.info("the broker's port answers again: reconnecting before the backoff ends")
         finally:
             link_now, self._link = self._link, None
             if link_now is not None:
                 link_now.close(offline_payload=self._offline_payload())
             self._set_state(LinkState.STOPPED)
 
-    async def _sleep_processing(self, events: asyncio.Queue[LinkEvent], delay: float) -> None:
-        """Back off for ``delay`` seconds; late events (acks already received) are still applied."""
-        deadline = self.clock.monotonic() + delay
-        while (left := deadline - self.clock.monotonic()) > 0:
-            self._beat = self.clock.monotonic()
-            event = await self._next_event(events, min(left, 1.0))
+    def _may_probe(self) -> bool:
+        """Probe during this backoff? Only for an unreachable broker (a refusal would only be refused again
+        sooner), when probing is configured, and while probes have not been caught lying."""
+        return self.config.forward.reconnect_probe_s > 0 and self.state is LinkState.UNREACHABLE and self._probe_trusted
+
+    async def _sleep_processing(self, events: asyncio.Queue[LinkEvent], delay: float, *, probe: bool = False) -> bool:
+        """Back off for ``delay`` seconds; late events (acks already received) are still applied.
+
+        With ``probe``, the broker's port is tried about every ``forward.reconnect_probe_s`` (jittered, so
+        that many gateways do not probe in step); True when it answered and the backoff was cut short.
+        """
+        now = self.clock.monotonic()
+        deadline = now + delay
+        interval = self.config.forward.reconnect_probe_s
+        next_probe = now + interval * self._rng.uniform(0.5, 1.0)
+        while (left := deadline - (now := self.clock.monotonic())) > 0:
+            self._beat = now
+            wait = min(left, 1.0, max(0.001, next_probe - now)) if probe else min(left, 1.0)
+            event = await self._next_event(events, wait)
             if event is not None:
                 self._apply([event, *self._pending(events)])
             self._expire()
+            if probe and self.clock.monotonic() >= next_probe:
+                fwd = self.config.forward
+                if await asyncio.to_thread(broker_answers, fwd.host, fwd.port, PROBE_TIMEOUT_S):
+                    return True
+                next_probe = self.clock.monotonic() + interval * self._rng.uniform(0.5, 1.0)
+        return False
 
     @staticmethod
     async def _next_event(events: asyncio.Queue[LinkEvent], timeout: float) -> LinkEvent | None:
@@ -375,13 +430,24 @@ class Forwarder:
                      requeued)  # fmt: skip
 
     def _apply(self, events: list[LinkEvent]) -> ForwardError | None:
-        """Apply a batch of link events; return the error when the connection ended."""
+        """Apply a batch of link events; return the error when the connection ended.
+
+        Each downlink message is handled on its own and acknowledged to the broker only after its outcome
+        is committed (platform acks: after the one transaction that applies the batch's acks). A StoreError
+        propagates without acknowledging: the supervisor restarts us and the broker redelivers.
+        """
         acked: list[str] = []
+        after_confirm: list[Received] = []
         ended: ForwardError | None = None
         for event in events:
             match event:
-                case Received(topic=topic, payload=payload):
-                    acked.extend(self._downlink(topic, payload))
+                case Received():
+                    ids = self._downlink(event)
+                    if ids:
+                        acked.extend(ids)
+                        after_confirm.append(event)
+                    else:
+                        self._acknowledge(event)
                 case Rejected(message_id=mid, reason=reason):
                     info = self._inflight.get(mid)
                     self._park(mid, info.kind if info else "unknown", reason)
@@ -398,36 +464,116 @@ class Forwarder:
                     pass
         if acked:
             self._confirm(acked)
+        for event in after_confirm:
+            self._acknowledge(event)
         return ended
 
+    def _acknowledge(self, message: Received) -> None:
+        """PUBACK a handled downlink message (a no-op once its connection ended: it comes again)."""
+        link = self._link
+        if link is not None:
+            link.acknowledge(message)
+
     def _confirm(self, message_ids: list[str]) -> None:
-        changed = self.outbox.ack(message_ids)
+        result = self.outbox.ack(message_ids)
         for mid in message_ids:
             self._inflight.pop(mid, None)
         now = self.clock.monotonic()
-        self._acked.append((now, changed))
+        self._acked.append((now, result.applied))
         self._last_ack_mono = now
         self.last_ack_at = iso(self.clock.utc_now())
-        self.counters["acked"] += changed
+        self.counters["acked"] += result.applied
+        if result.never_sent:
+            self._refuse_ack(result.never_sent)
 
-    def _downlink(self, topic: str, payload: bytes) -> list[str]:
-        """Handle one downlink message; return the message ids it acknowledges."""
-        relative = topic.removeprefix(self.prefix)
+    def _refuse_ack(self, never_sent: tuple[str, ...]) -> None:
+        """An ack naming messages we never sent: a platform bug or a forged ack. Not applied; said loudly."""
+        self.counters["ack_not_sent"] += len(never_sent)
+        shown = ", ".join(never_sent[:LOGGED_IDS]) + (" ..." if len(never_sent) > LOGGED_IDS else "")
+        _logger.warning("platform ack names %d message(s) never sent; not applied: %s", len(never_sent), shown)
+        with contextlib.suppress(GatewayError):
+            add_event(
+                self.store,
+                "ack_for_unsent",
+                f"the platform acknowledged {len(never_sent)} message(s) the gateway never sent; ignored",
+                level="warning",
+                detail={"count": len(never_sent), "message_ids": list(never_sent[:100])},
+            )
+
+    def _downlink(self, message: Received) -> list[str]:
+        """Handle one downlink message on its own; return the message ids it acknowledges (applied by the
+        caller). Whatever else it causes (a referral, a dead letter) is committed when this returns."""
+        relative = message.topic.removeprefix(self.prefix)
+        self.counters["downlink_received"] += 1
         try:
-            if relative == contract.TOPIC_ACK:
-                return contract.parse_ack(payload)
-            if relative == contract.TOPIC_REFERRAL:
-                referral = contract.parse_referral(payload)
-                if add_referral(self.store, referral):
-                    _logger.info("referral %s received (%s)", referral.referral_id, referral.decision)
+            parsed = downlink.parse(relative, message.payload)
+            if isinstance(parsed, Referral):
+                self._store_referral(parsed)
                 return []
-            raise ContractError(f"unknown downlink topic {relative!r}")
+            return parsed
         except ContractError as exc:
-            self.counters["dropped_downlink"] += 1
-            # Only the schema and JSON path of the problem: jsonschema's message may quote values (PHI).
-            where = ": ".join(str(exc).split(": ")[:2])
-            _logger.warning("dropped a downlink message on %s (%d bytes): %s", relative, len(payload), where)
-            return []
+            self._dead_letter(relative, message.payload, exc)
+        except GatewayError:
+            raise  # the store failed: not acknowledged, so the broker redelivers once we are restarted
+        except Exception as exc:  # a bug of ours on this message: keep it for IT, never crash-loop over it
+            place = _raised_at(exc)
+            _logger.error("bug while handling a downlink message (%d bytes): %s at %s", len(message.payload),
+                          type(exc).__name__, place)  # fmt: skip
+            reason = f"internal error (a bug): {type(exc).__name__} at {place}"
+            self._dead_letter(relative, message.payload, ContractError(reason, what="downlink", where="(bug)"))
+        return []
+
+    def _store_referral(self, referral: Referral) -> None:
+        added = add_referral(self.store, referral)
+        if added is None:
+            return  # a re-send: stored already
+        if added.held is None:
+            _logger.info("referral %s received (%s)", referral.referral_id, referral.decision)
+            return
+        self.counters["referrals_held"] += 1
+        _logger.warning("referral %s received (%s) and held for review: %s", referral.referral_id,
+                        referral.decision, added.held)  # fmt: skip
+        with contextlib.suppress(GatewayError):
+            add_event(
+                self.store,
+                "referral_held",
+                f"a referral decision was held for review: {added.held}",
+                level="warning",
+                detail={"referral_id": referral.referral_id, "reason": str(added.held)},
+            )
+
+    def _dead_letter(self, relative: str, payload: bytes, error: ContractError) -> None:
+        """Keep a message that failed the contract, with its reason; count it; log its size and reason only."""
+        topic = relative if relative in downlink.TOPIC_LIMITS else "(other)"
+        with self.store.transaction(durable=True):
+            new = add_dead_letter(
+                self.store, topic=topic, what=error.what, field=error.where, reason=error.reason, payload=payload
+            )
+            if new:
+                add_event(
+                    self.store,
+                    "downlink_dead_letter",
+                    f"a downlink {error.what} message failed the contract and was set aside: "
+                    f"{error.where}: {error.reason}",
+                    level="warning",
+                    detail={"topic": topic, "what": error.what, "field": error.where, "reason": error.reason,
+                            "size_bytes": len(payload)},
+                )  # fmt: skip
+        if new:
+            self.counters["dead_letters"] += 1
+        _logger.warning("dead letter: a downlink %s on %s (%d bytes) fails the contract: %s: %s%s", error.what,
+                        topic, len(payload), error.where, error.reason, "" if new else " (again)")  # fmt: skip
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``file:line`` where an exception was raised (for a bug report without the exception's text, which
+    may quote the payload)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
 
 
 def components(runtime: Runtime) -> list[Component]:

@@ -27,11 +27,19 @@ Flow control: MQTT 5 (§3.3.4) lets a client have at most the server's *Receive 
 (0x93). paho 2.x ignores the property, so the link sets paho's in-flight limit to the smaller of it and
 ``forward.inflight_window``; paho holds the rest in memory and sends each when a PUBACK frees a slot.
 Mosquitto 2.0 announces 20.
+
+Downlink (acks, referral decisions): paho's manual-ack mode. A QoS 1 message from the broker is
+acknowledged (PUBACK) only when the forwarder calls :meth:`MqttLink.acknowledge`, after what it did with the
+message is committed; a message we crash or disconnect over is redelivered by the broker (persistent
+session) to the next connection. The CONNECT announces a Maximum Packet Size
+(:data:`gateway.forward.downlink.MAX_PACKET_SIZE`), so the broker drops anything larger instead of making
+us read it into memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import socket
 import ssl
@@ -50,7 +58,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import GatewayConfig, read_secret
 from gateway.errors import BrokerAuthError, BrokerTLSError, BrokerUnavailable, ForwardError, MessageRejected
-from gateway.forward import contract
+from gateway.forward import contract, downlink
 
 _logger = logging.getLogger(__name__)
 
@@ -62,6 +70,8 @@ _AUTH_REFUSED = {0x86, 0x87, 0x8A, 0x8C}  # bad user name or password, not autho
 # DISCONNECT reasons after which the oldest unanswered PUBLISH is the one the broker refused.
 _MESSAGE_REFUSED_DISCONNECT = {0x81, 0x82, 0x95, 0x97, 0x99}  # malformed, protocol error, too large, quota, format
 _NOTHING = object()
+_CONNECTIONS = itertools.count(1)
+"""Connection numbers, unique in the process: a message's mid means nothing on another connection."""
 _PUBLISH_OVERHEAD = 512
 """Bytes for the fixed header, topic and properties, when checking a payload against the broker's limit."""
 
@@ -93,6 +103,8 @@ class LinkSettings:
     subscriptions: tuple[str, ...] = ()
     max_inflight: int = 50
     connect_timeout_s: float = 10.0
+    max_packet_size: int | None = downlink.MAX_PACKET_SIZE
+    """Announced in CONNECT: the broker sends us no larger packet (None: no limit announced)."""
 
 
 def settings_from_config(config: GatewayConfig, *, will_payload: bytes | None = None) -> LinkSettings:
@@ -177,10 +189,17 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A message on one of our subscriptions."""
+    """A message on one of our subscriptions, not yet acknowledged to the broker.
+
+    Hand it back to :meth:`MqttLink.acknowledge` once what it caused is committed; ``mid`` and ``qos`` are
+    the broker's, valid only on ``connection`` (the link's connection counter at arrival).
+    """
 
     topic: str
     payload: bytes
+    mid: int = 0
+    qos: int = 0
+    connection: int = 0
 
 
 LinkEvent = Connected | Disconnected | Rejected | Received
@@ -253,6 +272,19 @@ def connect_exception(exc: BaseException, where: str) -> ForwardError:
     return BrokerUnavailable(f"{where}: {type(exc).__name__}: {exc}")
 
 
+def broker_answers(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """True when a TCP connection to the broker's port opens (closed again at once, nothing sent).
+
+    The forwarder's cheap probe while it backs off from an unreachable broker: a refused or unanswered
+    SYN costs neither side anything, unlike a TLS handshake and an MQTT CONNECT.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:  # refused, unreachable, timed out, cannot resolve
+        return False
+
+
 def set_nodelay(client: Client) -> None:
     """Switch Nagle off on paho's socket (paho does not): otherwise the last PUBLISH of a window and the
     platform's small ack wait for the peer's delayed ACK, ~40 ms a hop, and a 50-message window drains at
@@ -295,6 +327,8 @@ class MqttLink:
         self.max_packet_size: int | None = None
         self.receive_maximum = RECEIVE_MAXIMUM_DEFAULT
         self.session_present = False
+        self.connection = 0
+        """Counts connects: a Received message can be acknowledged only on the connection it came on."""
 
     # -- connection --------------------------------------------------------------------------
     @property
@@ -309,6 +343,7 @@ class MqttLink:
             client_id=s.client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
             reconnect_on_failure=False,
+            manual_ack=True,  # PUBACK a downlink message only once it is stored (acknowledge())
         )
         client.suppress_exceptions = True  # a bug in a callback must not kill the network thread
         client.max_inflight_messages_set(min(s.max_inflight, RECEIVE_MAXIMUM_DEFAULT))  # until CONNACK says
@@ -336,9 +371,12 @@ class MqttLink:
         client = self._new_client()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = s.session_expiry_s  # without it MQTT 5 drops the session at disconnect
+        if s.max_packet_size is not None:
+            props.MaximumPacketSize = s.max_packet_size  # the broker drops larger messages to us, unread
         self._connack = threading.Event()
         self._connack_rc = self._disconnect_rc = None
         self._last_socket_error = None
+        self.connection = next(_CONNECTIONS)
         with self._lock:
             self._handles.clear()
             self._early.clear()
@@ -588,4 +626,12 @@ class MqttLink:
             self._settle(handle, rc)
 
     def _handle_message(self, _client: Client, _userdata: Any, message: MQTTMessage) -> None:
-        self._emit(Received(message.topic, bytes(message.payload)))
+        self._emit(Received(message.topic, bytes(message.payload), message.mid, message.qos, self.connection))
+
+    def acknowledge(self, message: Received) -> bool:
+        """PUBACK a received message (call once what it caused is committed). False when its connection has
+        ended: the broker then redelivers it to the next one, and handling it again must be harmless."""
+        client = self._client
+        if client is None or message.qos == 0 or message.connection != self.connection or not self._connected:
+            return False
+        return client.ack(message.mid, message.qos) == MQTTErrorCode.MQTT_ERR_SUCCESS

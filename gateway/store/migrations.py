@@ -211,3 +211,29 @@ def _meter_resume_identity(db: Database) -> None:
     # newest record of the last download that ran to the end. The next download stops when it reaches it.
     # Only complete downloads move it, so a download cut short is read again past its gap next time.
     db.execute("ALTER TABLE meters ADD COLUMN resume_identity TEXT")
+
+
+@MIGRATIONS(name="0005_downlink_dead_letters")
+def _downlink_dead_letters(db: Database) -> None:
+    # Downlink messages (acks, referral decisions) that failed the contract: kept with the reason for IT,
+    # never logged. The payload is kept bounded (store/dead_letters.py), only here, where patient data is
+    # allowed. One row per distinct (topic, payload): the broker redelivers what we had not acknowledged.
+    # And referrals held for review: a decision naming a photo of one patient and the id of another is
+    # stored but not shown as either patient's (held_reason says why).
+    db.executescript(
+        """
+        CREATE TABLE downlink_dead_letters (
+            id INTEGER PRIMARY KEY,
+            received_at TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            what TEXT NOT NULL,
+            field TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            payload BLOB NOT NULL,
+            payload_sha256 TEXT NOT NULL,
+            UNIQUE (topic, payload_sha256)
+        );
+        ALTER TABLE referrals ADD COLUMN held_reason TEXT;
+        """
+    )

@@ -1,12 +1,14 @@
 """The outbox: every up message, written in the same transaction as the record it carries.
 
-Row lifecycle, the one table of it (``TRANSITIONS``)::
+Row lifecycle, the one table of it (``TRANSITIONS``, with ``GUARDS`` on guarded transitions)::
 
     pending --claim--> sent --ack--> acked
        ^                 |
        +----timeout------+            (also every 'sent' row at start-up: re-send, the platform dedupes)
     pending|sent --park--> parked --retry--> pending
-    pending --ack--> acked            (an ack for a message we had already requeued)
+    pending --ack--> acked            only if sent before (sent_at set): an ack for a message we had
+                                      already requeued. An ack naming a message never sent is a platform
+                                      bug or a forged ack; it is not applied (Outbox.ack reports it).
 
 All outbox SQL lives here.
 """
@@ -33,6 +35,10 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("sent", "park"): "parked",
     ("parked", "retry"): "pending",
 }
+GUARDS: dict[tuple[str, str], str] = {
+    ("pending", "ack"): "sent_at IS NOT NULL",
+}
+"""SQL conditions a row must also meet for a transition: a pending row is acked only if it was sent before."""
 
 
 def _from(event: str) -> tuple[str, ...]:
@@ -46,6 +52,23 @@ def _to(event: str) -> str:
 
 def _in(states: Sequence[str]) -> str:
     return "(" + ", ".join(f"'{s}'" for s in states) + ")"
+
+
+def _where_from(event: str, column: str = "state") -> str:
+    """SQL: the row is in a state ``event`` leaves, and meets that transition's guard if it has one."""
+    plain = [s for s in _from(event) if (s, event) not in GUARDS]
+    parts = [f"{column} IN {_in(plain)}"] if plain else []
+    parts += [f"({column} = '{s}' AND {GUARDS[(s, event)]})" for s in _from(event) if (s, event) in GUARDS]
+    return "(" + " OR ".join(parts) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    """What a platform ack changed: ``applied`` rows acked; ``never_sent``: ids it named that are still
+    pending and were never sent (not applied)."""
+
+    applied: int
+    never_sent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +145,7 @@ class Outbox:
         with self.store.transaction(durable=False) as db:
             rows = list(
                 db.query(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM outbox WHERE state IN {_in(_from('claim'))} ORDER BY seq LIMIT ?",
+                    f"SELECT {_MESSAGE_COLUMNS} FROM outbox WHERE {_where_from('claim')} ORDER BY seq LIMIT ?",
                     [limit],
                 )
             )
@@ -135,24 +158,39 @@ class Outbox:
         # Report the attempt this claim starts (the row now says the same).
         return [_row_to_message({**r, "attempts": r["attempts"] + 1}) for r in rows]
 
-    def ack(self, message_ids: Iterable[str]) -> int:
-        """Mark messages the platform has durably stored. Unknown or already-acked ids are ignored."""
+    def ack(self, message_ids: Iterable[str]) -> AckResult:
+        """Mark messages the platform has durably stored: those sent, or requeued after being sent.
+
+        Unknown and already-acked ids are ignored (acks repeat); ids of messages never sent are not applied
+        and come back in ``never_sent``.
+        """
         ids = list(dict.fromkeys(message_ids))
         if not ids:
-            return 0
+            return AckResult(0)
         changed = 0
+        never_sent: list[str] = []
         with self.store.transaction(durable=True) as db:
             now = iso(self.store.clock.utc_now())
             for start in range(0, len(ids), 500):
                 part = ids[start : start + 500]
+                marks = ", ".join("?" * len(part))
                 cur = db.execute(
                     f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? "
                     # "+state": look rows up by message_id; the (state, seq) index would scan the whole backlog
-                    f"WHERE +state IN {_in(_from('ack'))} AND message_id IN ({', '.join('?' * len(part))})",
+                    f"WHERE {_where_from('ack', '+state')} AND message_id IN ({marks})",
                     [now, *part],
                 )
                 changed += cur.rowcount
-        return changed
+                if cur.rowcount < len(part):  # only then can some be never-sent ones
+                    never_sent += [
+                        row[0]
+                        for row in db.execute(
+                            f"SELECT message_id FROM outbox WHERE +state = 'pending' AND sent_at IS NULL "
+                            f"AND message_id IN ({marks})",
+                            part,
+                        )
+                    ]
+        return AckResult(changed, tuple(never_sent))
 
     def requeue(self, message_ids: Iterable[str]) -> int:
         """Put sent-but-unconfirmed messages back to pending (ack timeout)."""
@@ -161,7 +199,7 @@ class Outbox:
             return 0
         with self.store.transaction(durable=False) as db:
             cur = db.execute(
-                f"UPDATE outbox SET state = '{_to('timeout')}' WHERE state IN {_in(_from('timeout'))} "
+                f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout')} "
                 f"AND message_id IN ({', '.join('?' * len(ids))})",
                 ids,
             )
@@ -170,7 +208,7 @@ class Outbox:
     def requeue_all_sent(self) -> int:
         """At start-up: whatever was in flight when we stopped goes out again."""
         with self.store.transaction(durable=False) as db:
-            cur = db.execute(f"UPDATE outbox SET state = '{_to('timeout')}' WHERE state IN {_in(_from('timeout'))}")
+            cur = db.execute(f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout')}")
             return cur.rowcount
 
     def park(self, message_id: str, reason: str) -> None:
@@ -178,7 +216,7 @@ class Outbox:
         with self.store.transaction(durable=True) as db:
             db.execute(
                 f"UPDATE outbox SET state = '{_to('park')}', parked_reason = ? "
-                f"WHERE message_id = ? AND state IN {_in(_from('park'))}",
+                f"WHERE message_id = ? AND {_where_from('park')}",
                 [reason, message_id],
             )
 
@@ -187,8 +225,7 @@ class Outbox:
         where, params = ("", []) if kind is None else (" AND kind = ?", [kind])
         with self.store.transaction(durable=True) as db:
             cur = db.execute(
-                f"UPDATE outbox SET state = '{_to('retry')}', parked_reason = NULL "
-                f"WHERE state IN {_in(_from('retry'))}{where}",
+                f"UPDATE outbox SET state = '{_to('retry')}', parked_reason = NULL WHERE {_where_from('retry')}{where}",
                 params,
             )
             return cur.rowcount

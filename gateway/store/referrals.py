@@ -2,22 +2,41 @@
 
 A referral is stored once per ``referral_id``: the platform may send the same decision again (QoS 1,
 re-sends), and that adds nothing. Rows carry patient data: only the pages behind a login read them.
+A decision whose patient id disagrees with its photo's patient is held for review (``held_reason``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.records import Referral
+from gateway.records import Referral, ReferralHold
 from gateway.store.db import Store, iso
 
 
-def add_referral(store: Store, referral: Referral) -> bool:
-    """Store a referral decision; False when this ``referral_id`` was already stored (idempotent)."""
+@dataclass(frozen=True, slots=True)
+class AddedReferral:
+    """A referral stored for the first time; ``held`` says why it is held for review (None: shown)."""
+
+    held: ReferralHold | None = None
+
+
+def add_referral(store: Store, referral: Referral) -> AddedReferral | None:
+    """Store a referral decision; None when this ``referral_id`` was already stored (idempotent).
+
+    A decision that names a photo this gateway took of one patient together with another patient's id is
+    stored but held for review (:attr:`ReferralHold.PATIENT_MISMATCH`): it is shown as neither patient's
+    until someone at the desk has checked it with the hospital.
+    """
     with store.transaction(durable=True) as db:
+        held: ReferralHold | None = None
+        if referral.capture_id is not None and referral.patient_id is not None:
+            row = db.execute("SELECT patient_id FROM captures WHERE capture_id = ?", [referral.capture_id]).fetchone()
+            if row is not None and row[0] is not None and row[0] != referral.patient_id:
+                held = ReferralHold.PATIENT_MISMATCH
         cur = db.execute(
             "INSERT OR IGNORE INTO referrals (referral_id, capture_id, patient_id, decision, note, grader, "
-            "decided_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "decided_at, received_at, held_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 referral.referral_id,
                 referral.capture_id,
@@ -27,14 +46,19 @@ def add_referral(store: Store, referral: Referral) -> bool:
                 referral.grader,
                 None if referral.decided_at is None else iso(referral.decided_at),
                 iso(store.clock.utc_now()),
+                None if held is None else str(held),
             ],
         )
-        return bool(cur.rowcount)
+        return AddedReferral(held) if cur.rowcount else None
 
 
 _INBOX_COLUMNS = (
-    "r.referral_id, r.capture_id, COALESCE(r.patient_id, c.patient_id) AS patient_id, r.decision, r.note, "
-    "r.grader, r.decided_at, r.received_at, r.seen_at, c.eye, c.field, c.captured_at"
+    # A held decision belongs to no patient until checked: its patient_id is NULL here, and the two ids that
+    # disagree come as named_patient_id (the decision's) and capture_patient_id (the photo's).
+    "r.referral_id, r.capture_id, "
+    "CASE WHEN r.held_reason IS NULL THEN COALESCE(r.patient_id, c.patient_id) END AS patient_id, "
+    "r.decision, r.note, r.grader, r.decided_at, r.received_at, r.seen_at, r.held_reason, "
+    "r.patient_id AS named_patient_id, c.patient_id AS capture_patient_id, c.eye, c.field, c.captured_at"
 )
 """A referral with what the desk needs of its capture: a decision sent for a capture only names the
 capture, and the patient and eye come from the capture row when this gateway took it."""
@@ -52,11 +76,13 @@ def list_referrals(
 ) -> list[dict[str, Any]]:
     """Referrals, newest first (arrival order), optionally for one patient or capture, or only unseen ones.
 
-    A decision that names only a capture belongs to that capture's patient (when this gateway took it).
+    A decision that names only a capture belongs to that capture's patient (when this gateway took it); one
+    held for review belongs to no patient.
     """
     return store.query(
         _SELECT_WITH_CAPTURE
-        + "WHERE (? IS NULL OR COALESCE(r.patient_id, c.patient_id) = ?) AND (? IS NULL OR r.capture_id = ?) "
+        + "WHERE (? IS NULL OR (r.held_reason IS NULL AND COALESCE(r.patient_id, c.patient_id) = ?)) "
+        "AND (? IS NULL OR r.capture_id = ?) "
         "AND (? = 0 OR r.seen_at IS NULL) ORDER BY r.rowid DESC LIMIT ?",
         [patient_id, patient_id, capture_id, capture_id, int(unseen_only), limit],
     )

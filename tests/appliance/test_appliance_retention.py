@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from support.factories import T0, make_store, reading, store_capture
+from support.factories import T0, confirm, make_store, reading, store_capture
 
 from gateway.clock import FakeClock
 from gateway.forward.chunks import body_ref
@@ -46,14 +46,14 @@ def counts(store: Store) -> dict[str, int]:
 def test_only_confirmed_old_readings_are_pruned(store: Store, clock: FakeClock) -> None:
     outbox = Outbox(store)
     acked, pending, sent, parked = (add_reading(store, s) for s in (1, 2, 3, 4))
-    outbox.ack([acked])
+    confirm(store, [acked])
     claimed = outbox.claim_batch(10)  # pending, sent, parked become 'sent'
     assert {m.message_id for m in claimed} == {pending, sent, parked}
     outbox.requeue([pending])
     outbox.park(parked, "too large")
     clock.now = RECENT
     recent_acked = add_reading(store, 5)
-    outbox.ack([recent_acked])
+    confirm(store, [recent_acked])
     clock.now = T0
 
     result = prune(store, retention_days=90)
@@ -71,21 +71,20 @@ def test_only_confirmed_old_readings_are_pruned(store: Store, clock: FakeClock) 
 
 def test_retention_days_is_honoured(store: Store, clock: FakeClock) -> None:
     message_id = add_reading(store, 1)
-    Outbox(store).ack([message_id])
+    confirm(store, [message_id])
     clock.now = OLD + timedelta(days=30)
     assert prune(store, retention_days=31).readings == 0
     assert prune(store, retention_days=29).readings == 1
 
 
 def test_capture_waits_for_every_image_chunk(store: Store, clock: FakeClock) -> None:
-    outbox = Outbox(store)
     capture_id, meta_id, chunk_ids = store_capture(store, b"fundus-bytes-" * 100, chunk_size=1024)
     image = next(store.image_dir.rglob("*.jpg"))
-    outbox.ack([meta_id, *chunk_ids[:-1]])  # the last chunk is still unconfirmed
+    confirm(store, [meta_id, *chunk_ids[:-1]])  # the last chunk is still unconfirmed
     clock.now = T0
     assert prune(store, 90).captures == 0
     assert image.exists()
-    outbox.ack(chunk_ids[-1:])
+    confirm(store, chunk_ids[-1:])
     result = prune(store, 90)
     assert (result.captures, result.image_files, result.image_bytes) == (1, 1, len(b"fundus-bytes-" * 100))
     assert not image.exists()
@@ -93,11 +92,10 @@ def test_capture_waits_for_every_image_chunk(store: Store, clock: FakeClock) -> 
 
 
 def test_shared_image_file_stays_while_any_capture_uses_it(store: Store, clock: FakeClock) -> None:
-    outbox = Outbox(store)
     _, meta1, chunks1 = store_capture(store, b"same-image")
     clock.now = RECENT
     _, meta2, chunks2 = store_capture(store, b"same-image")  # the same photo uploaded again, later
-    outbox.ack([meta1, *chunks1, meta2, *chunks2])
+    confirm(store, [meta1, *chunks1, meta2, *chunks2])
     clock.now = T0
     result = prune(store, 90)
     assert (result.captures, result.image_files) == (1, 0)
@@ -109,9 +107,8 @@ def test_shared_image_file_stays_while_any_capture_uses_it(store: Store, clock: 
 
 def test_image_still_read_by_an_unsent_chunk_is_kept(store: Store, clock: FakeClock) -> None:
     """A second capture of the same photo whose chunks are unsent keeps the file even if its metadata went."""
-    outbox = Outbox(store)
     _, meta1, chunks1 = store_capture(store, b"photo")
-    outbox.ack([meta1, *chunks1])
+    confirm(store, [meta1, *chunks1])
     sha = hashlib.sha256(b"photo").hexdigest()
     with store.transaction() as db:  # an unconfirmed chunk message that reads the same file
         enqueue(db, kind="image", topic="retina/image/x", created_at=OLD, body_ref=body_ref(sha, 0, 5))
@@ -124,7 +121,7 @@ def test_image_still_read_by_an_unsent_chunk_is_kept(store: Store, clock: FakeCl
 def test_events_and_their_confirmed_messages_are_pruned(store: Store, clock: FakeClock) -> None:
     old_event = add_event(store, "device_connected", "meter connected", detail={"meter_id": "m1"})
     unsent_event = add_event(store, "disk_low", "free space is low")
-    Outbox(store).ack([old_event])
+    confirm(store, [old_event])
     clock.now = T0
     add_event(store, "device_connected", "meter connected again")
     result = prune(store, 90)
@@ -140,14 +137,14 @@ def test_image_path_outside_the_image_dir_is_never_deleted(store: Store, clock: 
     capture_id, meta, chunks = store_capture(store, b"x")
     with store.transaction() as db:
         db.execute("UPDATE captures SET image_path = ? WHERE capture_id = ?", [str(outsider), capture_id])
-    Outbox(store).ack([meta, *chunks])
+    confirm(store, [meta, *chunks])
     clock.now = T0
     assert prune(store, 90).captures == 1
     assert outsider.exists()
 
 
 def test_task_skips_on_an_untrusted_clock_unless_the_disk_is_low(store: Store, clock: FakeClock) -> None:
-    Outbox(store).ack([add_reading(store, 1)])
+    confirm(store, [add_reading(store, 1)])
     clock.now = T0
     clock.synchronised = False
     task = RetentionTask(store, 90, low_disk_warn_mb=0)
@@ -162,7 +159,7 @@ def test_task_skips_on_an_untrusted_clock_unless_the_disk_is_low(store: Store, c
 
 
 def test_task_runs_as_a_component(store: Store, clock: FakeClock) -> None:
-    Outbox(store).ack([add_reading(store, 1)])
+    confirm(store, [add_reading(store, 1)])
     clock.now = T0
     task = RetentionTask(store, 90, interval_s=3600, first_delay_s=0)
 

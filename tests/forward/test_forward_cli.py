@@ -64,3 +64,32 @@ def test_receiver_refer_reaches_the_gateway(tmp_path: Path, broker, capsys) -> N
     (row,) = referrals.list_referrals(runtime.store)
     assert (row["referral_id"], row["patient_id"], row["decision"]) == ("ref-cli-1", "P-7", "rescreen_6m")
     assert main(["receiver", "refer", "-c", str(cfg), "--decision", "no_dr"]) == 2  # no capture or patient
+
+
+def test_outbox_dead_letters_lists_reasons_and_shows_one_escaped(tmp_path: Path, broker, receiver_factory,
+                                                                  capsys) -> None:  # fmt: skip
+    """Issue 15: a downlink message that fails the contract is visible to IT next to ``gateway outbox``."""
+    from gateway.forward import contract
+
+    cfg = _config_file(tmp_path, broker.port)
+    runtime = open_runtime(gateway_config(tmp_path / "state", port=broker.port))
+    receiver = receiver_factory(broker)
+    hostile = b'{"schema": "cg.referral/1", "referral_id": "x\\nFORGED", "decision": "no_dr", "patient_id": "P-7"}'
+    with ForwarderRunner(runtime.config, runtime.store) as run:
+        wait_until(lambda: run.forwarder.state == "online")
+        receiver.publish_raw(f"cg/v1/chc-test/gw-test/{contract.TOPIC_REFERRAL}", hostile)
+        wait_until(lambda: run.forwarder.counters["dead_letters"] == 1, what="dead-lettered")
+    runtime.store.close()
+
+    assert main(["outbox", "dead-letters", "-c", str(cfg), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["dead_letters"] == 1
+    (dead,) = listed["recent"]
+    assert (dead["topic"], dead["what"], dead["field"]) == ("cmd/referral", "referral", "referral_id")
+    assert main(["outbox", "dead-letters", "-c", str(cfg)]) == 0
+    text = capsys.readouterr().out
+    assert "dead letters 1" in text and "referral_id" in text and "P-7" not in text  # no payload in the list
+    assert main(["outbox", "dead-letters", "-c", str(cfg), "--show", str(dead["id"])]) == 0
+    shown = capsys.readouterr().out
+    assert "P-7" in shown and "x\\\\nFORGED" in shown and "\nFORGED" not in shown  # escaped, one line
+    assert main(["outbox", "dead-letters", "-c", str(cfg), "--show", "999"]) == 1

@@ -1,5 +1,5 @@
-"""Downlink: platform acks and referral decisions; malformed or unknown messages are dropped without
-harming the link; the retained status goes online on connect and the Last Will says offline."""
+"""Downlink: platform acks and referral decisions; malformed messages are dead-lettered without harming
+the link; the retained status goes online on connect and the Last Will says offline."""
 
 from __future__ import annotations
 
@@ -43,7 +43,9 @@ def test_referral_is_validated_stored_once_and_listed(tmp_path, broker, receiver
     assert referrals.list_referrals(store, unseen_only=True) == []
 
 
-def test_malformed_downlink_is_dropped_and_the_link_keeps_working(tmp_path, broker, receiver_factory, caplog) -> None:
+def test_malformed_downlink_is_dead_lettered_and_the_link_keeps_working(
+    tmp_path, broker, receiver_factory, caplog
+) -> None:
     store = make_store(tmp_path / "gw", SystemClock("assume_synced"))
     add_readings(store, [reading(1)])
     receiver = receiver_factory(broker)
@@ -61,7 +63,7 @@ def test_malformed_downlink_is_dropped_and_the_link_keeps_working(tmp_path, brok
         ]
         for topic, payload in garbage:
             receiver.publish_raw(topic, payload)
-        wait_until(lambda: run.forwarder.counters["dropped_downlink"] == len(garbage), what="all dropped")
+        wait_until(lambda: run.forwarder.counters["dead_letters"] == len(garbage), what="all dead-lettered")
         # still the same connection, still applying acks
         message_id = store.scalar("SELECT message_id FROM outbox")
         receiver.publish_raw(PREFIX + "ack", contract.ack_payload([message_id]))
@@ -69,7 +71,7 @@ def test_malformed_downlink_is_dropped_and_the_link_keeps_working(tmp_path, brok
         assert run.forwarder.state == "online" and run.alive
     assert referrals.list_referrals(store) == []
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert "dropped a downlink message" in logged
+    assert "fails the contract" in logged
     assert "P-SECRET-9" not in logged  # no payload values in logs
 
 

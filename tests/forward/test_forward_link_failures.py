@@ -112,3 +112,45 @@ def test_backoff_is_exponential_with_jitter_and_capped(attempt: int) -> None:
     ceiling = min(60.0, 2.0**attempt)
     assert all(ceiling / 2 <= d <= ceiling for d in delays)
     assert len(set(delays)) > 100  # jittered, not lock-step
+
+
+def test_resumes_promptly_when_the_broker_returns_even_deep_in_backoff(tmp_path, broker, receiver_factory) -> None:
+    """Issue 15 #12: the link resumes once the broker is back, not when the backoff runs out.
+
+    An hour of backoff stands for "late in a long outage" (default 1 -> 60 s): the forwarder probes the
+    broker's port meanwhile (``forward.reconnect_probe_s``, default 1 s) and reconnects as soon as it answers,
+    well inside the generous wait below.
+    """
+    store = make_store(tmp_path / "gw", SystemClock("assume_synced"))
+    receiver = receiver_factory(broker)
+    config = gateway_config(tmp_path / "gw", port=broker.port, backoff_initial_s=3600.0, backoff_max_s=3600.0)
+    with ForwarderRunner(config, store) as run:
+        wait_until(lambda: run.forwarder.state == "online")
+        broker.stop()
+        wait_until(lambda: run.forwarder.state == "unreachable", what="the outage noticed")
+        assert run.forwarder.retry_in_s is not None and run.forwarder.retry_in_s >= 1800
+        add_readings(store, [reading(1)])  # taken during the outage
+        broker.start()
+        wait_until(lambda: Outbox(store).stats().total_unsent == 0, timeout_s=30, what="resumed and confirmed")
+        assert run.forwarder.counters["connects"] == 2
+    assert receiver.counts()["readings"] == 1
+
+
+def test_probe_does_not_defeat_the_backoff_when_the_port_answers_but_the_broker_does_not(tmp_path) -> None:
+    """Something else holding the port (a proxy before a dead broker): after one early try, the backoff holds."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts TCP, never speaks MQTT
+    port = listener.getsockname()[1]
+    store = make_store(tmp_path / "gw", SystemClock("assume_synced"))
+    config = gateway_config(tmp_path / "gw", port=port, keepalive_s=5, backoff_initial_s=3600.0,
+                            backoff_max_s=3600.0)  # fmt: skip
+    try:
+        with ForwarderRunner(config, store) as run:
+            # connect (no CONNACK: unreachable) -> probe answers -> connect again (fails) -> probes distrusted
+            wait_until(lambda: not run.forwarder._probe_trusted, timeout_s=60, what="probes distrusted")
+            assert run.forwarder.counters["connect_attempts"] == 2  # the first, and one after the probe
+            assert run.forwarder.state == "unreachable" and run.forwarder.retry_in_s >= 1800
+            assert not run.forwarder._may_probe()  # sitting out the hour now
+    finally:
+        listener.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 from support.factories import T0, make_store, reading
 
 from gateway.clock import FakeClock
-from gateway.store.outbox import TRANSITIONS, Outbox
+from gateway.store.outbox import GUARDS, TRANSITIONS, AckResult, Outbox, _where_from
 from gateway.store.readings import add_readings
 
 
@@ -29,8 +29,8 @@ def test_only_the_platform_ack_confirms_and_acks_are_idempotent(tmp_path: Path) 
     add_readings(store, [reading(1), reading(2)])
     outbox = Outbox(store)
     a, b = outbox.claim_batch(2)
-    assert outbox.ack([a.message_id, a.message_id, "f" * 32]) == 1
-    assert outbox.ack([a.message_id]) == 0
+    assert outbox.ack([a.message_id, a.message_id, "f" * 32]) == AckResult(1)
+    assert outbox.ack([a.message_id]) == AckResult(0)
     assert outbox.state_of(a.message_id) == "acked"
     assert outbox.state_of(b.message_id) == "sent"
 
@@ -75,8 +75,27 @@ def test_a_late_ack_for_a_requeued_message_still_confirms_it(tmp_path: Path) -> 
     outbox = Outbox(store)
     msg = outbox.claim_batch(1)[0]
     outbox.requeue([msg.message_id])
-    assert outbox.ack([msg.message_id]) == 1
+    assert outbox.ack([msg.message_id]) == AckResult(1)
     assert outbox.claim_batch(1) == []
+
+
+def test_an_ack_for_a_message_never_sent_is_not_applied(tmp_path: Path) -> None:
+    """Issue 15 #2: a queued message the platform never got must not be confirmed (retention would delete it)."""
+    store = make_store(tmp_path)
+    add_readings(store, [reading(1), reading(2)])
+    outbox = Outbox(store)
+    sent = outbox.claim_batch(1)[0]
+    queued = store.scalar("SELECT message_id FROM outbox WHERE state = 'pending'")
+    result = outbox.ack([queued, sent.message_id])
+    assert result == AckResult(applied=1, never_sent=(queued,))
+    assert (outbox.state_of(queued), outbox.state_of(sent.message_id)) == ("pending", "acked")
+    assert [m.message_id for m in outbox.claim_batch(5)] == [queued]  # still goes out
+
+
+def test_transitions_table_drives_the_guarded_ack() -> None:
+    # The one lifecycle table says which states an ack leaves, and its guard says "only if sent before".
+    assert TRANSITIONS[("pending", "ack")] == "acked" and GUARDS[("pending", "ack")] == "sent_at IS NOT NULL"
+    assert _where_from("ack") == "(state IN ('sent') OR (state = 'pending' AND sent_at IS NOT NULL))"
 
 
 def test_wall_clock_jump_does_not_reorder_or_drop(tmp_path: Path) -> None:

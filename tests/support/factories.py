@@ -70,3 +70,15 @@ def store_capture(store: Store, image: bytes, *, chunk_size: int = 1024) -> tupl
         )
     ]
     return capture.capture_id, stored.message_id, chunks
+
+
+def confirm(store: Store, message_ids: list[str]) -> int:
+    """What must happen before the platform's ack counts: send (claim) every pending message, ack
+    ``message_ids``, and requeue the rest. Returns how many the ack confirmed."""
+    from gateway.store.outbox import Outbox
+
+    outbox = Outbox(store)
+    claimed = [m.message_id for m in outbox.claim_batch(1_000_000)]
+    applied = outbox.ack(message_ids).applied
+    outbox.requeue([m for m in claimed if m not in set(message_ids)])
+    return applied

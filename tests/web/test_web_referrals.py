@@ -177,3 +177,38 @@ def test_patient_view_includes_decisions_that_name_only_one_of_the_patients_phot
     rows = store_referrals.list_referrals(runtime.store, patient_id="P-1")
     assert [(r["referral_id"], r["patient_id"], r["eye"]) for r in rows] == [("ref-b", "P-1", "R")]
     assert [r["referral_id"] for r in store_referrals.list_referrals(runtime.store, patient_id=PATIENT)] == ["ref-a"]
+
+
+def test_a_decision_whose_patient_disagrees_with_its_photo_is_held_plainly(
+    client: FlaskClient, runtime: Runtime
+) -> None:
+    """Issue 15 #9: named patient B, photo of patient P-1: stored, held, shown as neither patient's."""
+    capture_id, _message, _chunks = store_capture(runtime.store, b"\xff\xd8 P-1's photo \xff\xd9")
+    added = store_referrals.add_referral(
+        runtime.store, Referral(referral_id="ref-x", decision="refer_urgent", capture_id=capture_id, patient_id=PATIENT)
+    )
+    assert added
+    login(client, "tom")
+    html = client.get("/referrals").get_data(as_text=True)
+    row = html[html.index('data-referral="ref-x"') :]
+    row = row[: row.index("</tr>")]
+    assert 'class="unseen held"' in row and "Held for review" in row
+    assert f"names patient {PATIENT}, but the photo belongs to patient P-1" in row
+    # the patient pages do not list it as either patient's
+    assert store_referrals.list_referrals(runtime.store, patient_id=PATIENT) == []
+    assert store_referrals.list_referrals(runtime.store, patient_id="P-1") == []
+    assert _acknowledge(client, "ref-x").status_code == 302  # still acknowledged at the desk like any other
+    assert added.held == "patient_mismatch"
+
+
+@pytest.mark.parametrize("referral_id", ["r.2026-11:ok_1", "R-0001", "9f0e1d2c.v2"])
+def test_every_id_the_contract_admits_can_be_acknowledged(
+    client: FlaskClient, runtime: Runtime, referral_id: str
+) -> None:
+    from gateway.forward.downlink import ID_PATTERN
+
+    assert ID_PATTERN.fullmatch(referral_id)
+    store_referrals.add_referral(runtime.store, Referral(referral_id=referral_id, decision="no_dr", patient_id="P-9"))
+    login(client, "nina")
+    assert _acknowledge(client, referral_id).status_code == 302
+    assert store_referrals.count_unseen(runtime.store) == 0

@@ -166,10 +166,66 @@ def test_status_page_survives_odd_component_snapshots(client: FlaskClient, runti
     runtime.components.append(Stuck())
     login(client, "ivy")
     assert client.get("/status").status_code == 200
-    assert client.get("/api/status").get_json()["components"]["stuck-thing"] == {"healthy": False, "state": "stuck"}
+    assert client.get("/api/status").get_json()["components"]["stuck-thing"] == {
+        "healthy": False, "state": "stuck", "restarts": 0, "last_failure": None, "last_failure_bug": False,
+        "last_failure_at": None,
+    }  # fmt: skip
 
 
 def test_uptime_counts_from_start(client: FlaskClient, fake_clock: FakeClock) -> None:
     fake_clock.advance(timedelta(hours=2).total_seconds())
     login(client, "ivy")
     assert client.get("/api/status").get_json()["gateway"]["uptime_s"] == 7200
+
+
+def test_a_crashed_component_is_restarted_and_shown_on_the_status_page(client: FlaskClient, runtime: Runtime) -> None:
+    """Issue 15, supervisor: the real daemon restarts a crashing component; IT sees restarts, type and time."""
+    import asyncio
+
+    from support.flaky_component import SECRET
+
+    from gateway.daemon import run_daemon
+
+    login(client, "ivy")
+
+    async def scenario() -> dict[str, Any]:
+        stop = asyncio.Event()
+        daemon = asyncio.create_task(
+            run_daemon(runtime.config, runtime=runtime, stop=stop, factories=("support.flaky_component",))
+        )
+        while not getattr(runtime.component("flaky"), "running", False):  # restarted after its crash
+            assert not daemon.done(), "the daemon stopped"
+            await asyncio.sleep(0.02)
+        doc: dict[str, Any] = await asyncio.to_thread(lambda: client.get("/api/status").get_json())
+        html = await asyncio.to_thread(lambda: client.get("/status").get_data(as_text=True))
+        stop.set()
+        assert await daemon == 0
+        assert SECRET not in html
+        assert "Restarts" in html and "Last failure" in html
+        return doc
+
+    doc = asyncio.run(scenario())
+    flaky = doc["components"]["flaky"]
+    assert (flaky["restarts"], flaky["last_failure"], flaky["last_failure_bug"]) == (1, "RuntimeError", True)
+    assert flaky["last_failure_at"].startswith("2026-11-23T02:00")  # the runtime's clock
+    assert SECRET not in json.dumps(doc)
+    assert doc["recent_errors"][0]["kind"] == "component_crashed"
+
+
+def test_dead_letters_on_the_status_page_without_payloads(client: FlaskClient, runtime: Runtime) -> None:
+    from gateway.store.dead_letters import add_dead_letter
+
+    payload = json.dumps({"schema": "cg.referral/1", "referral_id": "r1", "patient_id": PATIENT}).encode()
+    fields = {"topic": "cmd/referral", "what": "referral", "field": "decision"}
+    reason = "a required field is missing (decision)"
+    assert add_dead_letter(runtime.store, **fields, reason=reason, payload=payload)
+    assert not add_dead_letter(runtime.store, **fields, reason=reason, payload=payload)  # redelivered: kept once
+    login(client, "ivy")
+    doc = client.get("/api/status").get_json()
+    assert doc["downlink"]["dead_letters"] == 1
+    (recent,) = doc["downlink"]["recent"]
+    assert (recent["topic"], recent["field"], recent["size_bytes"]) == ("cmd/referral", "decision", len(payload))
+    html = client.get("/status").get_data(as_text=True)
+    assert "Dead letters" in html and 'id="dead-letters-table"' in html
+    for body in (html, json.dumps(doc), client.get("/metrics").get_data(as_text=True)):
+        assert PATIENT not in body

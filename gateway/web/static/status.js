@@ -120,8 +120,13 @@
     fillTable("devices-table", s.devices || [], ["device_id", "kind", "transport", "state",
       function (d) { return d.last_sync ? time(d.last_sync) : t.tNever; }, "last_error"]);
     fillTable("components-table", Object.keys(s.components || {}).sort().map(function (k) {
-      return [k, s.components[k].healthy ? t.tOk : t.tBad];
-    }), [0, 1]);
+      var c = s.components[k];
+      var failure = c.last_failure ? c.last_failure + (c.last_failure_bug ? " (bug)" : "") : "";
+      return [k, c.healthy ? t.tOk : t.tBad, c.restarts || 0, failure,
+        c.last_failure_at ? time(c.last_failure_at) : ""];
+    }), [0, 1, 2, 3, 4]);
+    fillTable("dead-letters-table", (s.downlink && s.downlink.recent) || [],
+      [function (d) { return time(d.received_at); }, "topic", "field", "reason", "size_bytes"]);
     fillTable("errors-table", s.recent_errors || [], [function (e) { return time(e.at); }, "level", "kind", "message"]);
     chart((s.queue && s.queue.samples) || []);
   }
