@@ -26,6 +26,10 @@ _logger = logging.getLogger(__name__)
 
 WEB_THREADS = 8
 """Waitress worker threads: a few desks, each with a preview stream and a polling script."""
+LOOP_TIMEOUT_S = 1
+"""Waitress's select() timeout, in whole seconds: waitress reads it as an int, so 0.5 became 0 and its loop
+polled ~30,000 times a second (a whole core). New connections and the close trigger wake the loop at once;
+the timeout only bounds how late idle-channel housekeeping runs."""
 SAMPLE_INTERVAL_S = 60.0
 SAMPLE_KEEP_HOURS = 24.0
 
@@ -68,7 +72,7 @@ class WebServer:
                 port=web.port,
                 threads=WEB_THREADS,
                 ident="clinic-gateway",
-                asyncore_loop_timeout=0.5,
+                asyncore_loop_timeout=LOOP_TIMEOUT_S,
                 clear_untrusted_proxy_headers=True,
             )
         except OSError as exc:
