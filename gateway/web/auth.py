@@ -121,6 +121,29 @@ def roles_required(*roles: str) -> Callable[[Callable[P, R]], Callable[P, R | Re
     return decorate
 
 
+def desk_record(row: dict[str, Any] | None, *, kind: str, target_id: str) -> dict[str, Any]:
+    """A desk session or request of ``kind`` (``meter`` for the nurse, ``retina`` for the technician).
+
+    Missing: 404. Of another desk's kind: also 404 (a nurse has no business knowing that a photo session of
+    that id exists, let alone whose it is), audited and logged, because asking for one is not an accident.
+    """
+    if row is None:
+        abort(404)
+    if row.get("kind") != kind:
+        audit.add(
+            services().store,
+            actor=current_user.username,
+            action="access_refused",
+            target_kind="session",
+            target_id=target_id,
+            detail={"path": request.path, "kind": row.get("kind"), "desk": kind},
+        )
+        _logger.warning("user %s asked the %s desk for a %s session (%s)", current_user.username, kind,
+                        row.get("kind"), target_id)  # fmt: skip
+        abort(404)
+    return row
+
+
 def safe_next(target: str | None, default: str) -> str:
     """A local path to go to after login or a language switch (never another site)."""
     if not target:

@@ -19,7 +19,7 @@ from flask_login import current_user
 
 from gateway.services import DeskUnavailable
 from gateway.store import audit
-from gateway.web.auth import roles_required
+from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services, web_context
 from gateway.web.nurse import clean_patient_id
 from gateway.web.referrals import decision_text as referral_text
@@ -60,8 +60,8 @@ def reason_text(reason: str) -> str:
 
 
 def _retina_session(session_id: str) -> dict[str, Any]:
-    row = services().progress(session_id)
-    if row is None or row.get("kind") != "retina" or not row.get("patient_id"):
+    row = desk_record(services().progress(session_id), kind="retina", target_id=session_id)
+    if not row.get("patient_id"):  # a capture request's id, not a session's
         abort(404)
     return row
 
@@ -176,10 +176,7 @@ def upload(session_id: str) -> ResponseReturnValue:
 
 
 def _request_state(request_id: str) -> dict[str, Any]:
-    state = services().progress(request_id)
-    if state is None or state.get("kind") != "retina":
-        abort(404)
-    return state
+    return desk_record(services().progress(request_id), kind="retina", target_id=request_id)
 
 
 @bp.get("/session/<session_id>/result/<request_id>")
