@@ -17,8 +17,10 @@ from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.meters import sync_kind_for
 from gateway.runtime import DeskRequest, Runtime
+from gateway.store import logins as store_logins
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
+from gateway.store import users as store_users
 from gateway.store.db import QUARANTINE_KEY, new_id
 from gateway.store.events import recent_events
 from gateway.store.outbox import Outbox
@@ -169,6 +171,53 @@ class GatewayServices:
     def link_meter(self, meter_id: str, patient_id: str, *, actor: str) -> None:
         """Register a meter to a patient (audited)."""
         store_readings.link_meter_to_patient(self.store, meter_id, patient_id, actor=actor)
+
+    # -- desk logins and sessions (web area) -----------------------------------------------------
+    def login_limits(self) -> store_logins.LoginLimits:
+        """Login attempts allowed per user name and per client address within a minute (from config)."""
+        web = self.runtime.config.web
+        return store_logins.LoginLimits(
+            per_user=web.login_attempts_per_minute, per_address=web.login_attempts_per_address_per_minute
+        )
+
+    def session_timeouts(self) -> store_logins.SessionTimeouts:
+        """Idle and absolute lifetime of a desk session (from config)."""
+        web = self.runtime.config.web
+        return store_logins.SessionTimeouts(
+            idle=timedelta(minutes=web.session_idle_minutes), absolute=timedelta(hours=web.session_max_hours)
+        )
+
+    def user(self, username: str) -> store_users.UserRow | None:
+        """A local user of the pages (disabled ones included), or None."""
+        return store_users.get_user(self.store, username) if username else None
+
+    def begin_login(self, username: str, address: str) -> store_logins.LoginAttempt:
+        """Check and record a login attempt atomically; raises LoginThrottled (audited) past a limit."""
+        return store_logins.reserve_attempt(self.store, username=username, address=address, limits=self.login_limits())
+
+    def login_failed(self, attempt: store_logins.LoginAttempt) -> None:
+        """The attempt's name or password was wrong (it keeps counting; audited)."""
+        store_logins.login_failed(self.store, attempt)
+
+    def login_succeeded(self, attempt: store_logins.LoginAttempt) -> str:
+        """Open a desk session for the attempt's user (audited); the token for the session cookie."""
+        return store_logins.login_succeeded(self.store, attempt)
+
+    def desk_session(
+        self, token: str, *, touch: bool = True
+    ) -> tuple[store_users.UserRow, store_logins.WebSession] | None:
+        """The user and session a session token opens, or None (logged out, timed out, user disabled)."""
+        session = store_logins.live_session(self.store, token, self.session_timeouts(), touch=touch)
+        if session is None:
+            return None
+        user = store_users.get_user(self.store, session.username)
+        if user is None or user.disabled:
+            return None
+        return user, session
+
+    def logout(self, token: str, *, actor: str) -> None:
+        """End the session ``token`` opens, for every copy of its cookie (audited)."""
+        store_logins.end_session(self.store, token, actor=actor)
 
     # -- outbox (operations) --------------------------------------------------------------------
     def retry_parked(self, kind: str | None = None) -> int:

@@ -211,3 +211,31 @@ def _meter_resume_identity(db: Database) -> None:
     # newest record of the last download that ran to the end. The next download stops when it reaches it.
     # Only complete downloads move it, so a download cut short is read again past its gap next time.
     db.execute("ALTER TABLE meters ADD COLUMN resume_identity TEXT")
+
+
+@MIGRATIONS(name="0006_web_sessions_login_limits")
+def _web_sessions_login_limits(db: Database) -> None:
+    # Server-side desk sessions (keyed by a digest of the cookie's token: logout, a password change or a
+    # disabled user delete the rows, which ends every copy of the cookie) and login attempts counted per
+    # user name (a digest) and per client address, checked and recorded in one transaction. The old
+    # failure counter keyed by address + name is replaced by the attempts table.
+    db.executescript(
+        """
+        CREATE TABLE web_sessions (
+            token_sha256 TEXT PRIMARY KEY,
+            username TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            last_seen_at TEXT NOT NULL,
+            address TEXT
+        );
+        CREATE INDEX web_sessions_username ON web_sessions (username);
+        CREATE TABLE web_login_attempts (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL CHECK (scope IN ('user', 'address')),
+            key TEXT NOT NULL,
+            at TEXT NOT NULL
+        );
+        CREATE INDEX web_login_attempts_scope_key_at ON web_login_attempts (scope, key, at);
+        DROP TABLE web_login_failures;
+        """
+    )

@@ -35,8 +35,6 @@ CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
 )
-SESSION_HOURS = 12
-"""A desk session lasts a clinic day; CSRF tokens live as long, so a page left open all day still submits."""
 
 
 def load_or_create_secret(path: Path) -> str:
@@ -71,8 +69,10 @@ def create_app(services: GatewayServices, config: GatewayConfig) -> Flask:
         REMEMBER_COOKIE_SECURE=web.secure_cookies,
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SAMESITE="Lax",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
-        WTF_CSRF_TIME_LIMIT=SESSION_HOURS * 3600,
+        # The server-side session (gateway.store.logins) decides who is logged in; the cookie and the CSRF
+        # tokens in it live as long as a session may, so a page left open all day still submits.
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=web.session_max_hours),
+        WTF_CSRF_TIME_LIMIT=web.session_max_hours * 3600,
         MAX_CONTENT_LENGTH=int((config.retina.max_image_mb + 1) * 1024 * 1024),
         BABEL_TRANSLATION_DIRECTORIES=str(i18n.TRANSLATIONS_DIR),
         CG_DUMMY_HASH=generate_password_hash(secrets.token_hex(16)),

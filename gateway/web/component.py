@@ -74,6 +74,7 @@ class WebServer:
                 ident="clinic-gateway",
                 asyncore_loop_timeout=LOOP_TIMEOUT_S,
                 clear_untrusted_proxy_headers=True,
+                **proxy_settings(web.trusted_proxy),
             )
         except OSError as exc:
             raise GatewayError(f"web: cannot listen on {web.host}:{web.port}: {exc.strerror}") from exc
@@ -93,6 +94,21 @@ class WebServer:
             _stop(server)
             await asyncio.to_thread(thread.join, 5.0)
             self.started.clear()
+
+
+PROXY_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"})
+
+
+def proxy_settings(trusted_proxy: str | None) -> dict[str, Any]:
+    """Waitress settings that believe the ``X-Forwarded-*`` headers of one reverse proxy (and nobody else's).
+
+    Behind the installed nginx (docs/operations.md), the client's address then reaches the login limits
+    and ``https`` reaches Flask, so secure cookies and redirects work; from any other peer the headers are
+    removed (``clear_untrusted_proxy_headers``) so a client cannot claim another address or scheme.
+    """
+    if trusted_proxy is None:
+        return {}
+    return {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1, "trusted_proxy_headers": set(PROXY_HEADERS)}
 
 
 def _stop(server: BaseWSGIServer | MultiSocketServer) -> None:
