@@ -17,10 +17,12 @@ from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.meters import sync_kind_for
 from gateway.runtime import DeskRequest, Runtime
+from gateway.store import audit
 from gateway.store import logins as store_logins
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
+from gateway.store.audit import AuditEntry
 from gateway.store.db import QUARANTINE_KEY, new_id
 from gateway.store.events import recent_events
 from gateway.store.outbox import Outbox
@@ -130,9 +132,19 @@ class GatewayServices:
 
     # -- desk: meters ---------------------------------------------------------------------------
     def request_meter_sync(self, target: str, *, patient_id: str | None, operator: str) -> str:
-        """Ask the core to download the meter at ``target`` (BLE address, serial port or meter id)."""
+        """Ask the core to download the meter at ``target`` (BLE address, serial port or meter id); audited.
+
+        Raises:
+            DeskUnavailable: no meter component serves ``target``'s transport (nothing audited).
+            IntakeRefused / DiskFull: the store cannot take readings now (nothing asked, nothing audited).
+        """
         session_id = new_id()
         kind = sync_kind_for(target)  # Bluetooth targets to the BLE component, the rest to serial
+        if not self.runtime.desk.handles(kind):
+            raise DeskUnavailable("no meter service is running to serve this request")
+        self.store.check_intake()  # a full store is said now, not after the nurse has waited for the meter
+        audit.add(self.store, actor=operator, action="meter_sync_requested", target_kind="meter", target_id=target,
+                  patient_id=patient_id, detail={"session_id": session_id})  # fmt: skip
         request = DeskRequest(
             kind=kind,
             request_id=session_id,
@@ -267,11 +279,36 @@ class GatewayServices:
         return self.runtime.desk.handles(RETINA_CAPTURE)
 
     def start_retina_session(self, patient_id: str, *, operator: str) -> str:
-        """Open a retinal capture session for a patient at the technician's desk."""
-        return store_sessions.start_session(self.store, "retina", patient_id=patient_id, operator=operator)
+        """Open a retinal capture session for a patient at the technician's desk (audited, same transaction)."""
+        session_id = new_id()
+        with self.store.transaction():
+            store_sessions.start_session(
+                self.store, "retina", patient_id=patient_id, operator=operator, session_id=session_id
+            )
+            audit.add(self.store, actor=operator, action="retina_session_started", target_kind="session",
+                      target_id=session_id, patient_id=patient_id)  # fmt: skip
+        return session_id
 
-    def _submit_retina(self, kind: str, params: dict[str, Any], operator: str) -> str:
+    def _submit_retina(
+        self,
+        kind: str,
+        params: dict[str, Any],
+        operator: str,
+        *,
+        action: str,
+        nbytes: int = 0,
+        retake_of: str | None = None,
+    ) -> str:
+        self.store.check_intake(nbytes)  # a full store is said at once, before the photo is handed over
         request_id = new_id()
+        params["audit"] = AuditEntry(
+            actor=operator,
+            action=action,
+            target_kind="session",
+            target_id=params.get("session_id"),
+            patient_id=params.get("patient_id"),
+            detail={"request_id": request_id, "eye": params["eye"], "field": params["field"], "retake_of": retake_of},
+        )
         self.runtime.progress.put(request_id, kind="retina", state="queued")
         request = DeskRequest(kind=kind, request_id=request_id, params=params, operator=operator)
         if not self.runtime.desk.submit(request):
@@ -280,18 +317,41 @@ class GatewayServices:
         return request_id
 
     def request_capture(
-        self, *, patient_id: str, eye: str, field: str, operator: str, session_id: str | None = None
+        self,
+        *,
+        patient_id: str,
+        eye: str,
+        field: str,
+        operator: str,
+        session_id: str | None = None,
+        retake_of: str | None = None,
     ) -> str:
-        """Ask the core to take a photo with the camera now; poll :meth:`progress` with the returned id."""
+        """Ask the core to take a photo with the camera now; poll :meth:`progress` with the returned id.
+
+        The photo is audited (``retina_capture``, or ``retina_retake`` with ``retake_of``) in the transaction
+        that stores it. Raises IntakeRefused / DiskFull when the store cannot take a photo now.
+        """
+        action = "retina_retake" if retake_of else "retina_capture"
         params = {"patient_id": patient_id, "eye": eye, "field": field, "session_id": session_id}
-        return self._submit_retina(RETINA_CAPTURE, params, operator)
+        return self._submit_retina(RETINA_CAPTURE, params, operator, action=action, retake_of=retake_of)
 
     def upload_capture(
-        self, data: bytes, *, patient_id: str, eye: str, field: str, operator: str, session_id: str | None = None
+        self,
+        data: bytes,
+        *,
+        patient_id: str,
+        eye: str,
+        field: str,
+        operator: str,
+        session_id: str | None = None,
     ) -> str:
-        """Hand a photo uploaded at the desk to the core; poll :meth:`progress` with the returned id."""
+        """Hand a photo uploaded at the desk to the core; poll :meth:`progress` with the returned id.
+
+        Audited (``retina_upload``) in the transaction that stores it. Raises IntakeRefused / DiskFull when
+        the store cannot take ``data`` now.
+        """
         params = {"data": data, "patient_id": patient_id, "eye": eye, "field": field, "session_id": session_id}
-        return self._submit_retina(RETINA_UPLOAD, params, operator)
+        return self._submit_retina(RETINA_UPLOAD, params, operator, action="retina_upload", nbytes=len(data))
 
     def preview_stream(self, max_frames: int | None = None) -> tuple[str, Iterator[bytes]] | None:
         """The camera's live preview as (content type, MJPEG parts), or None when no retina component runs.
@@ -352,7 +412,6 @@ class GatewayServices:
         Returns False (and audits nothing) when the referral is unknown or was already acknowledged, so a
         double click or two desks acknowledging at once leave one audit row.
         """
-        from gateway.store import audit
         from gateway.store import referrals as store_referrals
 
         row = store_referrals.get_referral(self.store, referral_id)

@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.security import generate_password_hash
 
 from gateway.config import GatewayConfig, read_secret
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DiskFull, IntakeRefused, StoreError
 from gateway.services import GatewayServices
 from gateway.web import auth, i18n, nurse, referrals, status, technician
 from gateway.web.context import EXTENSION_KEY, WebContext
@@ -94,6 +94,7 @@ def create_app(services: GatewayServices, config: GatewayConfig) -> Flask:
             "role_names": i18n.ROLE_NAMES,
             "state_names": i18n.STATE_NAMES,
             "meal_names": i18n.MEAL_NAMES,
+            "storage_full_text": i18n.STORAGE_FULL_TEXT,
         }
 
     clinic_tz = ZoneInfo(config.gateway.timezone)
@@ -116,6 +117,17 @@ def create_app(services: GatewayServices, config: GatewayConfig) -> Flask:
         _logger.warning("refused a form without a valid CSRF token on %s", request.path)
         message = _("This form has expired or did not come from this gateway. Go back, reload the page and try again.")
         return render_template("error.html", code=400, message=message), 400
+
+    def _storage_full(exc: StoreError) -> ResponseReturnValue:
+        # A full store (or one below its free-space floor) refused a write: nothing of this request was
+        # stored, which is what the desk must hear, in its language, never as a 500.
+        _logger.warning("refused %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        if "/api/" in request.path:
+            return {"error": "storage full"}, 507
+        return render_template("error.html", code=507, message=i18n.STORAGE_FULL_TEXT), 507
+
+    app.register_error_handler(DiskFull, _storage_full)
+    app.register_error_handler(IntakeRefused, _storage_full)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> ResponseReturnValue:

@@ -16,7 +16,6 @@ from flask_babel import gettext as _
 from flask_login import current_user
 
 from gateway.services import DeskUnavailable
-from gateway.store import audit
 from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services
 
@@ -85,15 +84,6 @@ def start_sync() -> ResponseReturnValue:
         return render_template(
             "nurse.html", patient_id=patient_id, meters=_meters(), sessions=svc.sessions_today("meter")
         )
-    audit.add(
-        svc.store,
-        actor=current_user.username,
-        action="meter_sync_requested",
-        target_kind="meter",
-        target_id=target,
-        patient_id=patient_id,
-        detail={"session_id": session_id},
-    )
     _logger.info("user %s started meter download %s on %s", current_user.username, session_id, target)
     return redirect(url_for("nurse.session", session_id=session_id))
 
