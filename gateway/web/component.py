@@ -96,7 +96,8 @@ class WebServer:
             self.started.clear()
 
 
-PROXY_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"})
+PROXY_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+"""What config/nginx/clinic-gateway.conf sets (the host carries the port the browser used)."""
 
 
 def proxy_settings(trusted_proxy: str | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import re
+import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -123,29 +124,62 @@ def serving(runtime: Runtime) -> Iterator[WebServer]:
 
 
 class HttpBrowser:
-    """A minimal browser over real HTTP: keeps the session cookie, finds CSRF tokens, can pose as another
-    client address (any 127.x.y.z is a loopback source address on Linux)."""
+    """A minimal browser over real HTTP(S): keeps the session cookie, sends the page it came from as the
+    Referer (as browsers do; CSRF over HTTPS checks it), finds CSRF tokens, and can pose as another client
+    address (any 127.x.y.z is a loopback source address on Linux)."""
 
-    def __init__(self, port: int, *, source: str = "127.0.0.1", cookie: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        source: str = "127.0.0.1",
+        cookie: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.port = port
         self.source = source
         self.cookie = cookie
+        self.tls = tls
+        self.host = host
+        self.origin = f"{'https' if tls else 'http'}://{host}:{port}"
+        self.referer: str | None = None
+        self.headers: http.client.HTTPMessage | None = None
+        """The headers of the last answer."""
+        self.tls_version: str | None = None
 
-    def request(self, method: str, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+    def request(
+        self, method: str, path: str, form: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
         """One request; (status, body). A new session cookie from the answer replaces the old one."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120, source_address=(self.source, 0))
-        headers = {"Cookie": self.cookie} if self.cookie else {}
+        conn: http.client.HTTPConnection
+        if self.tls is not None:
+            conn = http.client.HTTPSConnection(
+                self.host, self.port, timeout=120, source_address=(self.source, 0), context=self.tls
+            )
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=120, source_address=(self.source, 0))
+        sent = dict(headers or {})
+        if self.cookie:
+            sent["Cookie"] = self.cookie
+        if self.referer:
+            sent.setdefault("Referer", self.referer)
         body = None
         if form is not None:
             body = urlencode(form)
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
         try:
-            conn.request(method, path, body=body, headers=headers)
+            conn.request(method, path, body=body, headers=sent)
+            if isinstance(conn.sock, ssl.SSLSocket):
+                self.tls_version = conn.sock.version()
             response = conn.getresponse()
             text = response.read().decode("utf-8", "replace")
-            for name, value in response.getheaders():
-                if name.lower() == "set-cookie" and value.startswith("cg_session="):
+            self.headers = response.headers
+            for value in response.headers.get_all("Set-Cookie") or []:
+                if value.startswith("cg_session="):
                     self.cookie = value.split(";", 1)[0]
+            if method == "GET":
+                self.referer = self.origin + path
             return response.status, text
         finally:
             conn.close()
