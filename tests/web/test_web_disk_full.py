@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
+from support.small_fs import run_on_small_fs
 from web_harness import CoreThread, add_users, csrf_of, login, make_config, post_form
 
 from gateway.clock import SystemClock
@@ -100,6 +101,16 @@ def counts(store: Store) -> tuple[int, int, int]:
     )
 
 
+def photo_session_then_fill(runtime: Runtime) -> tuple[FlaskClient, str]:
+    """The technician logged in with a photo session open (its page seen); then the store fills up."""
+    client = create_app(GatewayServices(runtime), runtime.config).test_client()
+    login(client, "tom")
+    location = post_form(client, "/technician", "/technician", {"patient_id": PATIENT}).headers["Location"]
+    client.get(location)
+    fill(runtime.store)
+    return client, location
+
+
 def upload(client: FlaskClient, location: str, photo: bytes) -> tuple[int, int, str]:
     """Upload through the page (Chinese); (POST status, final page status, final page text)."""
     answer = client.post(
@@ -122,11 +133,7 @@ def test_upload_into_a_full_store_is_refused_clearly_or_stored_with_its_audit_ro
     retina_runtime: Runtime, extra: int
 ) -> None:
     runtime = retina_runtime
-    client = create_app(GatewayServices(runtime), runtime.config).test_client()
-    login(client, "tom")
-    location = post_form(client, "/technician", "/technician", {"patient_id": PATIENT}).headers["Location"]
-    client.get(location)
-    fill(runtime.store)
+    client, location = photo_session_then_fill(runtime)
     allow_pages(runtime.store, extra)
     photo = emulated_camera.encode(emulated_camera.synthetic_fundus(extra, eye="R"))
 
@@ -147,11 +154,7 @@ def test_upload_into_a_full_store_is_refused_clearly_or_stored_with_its_audit_ro
 def test_the_sweep_covers_both_outcomes(retina_runtime: Runtime) -> None:
     """Sanity check of the sweep above: enough pages for the whole upload stores it, none refuses it."""
     runtime = retina_runtime
-    client = create_app(GatewayServices(runtime), runtime.config).test_client()
-    login(client, "tom")
-    location = post_form(client, "/technician", "/technician", {"patient_id": PATIENT}).headers["Location"]
-    client.get(location)
-    fill(runtime.store)
+    client, location = photo_session_then_fill(runtime)
     photo = emulated_camera.encode(emulated_camera.synthetic_fundus(1, eye="R"))
     allow_pages(runtime.store, 0)
     assert upload(client, location, photo)[1] == 507
@@ -248,33 +251,7 @@ print(answer.status_code, final.status_code, stored, audited, int("网关存储�
 
 def test_upload_onto_a_really_full_disk(tmp_path: Path) -> None:
     """The issue's case: ``min_free_mb = 0`` and the file system itself full (a tmpfs in a private namespace)."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) not installed")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    script = tmp_path / "upload.py"
-    script.write_text(REAL_DISK_SCRIPT)
-    tests = Path(__file__).resolve().parents[1]
-    probe = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", f"mount -t tmpfs -o size=8m tmpfs {mnt}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a private namespace here: {probe.stderr.strip()}")
-    proc = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-         'mount -t tmpfs -o size=8m tmpfs "$1" && exec "$2" "$3" "$1" "$4"', "sh",
-         str(mnt), sys.executable, str(script), str(tests)],
-        capture_output=True, text=True, timeout=120, cwd=tests.parent,
-        env={**os.environ, "PYTHONPATH": str(tests.parent)},  # this checkout's gateway, whatever is installed
-    )  # fmt: skip
+    proc = run_on_small_fs(REAL_DISK_SCRIPT, tmp_path, size_mb=8)
     assert proc.returncode == 0, proc.stderr[-3000:]
     posted, final, stored, audited, says_full = map(int, proc.stdout.split())
     assert 500 not in (posted, final), proc.stderr[-3000:]
