@@ -213,7 +213,9 @@ class GatewayServices:
 
     def login_succeeded(self, attempt: store_logins.LoginAttempt) -> str:
         """Open a desk session for the attempt's user (audited); the token for the session cookie."""
-        return store_logins.login_succeeded(self.store, attempt)
+        token = store_logins.login_succeeded(self.store, attempt)
+        store_logins.prune_sessions(self.store, self.session_timeouts())  # sessions nobody came back to
+        return token
 
     def desk_session(
         self, token: str, *, touch: bool = True

@@ -204,3 +204,12 @@ def test_logout_is_audited_once(client: FlaskClient, runtime: Runtime) -> None:
     actions = [r["action"] for r in audit.recent(runtime.store)]
     assert actions.count("logout") == 1 and actions.count("login") == 1
     assert PASSWORD not in str(audit.recent(runtime.store))
+
+
+def test_sessions_nobody_came_back_to_are_pruned(client: FlaskClient, runtime: Runtime, fake_clock: FakeClock) -> None:
+    login(client, "nina")
+    other = client.application.test_client()
+    fake_clock.advance(runtime.config.web.session_idle_minutes * 60 + 1)
+    login(other, "tom")  # the next login clears out what has expired
+    assert logins.session_count(runtime.store, "nina") == 0
+    assert logins.session_count(runtime.store, "tom") == 1
