@@ -143,6 +143,16 @@ class WebSection(_Section):
     secure_cookies: bool = True
     """Mark cookies Secure; turn off only for plain-HTTP loopback demos."""
     login_attempts_per_minute: int = Field(default=5, ge=1)
+    """Login attempts per user name (from any address) within a minute; more get HTTP 429 unchecked."""
+    login_attempts_per_address_per_minute: int = Field(default=20, ge=1)
+    """Login attempts from one client address (for any user names) within a minute."""
+    session_idle_minutes: int = Field(default=30, ge=1)
+    """A desk session ends after this long without a page opened or a form sent (polling does not count)."""
+    session_max_hours: int = Field(default=12, ge=1, le=168)
+    """A desk session ends this long after the login, however busy (a clinic day)."""
+    trusted_proxy: str | None = None
+    """Address of the reverse proxy in front of the pages (``127.0.0.1`` behind the installed nginx): only
+    from there are ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` believed (client address, HTTPS)."""
     status_token_file: Path | None = None
     """Secret file (0600) with a bearer token that lets monitoring scripts read ``/api/status`` without a login."""
 

@@ -17,9 +17,13 @@ from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.meters import sync_kind_for
 from gateway.runtime import Component, DeskRequest, Runtime
+from gateway.store import audit
 from gateway.store import dead_letters as store_dead_letters
+from gateway.store import logins as store_logins
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
+from gateway.store import users as store_users
+from gateway.store.audit import AuditEntry
 from gateway.store.db import QUARANTINE_KEY, new_id
 from gateway.store.events import recent_events
 from gateway.store.outbox import Outbox
@@ -161,9 +165,19 @@ class GatewayServices:
 
     # -- desk: meters ---------------------------------------------------------------------------
     def request_meter_sync(self, target: str, *, patient_id: str | None, operator: str) -> str:
-        """Ask the core to download the meter at ``target`` (BLE address, serial port or meter id)."""
+        """Ask the core to download the meter at ``target`` (BLE address, serial port or meter id); audited.
+
+        Raises:
+            DeskUnavailable: no meter component serves ``target``'s transport (nothing audited).
+            IntakeRefused / DiskFull: the store cannot take readings now (nothing asked, nothing audited).
+        """
         session_id = new_id()
         kind = sync_kind_for(target)  # Bluetooth targets to the BLE component, the rest to serial
+        if not self.runtime.desk.handles(kind):
+            raise DeskUnavailable("no meter service is running to serve this request")
+        self.store.check_intake()  # a full store is said now, not after the nurse has waited for the meter
+        audit.add(self.store, actor=operator, action="meter_sync_requested", target_kind="meter", target_id=target,
+                  patient_id=patient_id, detail={"session_id": session_id})  # fmt: skip
         request = DeskRequest(
             kind=kind,
             request_id=session_id,
@@ -202,6 +216,55 @@ class GatewayServices:
     def link_meter(self, meter_id: str, patient_id: str, *, actor: str) -> None:
         """Register a meter to a patient (audited)."""
         store_readings.link_meter_to_patient(self.store, meter_id, patient_id, actor=actor)
+
+    # -- desk logins and sessions (web area) -----------------------------------------------------
+    def login_limits(self) -> store_logins.LoginLimits:
+        """Login attempts allowed per user name and per client address within a minute (from config)."""
+        web = self.runtime.config.web
+        return store_logins.LoginLimits(
+            per_user=web.login_attempts_per_minute, per_address=web.login_attempts_per_address_per_minute
+        )
+
+    def session_timeouts(self) -> store_logins.SessionTimeouts:
+        """Idle and absolute lifetime of a desk session (from config)."""
+        web = self.runtime.config.web
+        return store_logins.SessionTimeouts(
+            idle=timedelta(minutes=web.session_idle_minutes), absolute=timedelta(hours=web.session_max_hours)
+        )
+
+    def user(self, username: str) -> store_users.UserRow | None:
+        """A local user of the pages (disabled ones included), or None."""
+        return store_users.get_user(self.store, username) if username else None
+
+    def begin_login(self, username: str, address: str) -> store_logins.LoginAttempt:
+        """Check and record a login attempt atomically; raises LoginThrottled (audited) past a limit."""
+        return store_logins.reserve_attempt(self.store, username=username, address=address, limits=self.login_limits())
+
+    def login_failed(self, attempt: store_logins.LoginAttempt) -> None:
+        """The attempt's name or password was wrong (it keeps counting; audited)."""
+        store_logins.login_failed(self.store, attempt)
+
+    def login_succeeded(self, attempt: store_logins.LoginAttempt) -> str:
+        """Open a desk session for the attempt's user (audited); the token for the session cookie."""
+        token = store_logins.login_succeeded(self.store, attempt)
+        store_logins.prune_sessions(self.store, self.session_timeouts())  # sessions nobody came back to
+        return token
+
+    def desk_session(
+        self, token: str, *, touch: bool = True
+    ) -> tuple[store_users.UserRow, store_logins.WebSession] | None:
+        """The user and session a session token opens, or None (logged out, timed out, user disabled)."""
+        session = store_logins.live_session(self.store, token, self.session_timeouts(), touch=touch)
+        if session is None:
+            return None
+        user = store_users.get_user(self.store, session.username)
+        if user is None or user.disabled:
+            return None
+        return user, session
+
+    def logout(self, token: str, *, actor: str) -> None:
+        """End the session ``token`` opens, for every copy of its cookie (audited)."""
+        store_logins.end_session(self.store, token, actor=actor)
 
     # -- outbox (operations) --------------------------------------------------------------------
     def retry_parked(self, kind: str | None = None) -> int:
@@ -251,11 +314,36 @@ class GatewayServices:
         return self.runtime.desk.handles(RETINA_CAPTURE)
 
     def start_retina_session(self, patient_id: str, *, operator: str) -> str:
-        """Open a retinal capture session for a patient at the technician's desk."""
-        return store_sessions.start_session(self.store, "retina", patient_id=patient_id, operator=operator)
+        """Open a retinal capture session for a patient at the technician's desk (audited, same transaction)."""
+        session_id = new_id()
+        with self.store.transaction():
+            store_sessions.start_session(
+                self.store, "retina", patient_id=patient_id, operator=operator, session_id=session_id
+            )
+            audit.add(self.store, actor=operator, action="retina_session_started", target_kind="session",
+                      target_id=session_id, patient_id=patient_id)  # fmt: skip
+        return session_id
 
-    def _submit_retina(self, kind: str, params: dict[str, Any], operator: str) -> str:
+    def _submit_retina(
+        self,
+        kind: str,
+        params: dict[str, Any],
+        operator: str,
+        *,
+        action: str,
+        nbytes: int = 0,
+        retake_of: str | None = None,
+    ) -> str:
+        self.store.check_intake(nbytes)  # a full store is said at once, before the photo is handed over
         request_id = new_id()
+        params["audit"] = AuditEntry(
+            actor=operator,
+            action=action,
+            target_kind="session",
+            target_id=params.get("session_id"),
+            patient_id=params.get("patient_id"),
+            detail={"request_id": request_id, "eye": params["eye"], "field": params["field"], "retake_of": retake_of},
+        )
         self.runtime.progress.put(request_id, kind="retina", state="queued")
         request = DeskRequest(kind=kind, request_id=request_id, params=params, operator=operator)
         if not self.runtime.desk.submit(request):
@@ -264,18 +352,41 @@ class GatewayServices:
         return request_id
 
     def request_capture(
-        self, *, patient_id: str, eye: str, field: str, operator: str, session_id: str | None = None
+        self,
+        *,
+        patient_id: str,
+        eye: str,
+        field: str,
+        operator: str,
+        session_id: str | None = None,
+        retake_of: str | None = None,
     ) -> str:
-        """Ask the core to take a photo with the camera now; poll :meth:`progress` with the returned id."""
+        """Ask the core to take a photo with the camera now; poll :meth:`progress` with the returned id.
+
+        The photo is audited (``retina_capture``, or ``retina_retake`` with ``retake_of``) in the transaction
+        that stores it. Raises IntakeRefused / DiskFull when the store cannot take a photo now.
+        """
+        action = "retina_retake" if retake_of else "retina_capture"
         params = {"patient_id": patient_id, "eye": eye, "field": field, "session_id": session_id}
-        return self._submit_retina(RETINA_CAPTURE, params, operator)
+        return self._submit_retina(RETINA_CAPTURE, params, operator, action=action, retake_of=retake_of)
 
     def upload_capture(
-        self, data: bytes, *, patient_id: str, eye: str, field: str, operator: str, session_id: str | None = None
+        self,
+        data: bytes,
+        *,
+        patient_id: str,
+        eye: str,
+        field: str,
+        operator: str,
+        session_id: str | None = None,
     ) -> str:
-        """Hand a photo uploaded at the desk to the core; poll :meth:`progress` with the returned id."""
+        """Hand a photo uploaded at the desk to the core; poll :meth:`progress` with the returned id.
+
+        Audited (``retina_upload``) in the transaction that stores it. Raises IntakeRefused / DiskFull when
+        the store cannot take ``data`` now.
+        """
         params = {"data": data, "patient_id": patient_id, "eye": eye, "field": field, "session_id": session_id}
-        return self._submit_retina(RETINA_UPLOAD, params, operator)
+        return self._submit_retina(RETINA_UPLOAD, params, operator, action="retina_upload", nbytes=len(data))
 
     def preview_stream(self, max_frames: int | None = None) -> tuple[str, Iterator[bytes]] | None:
         """The camera's live preview as (content type, MJPEG parts), or None when no retina component runs.
@@ -336,7 +447,6 @@ class GatewayServices:
         Returns False (and audits nothing) when the referral is unknown or was already acknowledged, so a
         double click or two desks acknowledging at once leave one audit row.
         """
-        from gateway.store import audit
         from gateway.store import referrals as store_referrals
 
         row = store_referrals.get_referral(self.store, referral_id)

@@ -26,6 +26,7 @@ from gateway.records import Capture, Eye, Field, QualityVerdict, TriageResult
 from gateway.retina import imaging, quality
 from gateway.retina.triage import TriageModel
 from gateway.store import Store
+from gateway.store.audit import AuditEntry
 from gateway.store.captures import StoredCapture, add_capture
 from gateway.store.db import new_id
 from gateway.store.events import add_event
@@ -53,6 +54,8 @@ class CaptureMeta:
     operator: str | None = None
     captured_at: datetime | None = None
     """When the photo was taken, if known (default: now)."""
+    audit: AuditEntry | None = None
+    """The desk action that asked for the photo: recorded with the capture, in its transaction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +99,7 @@ class RetinaIntake:
             CaptureError: the bytes are not an acceptable image (nothing stored).
             IntakeRefused / StoreError: the store cannot take it (nothing half-stored).
         """
-        self.store.check_intake()  # refuse early, before spending CPU on a photo we cannot keep
+        self.store.check_intake(len(data))  # refuse early, before spending CPU on a photo we cannot keep
         found = self.assess(data)
         decoded = found.decoded
         capture = Capture(
@@ -116,7 +119,9 @@ class RetinaIntake:
             session_id=meta.session_id,
             operator=meta.operator,
         )
-        stored = add_capture(self.store, capture, data, chunk_size=self.chunk_size, folder_file=folder_file)
+        stored = add_capture(
+            self.store, capture, data, chunk_size=self.chunk_size, folder_file=folder_file, audit_entry=meta.audit
+        )
         if found.triage_error is not None and not stored.duplicate:
             with contextlib.suppress(GatewayError):
                 add_event(

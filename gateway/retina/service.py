@@ -14,8 +14,12 @@ request kind       params
 ``retina_upload``  ``data`` (bytes), ``patient_id``, ``eye``, ``field``, ``session_id``: a photo from the page
 =================  ==============================================================================
 
+Capture and upload requests may carry ``audit`` (an :class:`~gateway.store.audit.AuditEntry`): the desk action,
+recorded in the transaction that stores the photo.
+
 Progress entries: ``{kind: "retina", state: "working"|"done"|"failed", capture_id, quality_ok, reasons,
-decision, referable_probability, model_version, duplicate, eye, eye_suggested, eye_differs, error}``
+decision, referable_probability, model_version, duplicate, eye, eye_suggested, eye_differs, error,
+storage_full}`` (``storage_full``: failed because the store is full or below its free-space floor)
 (``eye_differs``: the photo looks like the other eye, from where the optic disc is; show it as a check).
 The live preview for the page is :meth:`RetinaService.preview` (thread-safe, never raises).
 
@@ -34,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import CaptureError, DeviceError, GatewayError, ModelError, StoreError
+from gateway.errors import CaptureError, DeviceError, DiskFull, GatewayError, IntakeRefused, ModelError, StoreError
 from gateway.records import Eye, Field
 from gateway.retina import imaging, quality
 from gateway.retina.imaging import MIB
@@ -43,6 +47,7 @@ from gateway.retina.source import Camera, ExportFolder, ReadyFile, eye_field_fro
 from gateway.retina.triage import TriageModel
 from gateway.runtime import Component, DeskRequest, Runtime
 from gateway.store import captures as store_captures
+from gateway.store.audit import AuditEntry
 from gateway.store.events import add_event
 
 _logger = logging.getLogger(__name__)
@@ -201,7 +206,12 @@ class RetinaService:
         except GatewayError as exc:
             _logger.warning("retina %s failed: %s: %s", request.kind, type(exc).__name__, exc)
             progress.put(
-                request.request_id, kind="retina", state="failed", error=str(exc), error_kind=type(exc).__name__
+                request.request_id,
+                kind="retina",
+                state="failed",
+                error=str(exc),
+                error_kind=type(exc).__name__,
+                storage_full=isinstance(exc, DiskFull | IntakeRefused),  # the page says so in its language
             )
             return
         progress.put(request.request_id, kind="retina", state="done", **describe_result(result))
@@ -215,6 +225,7 @@ class RetinaService:
             raise CaptureError("eye must be L or R and field disc or macula") from None
         if eye is None or field is None:
             raise CaptureError("choose the eye (L/R) and the field (disc/macula) before taking the photo")
+        entry = params.get("audit")
         return CaptureMeta(
             eye=eye,
             field=field,
@@ -222,6 +233,7 @@ class RetinaService:
             patient_id=params.get("patient_id", target.patient_id),
             session_id=params.get("session_id", target.session_id),
             operator=operator or target.operator,
+            audit=entry if isinstance(entry, AuditEntry) else None,
         )
 
     def capture(self, meta: CaptureMeta) -> IntakeResult:

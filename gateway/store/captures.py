@@ -23,6 +23,8 @@ from gateway.errors import FrameError, StoreError
 from gateway.forward import chunks as chunking
 from gateway.forward import contract
 from gateway.records import Capture
+from gateway.store import audit
+from gateway.store.audit import AuditEntry
 from gateway.store.db import Store, iso, new_id, translate_sqlite_errors
 from gateway.store.outbox import enqueue
 
@@ -103,12 +105,16 @@ def add_capture(
     *,
     chunk_size: int,
     folder_file: str | None = None,
+    audit_entry: AuditEntry | None = None,
 ) -> StoredCapture:
     """Store a capture: image file, then row + ``retina/capture`` message + chunk messages in ONE transaction.
 
     The same bytes for the same patient, eye, field and source are a duplicate: the first capture is
     returned and nothing is queued again. ``folder_file`` (a name in the camera's export folder) is
     recorded in the folder ledger in the same transaction, so the file is never taken twice.
+    ``audit_entry`` (the desk action that brought the photo) is recorded in that transaction too, with the
+    capture id: a photo is never stored without its audit row, nor an audit row written for a photo that
+    was not stored.
 
     Raises:
         IntakeRefused: free space is below the floor (nothing written).
@@ -117,14 +123,17 @@ def add_capture(
     """
     if len(data) != capture.size_bytes:
         raise ValueError(f"capture says {capture.size_bytes} bytes, data has {len(data)}")
-    store.check_intake()
+    store.check_intake(len(data))
     relative = relative_image_path(capture.sha256, capture.media_type)
     duplicate_of = _find_duplicate(store, capture)
     if duplicate_of is not None:
-        if folder_file is not None:
-            _record_folder_file(
-                store, folder_file, capture.sha256, len(data), outcome="duplicate", capture_id=duplicate_of
-            )
+        if folder_file is not None or audit_entry is not None:
+            with store.transaction(durable=True) as db:
+                if folder_file is not None:
+                    _ledger_insert(db, folder_file, capture.sha256, len(data), outcome="duplicate",
+                                   capture_id=duplicate_of, at=iso(store.clock.utc_now()))  # fmt: skip
+                if audit_entry is not None:
+                    audit.record_entry(db, store, audit_entry, capture_id=duplicate_of, duplicate=True)
         return StoredCapture(
             capture_id=duplicate_of,
             message_id=None,
@@ -202,6 +211,8 @@ def add_capture(
             _ledger_insert(
                 db, folder_file, capture.sha256, len(data), outcome="stored", capture_id=capture.capture_id, at=iso(now)
             )
+        if audit_entry is not None:
+            audit.record_entry(db, store, audit_entry, capture_id=capture.capture_id)
     return StoredCapture(
         capture_id=capture.capture_id, message_id=message_id, chunks=len(plan), image_path=path, duplicate=False
     )

@@ -30,6 +30,8 @@ _logger = logging.getLogger(__name__)
 SQLITE_HEADER = b"SQLite format 3\x00"
 SIDECARS = ("-wal", "-shm")
 """Files SQLite keeps next to a WAL-mode database."""
+INTAKE_HEADROOM_BYTES = 1024 * 1024
+"""Room an intake needs besides its own bytes (WAL frames of the rows and indexes it writes)."""
 QUARANTINE_KEY = "quarantined_file"
 
 
@@ -133,10 +135,14 @@ class Store:
         target = self.path.parent if self.path is not None else self.image_dir
         return shutil.disk_usage(target).free
 
-    def check_intake(self) -> None:
-        """Refuse new clinical intake when free space is below the floor. Stored data stays safe."""
-        if self.min_free_mb and self.free_bytes() < self.min_free_mb * 1024 * 1024:
+    def check_intake(self, nbytes: int = 0) -> None:
+        """Refuse new clinical intake when free space is below the floor, or (whatever the floor, also 0) when
+        ``nbytes`` plus a little room for the database's own writes would not fit. Stored data stays safe."""
+        free = self.free_bytes()
+        if self.min_free_mb and free < self.min_free_mb * 1024 * 1024:
             raise IntakeRefused(f"intake refused: less than {self.min_free_mb} MB free on the store's file system")
+        if free < nbytes + INTAKE_HEADROOM_BYTES:
+            raise DiskFull(f"the store's file system is full ({free // 1024} KiB free, {nbytes // 1024} KiB needed)")
 
     # -- small key/value state ---------------------------------------------------------------
     def get_kv(self, key: str) -> str | None:

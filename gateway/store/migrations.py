@@ -237,3 +237,31 @@ def _downlink_dead_letters(db: Database) -> None:
         ALTER TABLE referrals ADD COLUMN held_reason TEXT;
         """
     )
+
+
+@MIGRATIONS(name="0006_web_sessions_login_limits")
+def _web_sessions_login_limits(db: Database) -> None:
+    # Server-side desk sessions (keyed by a digest of the cookie's token: logout, a password change or a
+    # disabled user delete the rows, which ends every copy of the cookie) and login attempts counted per
+    # user name (a digest) and per client address, checked and recorded in one transaction. The old
+    # failure counter keyed by address + name is replaced by the attempts table; it is dropped first so
+    # its pages are reused (a small table of sessions needs no index besides its key).
+    db.executescript(
+        """
+        DROP TABLE web_login_failures;
+        CREATE TABLE web_sessions (
+            token_sha256 TEXT PRIMARY KEY,
+            username TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            last_seen_at TEXT NOT NULL,
+            address TEXT
+        ) WITHOUT ROWID;
+        CREATE TABLE web_login_attempts (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL CHECK (scope IN ('user', 'address')),
+            key TEXT NOT NULL,
+            at TEXT NOT NULL
+        );
+        CREATE INDEX web_login_attempts_scope_key_at ON web_login_attempts (scope, key, at);
+        """
+    )

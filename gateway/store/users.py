@@ -1,4 +1,4 @@
-"""Local users of the pages (nurse, technician, IT, admin) and the failed-login counter behind the rate limit.
+"""Local users of the pages (nurse, technician, IT, admin). Login attempts and sessions: :mod:`.logins`.
 
 Passwords are stored only as hashes made by the caller (``werkzeug.security``); this module never sees a
 plain password. User names are not patient data and may be logged; nothing here stores patient data.
@@ -7,11 +7,11 @@ plain password. User names are not patient data and may be logged; nothing here 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final, Literal, cast
 
 from gateway.errors import GatewayError
 from gateway.store.db import Store, iso
+from gateway.store.logins import end_user_sessions
 
 Role = Literal["nurse", "technician", "it", "admin"]
 ROLES: Final[tuple[Role, ...]] = ("nurse", "technician", "it", "admin")
@@ -71,44 +71,25 @@ def list_users(store: Store) -> list[UserRow]:
     return [_row(r) for r in store.query("SELECT * FROM users ORDER BY username")]
 
 
-def _update(store: Store, username: str, column: str, value: Any) -> None:
+def _update(store: Store, username: str, column: str, value: Any, *, end_sessions: bool = False) -> None:
     with store.transaction() as db:
         cur = db.execute(f"UPDATE users SET {column} = ? WHERE username = ?", [value, username])
         if cur.rowcount == 0:
             raise UserError(f"no user {username!r}")
+        if end_sessions:  # in the same transaction: no request sees the change without the logout
+            end_user_sessions(db, username)
 
 
 def set_disabled(store: Store, username: str, disabled: bool = True) -> None:
-    """Disable (or re-enable) a user; a disabled user cannot log in and existing sessions end."""
-    _update(store, username, "disabled", int(disabled))
+    """Disable (or re-enable) a user; disabling ends every session of the user at once."""
+    _update(store, username, "disabled", int(disabled), end_sessions=disabled)
 
 
 def set_password_hash(store: Store, username: str, password_hash: str) -> None:
-    """Replace a user's password hash."""
-    _update(store, username, "password_hash", password_hash)
+    """Replace a user's password hash and end every session of the user."""
+    _update(store, username, "password_hash", password_hash, end_sessions=True)
 
 
 def set_language(store: Store, username: str, language: str | None) -> None:
     """Remember the user's page language (``en``, ``zh``), or None to follow the browser."""
     _update(store, username, "language", language)
-
-
-# -- failed logins (rate limit) ----------------------------------------------------------------
-def record_login_failure(store: Store, key: str) -> None:
-    """Note one failed login for ``key`` (client address + user name)."""
-    with store.transaction(durable=False) as db:
-        db.execute("INSERT INTO web_login_failures (key, at) VALUES (?, ?)", [key, iso(store.clock.utc_now())])
-
-
-def login_failures_since(store: Store, key: str, since: datetime) -> int:
-    """Failed logins for ``key`` at or after ``since``."""
-    return int(store.scalar("SELECT count(*) FROM web_login_failures WHERE key = ? AND at >= ?", [key, iso(since)]))
-
-
-def clear_login_failures(store: Store, key: str | None = None, *, before: datetime | None = None) -> None:
-    """Forget failures of ``key`` (after a good login), or every failure older than ``before``."""
-    with store.transaction(durable=False) as db:
-        if key is not None:
-            db.execute("DELETE FROM web_login_failures WHERE key = ?", [key])
-        if before is not None:
-            db.execute("DELETE FROM web_login_failures WHERE at < ?", [iso(before)])

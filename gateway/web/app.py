@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.security import generate_password_hash
 
 from gateway.config import GatewayConfig, read_secret
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DiskFull, IntakeRefused, StoreError
 from gateway.services import GatewayServices
 from gateway.web import auth, i18n, nurse, referrals, status, technician
 from gateway.web.context import EXTENSION_KEY, WebContext
@@ -35,8 +35,6 @@ CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
 )
-SESSION_HOURS = 12
-"""A desk session lasts a clinic day; CSRF tokens live as long, so a page left open all day still submits."""
 
 
 def load_or_create_secret(path: Path) -> str:
@@ -71,8 +69,10 @@ def create_app(services: GatewayServices, config: GatewayConfig) -> Flask:
         REMEMBER_COOKIE_SECURE=web.secure_cookies,
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SAMESITE="Lax",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
-        WTF_CSRF_TIME_LIMIT=SESSION_HOURS * 3600,
+        # The server-side session (gateway.store.logins) decides who is logged in; the cookie and the CSRF
+        # tokens in it live as long as a session may, so a page left open all day still submits.
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=web.session_max_hours),
+        WTF_CSRF_TIME_LIMIT=web.session_max_hours * 3600,
         MAX_CONTENT_LENGTH=int((config.retina.max_image_mb + 1) * 1024 * 1024),
         BABEL_TRANSLATION_DIRECTORIES=str(i18n.TRANSLATIONS_DIR),
         CG_DUMMY_HASH=generate_password_hash(secrets.token_hex(16)),
@@ -94,6 +94,7 @@ def create_app(services: GatewayServices, config: GatewayConfig) -> Flask:
             "role_names": i18n.ROLE_NAMES,
             "state_names": i18n.STATE_NAMES,
             "meal_names": i18n.MEAL_NAMES,
+            "storage_full_text": i18n.STORAGE_FULL_TEXT,
         }
 
     clinic_tz = ZoneInfo(config.gateway.timezone)
@@ -116,6 +117,17 @@ def create_app(services: GatewayServices, config: GatewayConfig) -> Flask:
         _logger.warning("refused a form without a valid CSRF token on %s", request.path)
         message = _("This form has expired or did not come from this gateway. Go back, reload the page and try again.")
         return render_template("error.html", code=400, message=message), 400
+
+    def _storage_full(exc: StoreError) -> ResponseReturnValue:
+        # A full store (or one below its free-space floor) refused a write: nothing of this request was
+        # stored, which is what the desk must hear, in its language, never as a 500.
+        _logger.warning("refused %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        if "/api/" in request.path:
+            return {"error": "storage full"}, 507
+        return render_template("error.html", code=507, message=i18n.STORAGE_FULL_TEXT), 507
+
+    app.register_error_handler(DiskFull, _storage_full)
+    app.register_error_handler(IntakeRefused, _storage_full)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> ResponseReturnValue:

@@ -1,40 +1,54 @@
 """Login, logout and roles for the pages.
 
 - Users live in the store's ``users`` table (``gateway user add``); passwords are hashed with
-  ``werkzeug.security`` (scrypt). A disabled user, or one whose password changed, loses every session:
-  the session id carries a digest of the password hash and the loader checks it on each request.
-- Failed logins are counted per client address + user name in the store; at
-  ``web.login_attempts_per_minute`` failures within a minute further attempts get HTTP 429 without the
-  password being checked, until the minute has passed.
-- Every login, failed login, refusal and logout goes to the audit table.
+  ``werkzeug.security`` (scrypt).
+- Sessions are server-side (:mod:`gateway.store.logins`): the signed cookie carries a random token whose
+  digest names a row in the store. Logout deletes the row; a password change or disabling the user deletes
+  all the user's rows; a session also ends ``web.session_idle_minutes`` after its last page or form
+  (polling requests under ``/api/`` do not count) and ``web.session_max_hours`` after the login. Any copy of
+  the cookie stops working with the row.
+- Login attempts are limited per user name (``web.login_attempts_per_minute``, from any address) and per
+  client address (``web.login_attempts_per_address_per_minute``, for any names) within a minute, checked and
+  recorded in one store transaction before the password is looked at; past either limit the answer is HTTP
+  429 with ``Retry-After`` and no password check.
+- Every login, failed login, refusal and logout goes to the audit table, in the transaction of what it records.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
-from datetime import timedelta
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from gateway.store import Store, audit
-from gateway.store import users as store_users
+from gateway.services import GatewayServices
+from gateway.store import audit
+from gateway.store.logins import LoginThrottled
 from gateway.store.users import Role, UserRow
-from gateway.web.context import services, web_context
+from gateway.web.context import services
 
 _logger = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
-RATE_WINDOW = timedelta(minutes=1)
 HOME_OF_ROLE: dict[str, str] = {
     "nurse": "nurse.desk",
     "technician": "technician.desk",
@@ -51,35 +65,31 @@ def hash_password(password: str) -> str:
     return generate_password_hash(password)
 
 
-def _hash_digest(password_hash: str) -> str:
-    # Put a digest, not the hash itself, into the (signed, not encrypted) session cookie.
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
-
-
 class WebUser(UserMixin):  # type: ignore[misc]
-    """The logged-in user as flask-login sees it."""
+    """The logged-in user as flask-login sees it: the user and the token of their server-side session."""
 
-    def __init__(self, row: UserRow) -> None:
+    def __init__(self, row: UserRow, token: str) -> None:
         self.username = row.username
         self.role: Role = row.role
         self.language = row.language
-        self._digest = _hash_digest(row.password_hash)
+        self._token = token
 
     def get_id(self) -> str:
-        return f"{self.username}\x1f{self._digest}"
+        return self._token
 
     def has_role(self, *roles: str) -> bool:
         """True for any of ``roles``; admin may do everything."""
         return self.role == "admin" or self.role in roles
 
 
-def load_user(user_id: str) -> WebUser | None:
-    """flask-login's loader: the user, unless disabled, deleted or re-passworded since the login."""
-    username, _sep, digest = user_id.partition("\x1f")
-    row = store_users.get_user(services().store, username)
-    if row is None or row.disabled or _hash_digest(row.password_hash) != digest:
+def load_user(token: str) -> WebUser | None:
+    """flask-login's loader: the user of a live session (not logged out, timed out, disabled or re-passworded)."""
+    # A page polling for progress must not keep its session alive: only pages and forms count as use.
+    found = services().desk_session(token, touch="/api/" not in request.path)
+    if found is None:
         return None
-    return WebUser(row)
+    row, _session = found
+    return WebUser(row, token)
 
 
 def _unauthorized() -> ResponseReturnValue:
@@ -121,6 +131,29 @@ def roles_required(*roles: str) -> Callable[[Callable[P, R]], Callable[P, R | Re
     return decorate
 
 
+def desk_record(row: dict[str, Any] | None, *, kind: str, target_id: str) -> dict[str, Any]:
+    """A desk session or request of ``kind`` (``meter`` for the nurse, ``retina`` for the technician).
+
+    Missing: 404. Of another desk's kind: also 404 (a nurse has no business knowing that a photo session of
+    that id exists, let alone whose it is), audited and logged, because asking for one is not an accident.
+    """
+    if row is None:
+        abort(404)
+    if row.get("kind") != kind:
+        audit.add(
+            services().store,
+            actor=current_user.username,
+            action="access_refused",
+            target_kind="session",
+            target_id=target_id,
+            detail={"path": request.path, "kind": row.get("kind"), "desk": kind},
+        )
+        _logger.warning("user %s asked the %s desk for a %s session (%s)", current_user.username, kind,
+                        row.get("kind"), target_id)  # fmt: skip
+        abort(404)
+    return row
+
+
 def safe_next(target: str | None, default: str) -> str:
     """A local path to go to after login or a language switch (never another site)."""
     if not target:
@@ -136,10 +169,10 @@ def home_url() -> str:
     return url_for(HOME_OF_ROLE.get(current_user.role, "status.page"))
 
 
-def _loggable(store: Store, username: str) -> str:
+def _loggable(svc: GatewayServices, username: str) -> str:
     """A typed user name for the log, only when it names a real user: a patient id scanned into the
     wrong field must not end up in the log."""
-    return f"user {username}" if username and store_users.get_user(store, username) else "an unknown user name"
+    return f"user {username}" if svc.user(username) else "an unknown user name"
 
 
 @bp.get("/")
@@ -152,44 +185,41 @@ def index() -> ResponseReturnValue:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> ResponseReturnValue:
-    """Log in with user name and password (rate limited per client address and user name)."""
+    """Log in with user name and password (attempts limited per user name and per client address)."""
     if request.method == "GET":
         return render_template("login.html", next=request.args.get("next", ""))
-    context = web_context()
-    store = context.services.store
+    svc = services()
     username = request.form.get("username", "").strip()[:64]
     password = request.form.get("password", "")
-    key = f"{request.remote_addr}|{username}"
-    now = store.clock.utc_now()
-    limit = context.config.web.login_attempts_per_minute
-    if store_users.login_failures_since(store, key, now - RATE_WINDOW) >= limit:
-        audit.add(store, actor=username or "-", action="login_rate_limited", detail={"ip": request.remote_addr})
-        _logger.warning("login rate limit hit for %s from %s", _loggable(store, username), request.remote_addr)
-        return render_template("login.html", next="", error=_("Too many attempts. Wait a minute and try again.")), 429
-    row = store_users.get_user(store, username) if username else None
+    address = request.remote_addr or "-"
+    try:
+        attempt = svc.begin_login(username, address)  # checked and recorded before any password check
+    except LoginThrottled as exc:
+        _logger.warning("login rate limit (per %s) hit for %s from %s", exc.scope, _loggable(svc, username), address)
+        page = render_template("login.html", next="", error=_("Too many attempts. Wait a minute and try again."))
+        response = make_response(page, 429)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
+    row = svc.user(username)
     # Check a hash even for unknown users so the answer time does not tell which names exist.
     ok = check_password_hash(row.password_hash if row else current_app.config["CG_DUMMY_HASH"], password)
     if row is None or row.disabled or not ok:
-        store_users.record_login_failure(store, key)
-        store_users.clear_login_failures(store, before=now - timedelta(days=1))
-        audit.add(store, actor=username or "-", action="login_failed", detail={"ip": request.remote_addr})
-        _logger.info("failed login for %s from %s", _loggable(store, username), request.remote_addr)
+        svc.login_failed(attempt)
+        _logger.info("failed login for %s from %s", _loggable(svc, username), address)
         return render_template(
             "login.html", next=request.form.get("next", ""), error=_("Wrong user name or password.")
         ), 401
-    store_users.clear_login_failures(store, key)
-    user = WebUser(row)
+    user = WebUser(row, svc.login_succeeded(attempt))
     login_user(user)
-    audit.add(store, actor=user.username, action="login", detail={"ip": request.remote_addr})
     _logger.info("user %s logged in (%s)", user.username, user.role)
     return redirect(safe_next(request.form.get("next"), home_url()))
 
 
 @bp.post("/logout")
 def logout() -> Response | ResponseReturnValue:
-    """End the session."""
+    """End the session: its row goes, so every copy of the cookie is logged out too."""
     if current_user.is_authenticated:
-        audit.add(services().store, actor=current_user.username, action="logout")
+        services().logout(current_user.get_id(), actor=current_user.username)
         logout_user()
     flash(_("You are logged out."))
     return redirect(url_for("auth.login"))

@@ -26,6 +26,10 @@ _logger = logging.getLogger(__name__)
 
 WEB_THREADS = 8
 """Waitress worker threads: a few desks, each with a preview stream and a polling script."""
+LOOP_TIMEOUT_S = 1
+"""Waitress's select() timeout, in whole seconds: waitress reads it as an int, so 0.5 became 0 and its loop
+polled ~30,000 times a second (a whole core). New connections and the close trigger wake the loop at once;
+the timeout only bounds how late idle-channel housekeeping runs."""
 SAMPLE_INTERVAL_S = 60.0
 SAMPLE_KEEP_HOURS = 24.0
 
@@ -68,8 +72,9 @@ class WebServer:
                 port=web.port,
                 threads=WEB_THREADS,
                 ident="clinic-gateway",
-                asyncore_loop_timeout=0.5,
+                asyncore_loop_timeout=LOOP_TIMEOUT_S,
                 clear_untrusted_proxy_headers=True,
+                **proxy_settings(web.trusted_proxy),
             )
         except OSError as exc:
             raise GatewayError(f"web: cannot listen on {web.host}:{web.port}: {exc.strerror}") from exc
@@ -89,6 +94,22 @@ class WebServer:
             _stop(server)
             await asyncio.to_thread(thread.join, 5.0)
             self.started.clear()
+
+
+PROXY_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+"""What config/nginx/clinic-gateway.conf sets (the host carries the port the browser used)."""
+
+
+def proxy_settings(trusted_proxy: str | None) -> dict[str, Any]:
+    """Waitress settings that believe the ``X-Forwarded-*`` headers of one reverse proxy (and nobody else's).
+
+    Behind the installed nginx (docs/operations.md), the client's address then reaches the login limits
+    and ``https`` reaches Flask, so secure cookies and redirects work; from any other peer the headers are
+    removed (``clear_untrusted_proxy_headers``) so a client cannot claim another address or scheme.
+    """
+    if trusted_proxy is None:
+        return {}
+    return {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1, "trusted_proxy_headers": set(PROXY_HEADERS)}
 
 
 def _stop(server: BaseWSGIServer | MultiSocketServer) -> None:

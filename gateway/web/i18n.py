@@ -48,6 +48,11 @@ STATE_NAMES = {
     "interrupted": _l("interrupted: what arrived is kept; download again to continue"),
     "failed": _l("failed"),
 }
+STORAGE_FULL_TEXT = _l(
+    "The gateway's storage is full: nothing was saved, please do not retake. "
+    "Ask IT to free space (status page); everything stored before is safe and is still being sent."
+)
+"""What a desk sees when the store cannot take what was asked (HTTP 507)."""
 MEAL_NAMES = {
     "before_meal": _l("before meal"),
     "after_meal": _l("after meal"),

@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_login import current_user
 
 from gateway.services import DeskUnavailable
-from gateway.store import audit
-from gateway.web.auth import roles_required
+from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services
 
 _logger = logging.getLogger(__name__)
@@ -85,24 +84,12 @@ def start_sync() -> ResponseReturnValue:
         return render_template(
             "nurse.html", patient_id=patient_id, meters=_meters(), sessions=svc.sessions_today("meter")
         )
-    audit.add(
-        svc.store,
-        actor=current_user.username,
-        action="meter_sync_requested",
-        target_kind="meter",
-        target_id=target,
-        patient_id=patient_id,
-        detail={"session_id": session_id},
-    )
     _logger.info("user %s started meter download %s on %s", current_user.username, session_id, target)
     return redirect(url_for("nurse.session", session_id=session_id))
 
 
 def _session_or_404(session_id: str) -> dict[str, Any]:
-    progress = services().progress(session_id)
-    if progress is None:
-        abort(404)
-    return progress
+    return desk_record(services().progress(session_id), kind="meter", target_id=session_id)
 
 
 @bp.get("/session/<session_id>")

@@ -18,8 +18,7 @@ from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 
 from gateway.services import DeskUnavailable
-from gateway.store import audit
-from gateway.web.auth import roles_required
+from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services, web_context
 from gateway.web.nurse import clean_patient_id
 from gateway.web.referrals import decision_text as referral_text
@@ -60,8 +59,8 @@ def reason_text(reason: str) -> str:
 
 
 def _retina_session(session_id: str) -> dict[str, Any]:
-    row = services().progress(session_id)
-    if row is None or row.get("kind") != "retina" or not row.get("patient_id"):
+    row = desk_record(services().progress(session_id), kind="retina", target_id=session_id)
+    if not row.get("patient_id"):  # a capture request's id, not a session's
         abort(404)
     return row
 
@@ -80,19 +79,11 @@ def desk() -> ResponseReturnValue:
             flash(_("Enter or scan a patient id."), "error")
         else:
             session_id = services().start_retina_session(patient_id, operator=current_user.username)
-            audit.add(
-                services().store,
-                actor=current_user.username,
-                action="retina_session_started",
-                target_kind="session",
-                target_id=session_id,
-                patient_id=patient_id,
-            )
             return redirect(url_for("technician.session", session_id=session_id))
     return render_template("technician.html", retina_available=services().retina_available())
 
 
-def _session_page(session_id: str, result: dict[str, Any] | None = None, **extra: Any) -> ResponseReturnValue:
+def _session_page(session_id: str, result: dict[str, Any] | None = None, **extra: Any) -> str:
     row = _retina_session(session_id)
     svc = services()
     captures = svc.captures(session_id=session_id)
@@ -142,21 +133,18 @@ def _submit(session_id: str, *, upload: bool) -> ResponseReturnValue:
             )
         else:
             request_id = svc.request_capture(
-                patient_id=patient_id, eye=eye, field=field, operator=current_user.username, session_id=session_id
+                patient_id=patient_id,
+                eye=eye,
+                field=field,
+                operator=current_user.username,
+                session_id=session_id,
+                retake_of=request.form.get("retake_of") or None,
             )
     except DeskUnavailable:
         flash(_("The retina service is not running. Ask IT to check the gateway."), "error")
         return redirect(url_for("technician.session", session_id=session_id, eye=eye, field=field))
-    action = "retina_upload" if upload else ("retina_retake" if request.form.get("retake_of") else "retina_capture")
-    audit.add(
-        svc.store,
-        actor=current_user.username,
-        action=action,
-        target_kind="session",
-        target_id=session_id,
-        patient_id=patient_id,
-        detail={"request_id": request_id, "eye": eye, "field": field, "retake_of": request.form.get("retake_of")},
-    )
+    # The audit row is written by the store together with the photo (never here, after handing it over).
+    action = "upload" if upload else "capture"
     _logger.info("user %s asked for retina %s %s (session %s)", current_user.username, action, request_id, session_id)
     return redirect(url_for("technician.result", session_id=session_id, request_id=request_id, eye=eye, field=field))
 
@@ -176,10 +164,7 @@ def upload(session_id: str) -> ResponseReturnValue:
 
 
 def _request_state(request_id: str) -> dict[str, Any]:
-    state = services().progress(request_id)
-    if state is None or state.get("kind") != "retina":
-        abort(404)
-    return state
+    return desk_record(services().progress(request_id), kind="retina", target_id=request_id)
 
 
 @bp.get("/session/<session_id>/result/<request_id>")
@@ -187,13 +172,15 @@ def _request_state(request_id: str) -> dict[str, Any]:
 def result(session_id: str, request_id: str) -> ResponseReturnValue:
     """Step 3: the verdict with reasons, the advisory triage, and the retake button (polled until done)."""
     state = _request_state(request_id)
-    return _session_page(
+    page = _session_page(
         session_id,
         result={"request_id": request_id, **state},
         eye=request.args.get("eye", "R"),
         field=request.args.get("field", "macula"),
         finished=state.get("state") in FINISHED_STATES,
     )
+    # Nothing was stored because the store is full: say so with the status code too (507, as for a refusal).
+    return (page, 507) if state.get("storage_full") else page
 
 
 @bp.get("/api/request/<request_id>")
@@ -201,7 +188,11 @@ def result(session_id: str, request_id: str) -> ResponseReturnValue:
 def api_request(request_id: str) -> ResponseReturnValue:
     """State of a capture request for the polling script (no patient data)."""
     state = _request_state(request_id)
-    return {"state": state.get("state"), "finished": state.get("state") in FINISHED_STATES}
+    return {
+        "state": state.get("state"),
+        "finished": state.get("state") in FINISHED_STATES,
+        "storage_full": bool(state.get("storage_full")),
+    }
 
 
 @bp.get("/preview.mjpg")

@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
-import sys
 import textwrap
 import threading
 from pathlib import Path
 
 import pytest
 from support.factories import T0, make_store, reading
+from support.small_fs import run_on_small_fs
 
 from gateway.clock import FakeClock
 from gateway.errors import DiskFull, IntakeRefused
 from gateway.health import MB, HealthMonitor, disk_state
 from gateway.store import Store
 from gateway.store.readings import add_readings, count_readings
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def free_mb(store: Store) -> int:
@@ -183,26 +179,7 @@ SMALL_FS_SCRIPT = textwrap.dedent(
 
 
 def test_intake_stops_before_a_small_real_file_system_is_full(tmp_path: Path) -> None:
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) not installed")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    script = tmp_path / "fill.py"
-    script.write_text(SMALL_FS_SCRIPT)
-    probe = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", f"mount -t tmpfs -o size=6m tmpfs {mnt}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a private namespace here: {probe.stderr.strip()}")
-    proc = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-         'mount -t tmpfs -o size=6m tmpfs "$1" && exec "$2" "$3" "$1" "$4"', "sh",
-         str(mnt), sys.executable, str(script), str(REPO / "tests")],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-    )  # fmt: skip
+    proc = run_on_small_fs(SMALL_FS_SCRIPT, tmp_path, size_mb=6)
     assert proc.returncode == 0, proc.stderr
     outcome, stored, free_kb = proc.stdout.split()
     print(f"small fs: {outcome} after {stored} readings with {free_kb} KiB free")

@@ -9,6 +9,7 @@ exercised on a Pi (docs/operations.md).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -52,6 +53,10 @@ def test_dry_run_prints_every_step_and_changes_nothing(tmp_path: Path) -> None:
         "systemctl enable --now bluetooth.service",
         "systemctl enable clinic-gateway.service",
         "systemctl restart clinic-gateway.service",
+        "ln -sfn ../sites-available/clinic-gateway.conf ",
+        "/etc/nginx/sites-enabled/clinic-gateway.conf",
+        "systemctl reload-or-restart nginx.service",
+        "/etc/clinic-gateway/tls/pages.key -out ",
     ):
         assert expected in out, expected
     assert "[dev]" not in out
@@ -69,6 +74,28 @@ def test_bad_options_are_refused() -> None:
     assert run("install-pi", "--purge", "--dry-run").returncode == 2
     assert run("install-pi", "--bogus").returncode == 2
     assert run("update", "--bogus").returncode == 2
+    assert run("install-pi", "--tls-cert", "/x.crt", "--dry-run").returncode == 2  # without --tls-key
+    assert run("install-pi", "--pages-https-port", "0", "--dry-run").returncode == 2
+    assert run("install-pi", "--pages-upstream", "nowhere", "--dry-run").returncode == 2
+
+
+def test_the_nginx_site_is_the_template_filled_in() -> None:
+    proc = run("install-pi", "--print-nginx-site", "--pages-https-port", "8443", "--pages-upstream", "127.0.0.1:9090")
+    assert proc.returncode == 0, proc.stderr
+    site = proc.stdout
+    assert not re.search(r"@[A-Z_]+@", site)
+    for expected in (
+        "listen 80 default_server;",
+        "return 301 https://$host:8443$request_uri;",
+        "listen 8443 ssl default_server;",
+        "ssl_certificate /etc/clinic-gateway/tls/pages.crt;",
+        "ssl_certificate_key /etc/clinic-gateway/tls/pages.key;",
+        'add_header Strict-Transport-Security "max-age=31536000" always;',
+        "proxy_pass http://127.0.0.1:9090;",
+        "proxy_set_header X-Forwarded-Proto https;",
+        "proxy_set_header X-Forwarded-For $remote_addr;",
+    ):
+        assert expected in site, expected
 
 
 def mode(path: Path) -> int:
@@ -99,7 +126,8 @@ def staged(tmp_path: Path) -> tuple[Path, Path]:
     if shutil.which("useradd") is None:
         pytest.skip("useradd (passwd package) not installed")
     src = tmp_path / "src"
-    for rel in ("scripts/install-pi", "config/gateway.example.toml", "pyproject.toml", "gateway/__init__.py"):
+    for rel in ("scripts/install-pi", "config/gateway.example.toml", "config/nginx/clinic-gateway.conf",
+                "pyproject.toml", "gateway/__init__.py"):  # fmt: skip
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, src / rel)
     shutil.copytree(REPO / "systemd", src / "systemd")
@@ -153,6 +181,21 @@ def test_root_run_places_files_with_the_right_modes(staged: tuple[Path, Path]) -
     assert not any((app / junk).exists() for junk in (".venv", "state", ".git", "gateway/__pycache__"))
     # Live-system steps were printed, not run.
     assert "+ [system] systemctl enable clinic-gateway.service" in proc.stdout
+    # HTTPS for the pages: a generated certificate (its fingerprint printed for IT), the key root's alone,
+    # the nginx site enabled, and nginx accepts it.
+    tls = conf / "tls"
+    assert (mode(tls / "pages.crt"), mode(tls / "pages.key")) == (0o644, 0o600)
+    assert (tls / "pages.key").stat().st_uid == 0
+    fingerprint = fingerprint_of(tls / "pages.crt")
+    assert fingerprint in proc.stdout
+    san = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(tls / "pages.crt")],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "DNS:localhost" in san and ".local" in san
+    site = root / "etc/nginx/sites-available/clinic-gateway.conf"
+    assert mode(site) == 0o644 and "ssl_certificate /etc/clinic-gateway/tls/pages.crt;" in site.read_text()
+    link = root / "etc/nginx/sites-enabled/clinic-gateway.conf"
+    assert os.readlink(link) == "../sites-available/clinic-gateway.conf"
+    nginx_accepts(site, root)
 
     # Re-run: idempotent, keeps the edited config and the secret, one user.
     with (conf / "gateway.toml").open("a") as fh:
@@ -163,6 +206,10 @@ def test_root_run_places_files_with_the_right_modes(staged: tuple[Path, Path]) -
     assert (conf / "gateway.toml").read_text().endswith("# edited by IT\n")
     assert (root / "var/lib/clinic-gateway/web-secret").read_text() == secret
     assert sum(line.startswith(f"{USER}:") for line in (root / "etc/passwd").read_text().splitlines()) == 1
+    assert fingerprint_of(tls / "pages.crt") == fingerprint  # the certificate IT trusted is kept
+    renewed = run("install-pi", "--new-tls-cert", env={"ROOT": str(root)}, src=src)
+    assert renewed.returncode == 0, renewed.stderr
+    assert fingerprint_of(tls / "pages.crt") != fingerprint
 
     # Uninstall keeps configuration and data ...
     (root / "var/lib/clinic-gateway/gateway.db").write_text("clinical data")
@@ -171,6 +218,8 @@ def test_root_run_places_files_with_the_right_modes(staged: tuple[Path, Path]) -
     assert not (root / "etc/systemd/system/clinic-gateway.service").exists()
     assert not (root / "etc/udev/rules.d/60-clinic-gateway-test.rules").exists()
     assert not app.exists()
+    assert not site.exists() and not link.is_symlink()
+    assert (tls / "pages.key").exists()  # with the configuration
     assert (conf / "gateway.toml").exists() and (root / "var/lib/clinic-gateway/gateway.db").exists()
     assert passwd_entry(root) is not None
     # ... unless purged.
@@ -178,3 +227,50 @@ def test_root_run_places_files_with_the_right_modes(staged: tuple[Path, Path]) -
     assert purged.returncode == 0, purged.stderr
     assert not conf.exists() and not (root / "var/lib/clinic-gateway").exists()
     assert passwd_entry(root) is None
+
+
+def test_a_certificate_from_the_clinic_ca_is_installed(staged: tuple[Path, Path], tmp_path: Path) -> None:
+    src, root = staged
+    ca_key, ca_crt, key, csr, crt = (tmp_path / n for n in ("ca.key", "ca.crt", "gw.key", "gw.csr", "gw.crt"))
+    openssl = ["openssl"]
+    subprocess.run([*openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-subj", "/CN=Clinic CA", "-keyout", str(ca_key), "-out", str(ca_crt)], check=True,
+                   capture_output=True)  # fmt: skip
+    subprocess.run([*openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-subj", "/CN=gw.clinic.example", "-keyout", str(key), "-out", str(csr)], check=True,
+                   capture_output=True)  # fmt: skip
+    subprocess.run([*openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
+                    "-CAcreateserial", "-out", str(crt)], check=True, capture_output=True)  # fmt: skip
+    # A key that does not belong to the certificate is refused before anything is installed.
+    wrong = run("install-pi", "--tls-cert", str(crt), "--tls-key", str(ca_key), env={"ROOT": str(root)}, src=src)
+    assert wrong.returncode == 1 and "is not the private key" in wrong.stderr
+    assert not (root / "etc/clinic-gateway/tls/pages.crt").exists()
+    proc = run("install-pi", "--tls-cert", str(crt), "--tls-key", str(key), env={"ROOT": str(root)}, src=src)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tls = root / "etc/clinic-gateway/tls"
+    assert (tls / "pages.crt").read_bytes() == crt.read_bytes()
+    assert (tls / "pages.key").read_bytes() == key.read_bytes() and mode(tls / "pages.key") == 0o600
+    assert fingerprint_of(crt) in proc.stdout
+
+
+def fingerprint_of(cert: Path) -> str:
+    out = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return out.strip().split("=", 1)[1]
+
+
+def nginx_accepts(site: Path, root: Path) -> None:
+    """``nginx -t`` on the installed site (its certificate paths pointed into the staged root)."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if nginx is None:
+        return  # the HTTPS test in tests/web skips with the reason; the file checks above still ran
+    prefix = site.parent.parent / "test-prefix"
+    prefix.mkdir(exist_ok=True)
+    (prefix / "site.conf").write_text(site.read_text().replace("/etc/clinic-gateway/", f"{root}/etc/clinic-gateway/"))
+    (prefix / "nginx.conf").write_text(
+        f"error_log {prefix}/error.log;\npid {prefix}/nginx.pid;\nevents {{}}\n"
+        f"http {{ client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy; include {prefix}/site.conf; }}\n"
+    )
+    proc = subprocess.run([nginx, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

@@ -89,18 +89,15 @@ def test_forms_of_a_logged_in_user_need_the_csrf_token(client: FlaskClient) -> N
     assert post_form(client, "/nurse", "/nurse", {"patient_id": "P-1"}).status_code == 200
 
 
-def test_rate_limit_per_address_and_user(client: FlaskClient, runtime: Runtime, fake_clock: FakeClock) -> None:
+def test_rate_limit_per_user_name_and_per_address(client: FlaskClient, runtime: Runtime, fake_clock: FakeClock) -> None:
     limit = runtime.config.web.login_attempts_per_minute
     for _ in range(limit):
         assert login(client, "nina", "guess").status_code == 401
-    # Even the right password is not checked now.
+    # Even the right password is not checked now, from this address or any other.
     blocked = login(client, "nina")
     assert blocked.status_code == 429
     assert "Too many attempts" in blocked.get_data(as_text=True)
-    # Another user from the same address is not affected.
-    assert login(client, "tom").status_code == 302
-    client.post("/logout", data={"csrf_token": csrf_of(client, "/technician")})
-    # Another address for the same user is not affected either.
+    assert 1 <= int(blocked.headers["Retry-After"]) <= 61
     other = client.application.test_client()
     token = csrf_of(other)
     response = other.post(
@@ -108,11 +105,20 @@ def test_rate_limit_per_address_and_user(client: FlaskClient, runtime: Runtime, 
         data={"username": "nina", "password": PASSWORD, "csrf_token": token},
         environ_base={"REMOTE_ADDR": "10.0.0.9"},
     )
-    assert response.status_code == 302
+    assert response.status_code == 429
+    # Another user from the same address is not affected (the address has attempts left).
+    assert login(client, "tom").status_code == 302
+    client.post("/logout", data={"csrf_token": csrf_of(client, "/technician")})
     # After the minute the user may try again.
     fake_clock.advance(61)
     assert login(client, "nina").status_code == 302
     assert "login_rate_limited" in [r["action"] for r in audit.recent(runtime.store)]
+    client.post("/logout", data={"csrf_token": csrf_of(client, "/nurse")})
+    # Guessing at many names from one address stops at the address's limit.
+    per_address = runtime.config.web.login_attempts_per_address_per_minute
+    for i in range(per_address):  # good logins do not count
+        assert login(client, f"someone{i}", "guess").status_code == 401
+    assert login(client, "tom").status_code == 429
 
 
 def test_session_cookie_flags(runtime: Runtime, tmp_path: Path) -> None:

@@ -8,12 +8,16 @@ driver (the meter engineers' emulators cover the transports; here the desk flow 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import re
+import ssl
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from flask.testing import FlaskClient
@@ -25,6 +29,7 @@ from gateway.meters.session import DownloadSession
 from gateway.records import Meal, MeterInfo, MeterRecord, Unit
 from gateway.runtime import Runtime
 from gateway.store import users as store_users
+from gateway.web.component import WebServer
 
 PASSWORD = "correct horse battery"
 _HASH: dict[str, str] = {}
@@ -103,6 +108,97 @@ class CoreThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+
+
+@contextmanager
+def serving(runtime: Runtime) -> Iterator[WebServer]:
+    """The daemon's own web component (waitress, its settings) serving ``runtime`` on a free loopback port."""
+    core = CoreThread(runtime)
+    web = WebServer(runtime)
+    core.start(web.run)
+    try:
+        assert web.started.wait(30), "the pages did not start"
+        yield web
+    finally:
+        core.stop()
+
+
+class HttpBrowser:
+    """A minimal browser over real HTTP(S): keeps the session cookie, sends the page it came from as the
+    Referer (as browsers do; CSRF over HTTPS checks it), finds CSRF tokens, and can pose as another client
+    address (any 127.x.y.z is a loopback source address on Linux)."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        source: str = "127.0.0.1",
+        cookie: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.port = port
+        self.source = source
+        self.cookie = cookie
+        self.tls = tls
+        self.host = host
+        self.origin = f"{'https' if tls else 'http'}://{host}:{port}"
+        self.referer: str | None = None
+        self.headers: http.client.HTTPMessage | None = None
+        """The headers of the last answer."""
+        self.tls_version: str | None = None
+
+    def request(
+        self, method: str, path: str, form: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        """One request; (status, body). A new session cookie from the answer replaces the old one."""
+        conn: http.client.HTTPConnection
+        if self.tls is not None:
+            conn = http.client.HTTPSConnection(
+                self.host, self.port, timeout=120, source_address=(self.source, 0), context=self.tls
+            )
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=120, source_address=(self.source, 0))
+        sent = dict(headers or {})
+        if self.cookie:
+            sent["Cookie"] = self.cookie
+        if self.referer:
+            sent.setdefault("Referer", self.referer)
+        body = None
+        if form is not None:
+            body = urlencode(form)
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            conn.request(method, path, body=body, headers=sent)
+            if isinstance(conn.sock, ssl.SSLSocket):
+                self.tls_version = conn.sock.version()
+            response = conn.getresponse()
+            text = response.read().decode("utf-8", "replace")
+            self.headers = response.headers
+            for value in response.headers.get_all("Set-Cookie") or []:
+                if value.startswith("cg_session="):
+                    self.cookie = value.split(";", 1)[0]
+            if method == "GET":
+                self.referer = self.origin + path
+            return response.status, text
+        finally:
+            conn.close()
+
+    def csrf(self, path: str = "/login") -> str:
+        status, body = self.request("GET", path)
+        match = CSRF_RE.search(body)
+        assert match, f"no CSRF token on {path} ({status})"
+        return match.group(1)
+
+    def login(self, username: str, password: str = PASSWORD, *, barrier: threading.Barrier | None = None) -> int:
+        """Fetch the login form, wait at ``barrier`` (all threads post at once), post it; the status."""
+        token = self.csrf()
+        if barrier is not None:
+            barrier.wait()
+        return self.request("POST", "/login", {"username": username, "password": password, "csrf_token": token})[0]
+
+    def logout(self, page: str) -> int:
+        return self.request("POST", "/logout", {"csrf_token": self.csrf(page)})[0]
 
 
 class ScriptedMeter:
