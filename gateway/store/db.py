@@ -32,6 +32,10 @@ SIDECARS = ("-wal", "-shm")
 """Files SQLite keeps next to a WAL-mode database."""
 INTAKE_HEADROOM_BYTES = 1024 * 1024
 """Room an intake needs besides its own bytes (WAL frames of the rows and indexes it writes)."""
+WAL_CHECKPOINT_BYTES = INTAKE_HEADROOM_BYTES // 2
+"""The WAL is checkpointed into the database once it holds this much. A checkpoint grows the database file by
+up to the WAL's size at once; SQLite's default (1,000 pages, 4 MB) would let one checkpoint eat more than the
+intake headroom on a nearly full card, so the headroom's claim holds only with a smaller WAL."""
 QUARANTINE_KEY = "quarantined_file"
 
 
@@ -283,6 +287,8 @@ def open_store(
         db = Database(conn)
         if path is not None:
             conn.execute("PRAGMA journal_mode = WAL")
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size}")
         conn.execute("PRAGMA synchronous = FULL")
         if max_page_count is not None:
             conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")

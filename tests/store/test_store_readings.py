@@ -65,8 +65,10 @@ def test_failure_inside_the_transaction_leaves_neither_reading_nor_message(tmp_p
 
 
 def test_full_disk_refuses_new_readings_and_keeps_what_is_stored(tmp_path: Path) -> None:
-    # SQLite's max_page_count gives a real "database or disk is full" from the real engine.
-    store = make_store(tmp_path, max_page_count=40)
+    # SQLite's max_page_count gives a real "database or disk is full" from the real engine: room for the
+    # schema (however many migrations there are) plus a few pages of data.
+    pages = make_store(tmp_path).scalar("PRAGMA page_count")
+    store = make_store(tmp_path, max_page_count=pages + 12)
     add_readings(store, [reading(1)])
     with pytest.raises(DiskFull):
         for batch in range(200):

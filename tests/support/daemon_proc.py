@@ -16,15 +16,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from support.broker import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, state: Path, *, web: bool, web_port: int = 0, extra: str = "") -> Path:

@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support.daemon_proc import free_port
+from support.broker import free_port
 from web_harness import HttpBrowser, add_users, make_config, serving
 
 from gateway.clock import SystemClock
@@ -99,40 +99,61 @@ def https_runtime(tmp_path: Path) -> Iterator[Runtime]:
     rt.store.close()
 
 
+def _render_site(prefix: Path, cert: Path, key: Path, upstream: str, http_port: int, https_port: int) -> None:
+    """The shipped site as install-pi renders it, inside a minimal main config (Debian's nginx.conf includes it
+    the same way, inside http{})."""
+    site = subprocess.run(
+        [str(REPO / "scripts/install-pi"), "--print-nginx-site", "--pages-http-port", str(http_port),
+         "--pages-https-port", str(https_port), "--pages-upstream", upstream],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    assert not re.search(r"@[A-Z_]+@", site)  # every placeholder filled in
+    site = site.replace("/etc/clinic-gateway/tls/pages.crt", str(cert))
+    site = site.replace("/etc/clinic-gateway/tls/pages.key", str(key))
+    (prefix / "site.conf").write_text(site)
+    temp = "\n".join(f"  {kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi",
+                                                                             "uwsgi", "scgi"))  # fmt: skip
+    (prefix / "nginx.conf").write_text(
+        f"{'user root;' if os.geteuid() == 0 else ''}\nworker_processes 1;\nerror_log {prefix}/error.log notice;\n"
+        f"pid {prefix}/nginx.pid;\nevents {{ worker_connections 64; }}\n"
+        f"http {{\n  access_log off;\n{temp}\n  include {prefix}/site.conf;\n}}\n"
+    )
+
+
+def _start_nginx(prefix: Path) -> subprocess.Popen[bytes]:
+    assert NGINX is not None
+    return subprocess.Popen(
+        [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+
+
 @pytest.fixture
 def proxy(https_runtime: Runtime, tmp_path: Path) -> Iterator[Proxy]:
-    assert NGINX is not None
     cert, key = make_certificate(tmp_path)
     with serving(https_runtime) as web:
-        http_port, https_port = free_port(), free_port()
-        site = subprocess.run(
-            [str(REPO / "scripts/install-pi"), "--print-nginx-site", "--pages-http-port", str(http_port),
-             "--pages-https-port", str(https_port), "--pages-upstream", f"127.0.0.1:{web.port}"],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout  # fmt: skip
-        assert not re.search(r"@[A-Z_]+@", site)  # every placeholder filled in
-        site = site.replace("/etc/clinic-gateway/tls/pages.crt", str(cert))
-        site = site.replace("/etc/clinic-gateway/tls/pages.key", str(key))
-        prefix = tmp_path / "nginx"
-        prefix.mkdir()
-        (prefix / "site.conf").write_text(site)
-        log = prefix / "error.log"
-        # A minimal main config around the site (Debian's nginx.conf includes it the same way, inside http{}).
-        temp = "\n".join(f"  {kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi",
-                                                                                 "uwsgi", "scgi"))  # fmt: skip
-        (prefix / "nginx.conf").write_text(
-            f"{'user root;' if os.geteuid() == 0 else ''}\nworker_processes 1;\nerror_log {log} notice;\n"
-            f"pid {prefix}/nginx.pid;\nevents {{ worker_connections 64; }}\n"
-            f"http {{\n  access_log off;\n{temp}\n  include {prefix}/site.conf;\n}}\n"
-        )
-        proc = subprocess.Popen(
-            [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        # Ports that were free a moment ago may be taken by another test worker before nginx binds them:
+        # then nginx exits at once ("Address already in use") and we try other ports.
+        for attempt in range(5):
+            prefix = tmp_path / f"nginx-{attempt}"
+            prefix.mkdir()
+            http_port, https_port = free_port(), free_port()
+            if http_port == https_port:
+                continue
+            _render_site(prefix, cert, key, f"127.0.0.1:{web.port}", http_port, https_port)
+            proc = _start_nginx(prefix)
+            try:
+                wait_listening(https_port, proc, prefix / "error.log")
+                wait_listening(http_port, proc, prefix / "error.log")
+            except AssertionError:
+                proc.terminate()
+                proc.wait(timeout=10)
+                if "Address already in use" in (prefix / "error.log").read_text() and attempt < 4:
+                    continue
+                raise
+            break
         try:
-            wait_listening(https_port, proc, log)
-            wait_listening(http_port, proc, log)
             yield Proxy(http_port, https_port, cert)
         finally:
             proc.terminate()
