@@ -9,7 +9,12 @@ device vanish) and :meth:`~SerialMeterEmulator.replug` opens a fresh one for the
 Pacing: with ``baud`` set, every byte costs its wire time (10 bits per byte at 8N1) in both directions,
 so a download takes as long as it would on the real cable. Faults (:class:`Fault`): ``bad_checksum`` (one
 damaged frame/line/dump), ``garbage`` (line noise before a record), ``silence`` (the meter stops
-answering), ``unplug`` (the cable is pulled) at the k-th record sent; a clock years off is ``clock_skew``.
+answering), ``unplug`` (the cable is pulled), ``bad_link_bits`` (UltraEasy: the meter's send bit glitches
+out of step with the host's) at the k-th record sent; a clock years off is ``clock_skew``.
+
+Each emulator follows the public record of the real meter (captures and protocol notes, cited in
+``docs/meters-serial.md``), not our driver: it tolerates what real meters tolerate (parameters they do not
+read, noise before a command) and answers byte for byte as the captures show.
 
 Run as a process for the demo::
 
@@ -50,8 +55,13 @@ from gateway.records import Meal, Unit
 _logger = logging.getLogger(__name__)
 
 FAMILY_NAMES = ("onetouch_ultra2", "onetouch_ultraeasy", "freestyle_optium")
-FaultKind = Literal["bad_checksum", "garbage", "silence", "unplug"]
+FaultKind = Literal["bad_checksum", "garbage", "silence", "unplug", "bad_link_bits"]
 BITS_PER_BYTE = 10  # 8N1: start + 8 data + stop
+RETRANSMIT_S = 2.0
+"""How long the UltraEasy waits for the host's acknowledgement before repeating an answer. The public record
+gives no figure for the meter; hosts known to work with real meters wait 0.5 s (glucometerutils) to 1 s
+(Tidepool) for an answer and acknowledge at once, so a meter repeating sooner than they do would confuse
+them. The emulator waits well past both."""
 CHAIN_TOLERANCE_S = 0.005
 
 
@@ -74,6 +84,10 @@ class StoredReading:
     meal: Meal | None = None
     control_solution: bool = False
     kind: str = "G"
+    comment: str | None = None
+    """Ultra 2 comment (a name of ``lifescan_ascii.COMMENT_CODES``), as the patient entered it."""
+    above_range: bool = False
+    """FreeStyle Optium: the meter showed HI (the dump says ``HI`` instead of a value)."""
 
 
 def _default_serial(family: str, rng: random.Random) -> str:
@@ -104,6 +118,8 @@ class MeterState:
     ignore_first_command: bool = False
     """FreeStyle Optium quirk: the first command after plugging in is answered with an empty line."""
     seed: int = 1
+    clock_frozen_at: datetime | None = None
+    """When set, the meter's clock stands still at this time (replays of captured exchanges, byte for byte)."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILY_NAMES:
@@ -114,11 +130,15 @@ class MeterState:
 
     def now(self) -> datetime:
         """The meter's clock (naive local wall time, skew included)."""
+        if self.clock_frozen_at is not None:
+            return self.clock_frozen_at
         ts = datetime.now(self.tz).replace(tzinfo=None) + self.clock_skew
         return ts.replace(microsecond=0)
 
     def set_clock(self, meter_time: datetime) -> None:
         """What the meter does on a set-clock command."""
+        if self.clock_frozen_at is not None:
+            self.clock_frozen_at = meter_time
         self.clock_skew = meter_time - datetime.now(self.tz).replace(tzinfo=None)
 
     def _stamp(self, ts: datetime) -> datetime:
@@ -193,22 +213,43 @@ class _Handler:
 
 
 class _Ultra2(_Handler):
+    """Meter side of the Ultra 2 protocol, reading commands character by character as the real meter does.
+
+    A real Ultra 2 answers ``DM@`` the moment the ``@`` arrives, with no CR after it and line noise before
+    it (captured: ``FF FF FF 11 0D 44 4D 40`` answered ``@ "VQS2924AY" 0309``); so do ``DM?``, ``DMF``,
+    ``DMP`` and ``DMSU?``. ``DMT`` carries parameters and runs at the CR that ends them. DC1 and CR start a
+    new command; bytes outside printable ASCII are noise and ignored.
+    """
+
+    IMMEDIATE = frozenset(
+        {
+            ascii_codec.CMD_SERIAL,
+            ascii_codec.CMD_VERSION,
+            ascii_codec.CMD_CLOCK,
+            ascii_codec.CMD_DUMP,
+            ascii_codec.CMD_UNIT,
+        }
+    )
+    MAX_COMMAND = 64
+
     def __init__(self, emu: SerialMeterEmulator) -> None:
         super().__init__(emu)
-        self.buffer = bytearray()
+        self.text = ""
 
     def line(self, body: str) -> None:
         self.emu.send(ascii_codec.encode_line(body))
 
     def receive(self, data: bytes) -> None:
-        self.buffer += data
-        while (end := self.buffer.find(b"\r")) >= 0:
-            chunk = bytes(self.buffer[:end])
-            del self.buffer[: end + 1]
-            command = ascii_codec.parse_command(chunk)
-            if command:
-                self.command(command)
-        del self.buffer[:-256]
+        for byte in data:
+            if byte in (0x11, 0x0D):  # DC1 or CR: the end of a parameter command, the start of the next
+                if self.text:
+                    self.command(self.text)
+                self.text = ""
+            elif 0x20 <= byte <= 0x7E:
+                self.text = (self.text + chr(byte))[-self.MAX_COMMAND :]
+                if self.text in self.IMMEDIATE:
+                    command, self.text = self.text, ""
+                    self.command(command)
 
     def command(self, command: str) -> None:
         st = self.state
@@ -236,7 +277,7 @@ class _Ultra2(_Handler):
             if not self.record_faults(index):
                 return
             body = ascii_codec.format_record(
-                ascii_codec.DumpRecord(r.meter_time, r.value_mg_dl, r.control_solution, False, r.meal, None)
+                ascii_codec.DumpRecord(r.meter_time, r.value_mg_dl, r.control_solution, False, r.meal, r.comment)
             )
             raw = ascii_codec.encode_line(body)
             if self.state.fault_at(index, "bad_checksum"):
@@ -245,19 +286,28 @@ class _Ultra2(_Handler):
 
 
 class _UltraEasy(_Handler):
+    """Meter side of the LifeScan binary link layer, as captures of a real UltraMini show it.
+
+    The meter keeps its own send bit and the host's last sequence bit. A disconnect (any bits) resets both
+    and is acknowledged with ``ACK|DISC`` (``02 06 0C 03 06 AE``). A data frame whose S bit differs from the
+    last one taken is new (the first after a disconnect always is): the meter acknowledges it with E = the
+    other bit (``02 06 06 03 CD 41`` after a first request) and answers with its own S bit and the same E. A
+    repeated frame (same S bit) is acknowledged again and the last answer repeated. The host's
+    acknowledgement counts when its E bit toggles the meter's send bit; its S bit is not checked (hosts that
+    work with real meters send either). An answer the host never acknowledges is repeated after
+    ``retransmit_s`` (a few times), and dropped when the host moves on to a new request.
+    """
+
     def __init__(self, emu: SerialMeterEmulator) -> None:
         super().__init__(emu)
         self.decoder = binary.FrameDecoder()
-        self.expect = False  # sequence bit of the next new request
-        self.send_seq = False  # our sequence bit for the next response
-        self.pending: bytes | None = None  # response awaiting the host's ack
+        self.send_seq = False  # our S bit for the next answer
+        self.last_rx: bool | None = None  # S bit of the last request taken (None: none since the link opened)
+        self.pending: bytes | None = None  # answer awaiting the host's ack
         self.last_response: bytes | None = None
         self.pending_index: int | None = None
         self.deadline = 0.0
         self.resends = 0
-
-    def frame(self, message: bytes, control: binary.LinkControl) -> bytes:
-        return binary.encode_frame(message, control)
 
     def receive(self, data: bytes) -> None:
         self.decoder.receive_data(data)
@@ -270,32 +320,42 @@ class _UltraEasy(_Handler):
                 return
             self.on_frame(frame)
 
+    def control(self, *, ack: bool = False) -> binary.LinkControl:
+        expect = self.last_rx is not None and not self.last_rx
+        return binary.control_bits(sequence=self.send_seq, expect=expect, ack=ack)
+
     def on_frame(self, frame: binary.Frame) -> None:
         if frame.is_disconnect:
-            self.expect = self.send_seq = False
+            self.send_seq, self.last_rx = False, None
             self.pending = self.last_response = None
-            self.emu.send(self.frame(b"", binary.LinkControl.ACK | binary.LinkControl.DISCONNECT))
+            self.emu.send(binary.encode_frame(b"", binary.LinkControl.ACK | binary.LinkControl.DISCONNECT))
             return
         if frame.is_ack:
-            if self.pending is not None:
+            if self.pending is not None and frame.expect_receive != self.send_seq:
                 self.pending = None
                 self.send_seq = not self.send_seq
             return
-        ack = self.frame(b"", binary.LinkControl.ACK)
-        if frame.sequence != self.expect:  # a retransmission: ack again and repeat our answer
-            self.emu.send(ack)
+        if self.last_rx is not None and frame.sequence == self.last_rx:  # a retransmission
+            self.emu.send(binary.encode_frame(b"", self.control(ack=True)))
             if self.last_response is not None:
                 self.send_response(self.last_response)
             return
-        self.expect = not self.expect
-        self.emu.send(ack)
-        reply, index = self.answer(frame.message)
+        if self.pending is not None:  # the host moved on: its E bit may acknowledge the answer it got
+            if frame.expect_receive != self.send_seq:
+                self.send_seq = not self.send_seq
+            self.pending = None
+        self.last_rx = frame.sequence
+        index = self.record_index(frame.message)
+        if index is not None and self.state.fault_at(index, "bad_link_bits"):
+            self.send_seq = not self.send_seq  # a glitch: our send bit out of step with the host's
+        self.emu.send(binary.encode_frame(b"", self.control(ack=True)))
+        reply = self.answer(frame.message)
+        self.last_response = None
         if reply is None:
             return
         if index is not None and not self.record_faults(index):
             return
-        control = binary.LinkControl.SEQUENCE if self.send_seq else binary.NO_CONTROL
-        raw = self.frame(reply, control)
+        raw = binary.encode_frame(reply, self.control())
         self.pending = self.last_response = raw
         self.pending_index = index
         self.deadline, self.resends = time.monotonic() + self.emu.retransmit_s, 0
@@ -307,28 +367,37 @@ class _UltraEasy(_Handler):
             raw = raw[:-1] + bytes([raw[-1] ^ 0xFF])
         self.emu.send(raw)
 
-    def answer(self, message: bytes) -> tuple[bytes | None, int | None]:
+    @staticmethod
+    def record_index(message: bytes) -> int | None:
+        if message[:2] == binary.REQ_RECORD_PREFIX and len(message) == 4:
+            index = int.from_bytes(message[2:4], "little")
+            return None if index == binary.RECORD_COUNT_INDEX else index
+        return None
+
+    def answer(self, message: bytes) -> bytes | None:
         st = self.state
-        if message == binary.REQ_SERIAL:
-            return binary.success(st.serial.encode("ascii") + b"\x00"), None
+        # The meter reads a request's command bytes; parameters it does not use are not checked (LifeScan's
+        # software sends the serial-number request with zeros, other hosts with 84 6A E8 73 00).
+        if message[:3] == binary.REQ_SERIAL_PREFIX and len(message) == len(binary.REQ_SERIAL):
+            return binary.serial_reply(st.serial)
         if message == binary.REQ_VERSION:
-            return binary.version_reply(st.firmware[:16]), None
-        if message == binary.REQ_UNIT:
-            return binary.unit_reply(st.unit), None
+            return binary.version_reply(st.firmware)
+        if message[:4] == binary.REQ_UNIT_PREFIX and len(message) == len(binary.REQ_UNIT):
+            return binary.unit_reply(st.unit)
         if message[:2] == binary.REQ_CLOCK_PREFIX and len(message) == 7:
             if message[2] == binary.CLOCK_WRITE:
                 st.set_clock(binary.decode_timestamp(int.from_bytes(message[3:7], "little")))
-            return binary.clock_reply(st.now()), None
+            return binary.clock_reply(st.now())
         if message[:2] == binary.REQ_RECORD_PREFIX and len(message) == 4:
             index = int.from_bytes(message[2:4], "little")
             readings = st.newest_first()
             if index == binary.RECORD_COUNT_INDEX:
-                return binary.count_reply(len(readings)), None
+                return binary.count_reply(len(readings))
             if index < len(readings):
                 r = readings[index]
-                return binary.record_reply(r.meter_time, r.value_mg_dl), index
-            return bytes([binary.PREFIX, 0x15]), None
-        return None, None
+                return binary.record_reply(r.meter_time, r.value_mg_dl)
+            return bytes([binary.PREFIX, 0x15])
+        return None
 
     def poll(self) -> None:
         if self.pending is not None and time.monotonic() >= self.deadline:
@@ -386,7 +455,9 @@ class _Optium(_Handler):
         for index, r in enumerate(readings):
             if not self.record_faults(index):
                 return
-            line = (optium.format_result(optium.Result(r.meter_time, r.value_mg_dl, False, r.kind)) + "\r\n").encode()
+            line = (
+                optium.format_result(optium.Result(r.meter_time, r.value_mg_dl, r.above_range, r.kind)) + "\r\n"
+            ).encode()
             body += line
             if self.state.fault_at(index, "bad_checksum"):
                 line = line.replace(b"  ", b" !", 1)  # damaged on the wire; the checksum covers the good one
@@ -410,7 +481,7 @@ class SerialMeterEmulator:
         *,
         baud: int | None = None,
         link: Path | None = None,
-        retransmit_s: float = 0.3,
+        retransmit_s: float = RETRANSMIT_S,
     ) -> None:
         self.state = state
         self.baud = baud

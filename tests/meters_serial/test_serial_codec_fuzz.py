@@ -119,7 +119,7 @@ def _binary_all(data: bytes, chunk: int) -> None:
                 continue
             if frame is None:
                 break
-            link.receive_frame(frame)
+            only_protocol_errors(lambda f=frame: link.receive_frame(f))  # type: ignore[misc]
             for parse in (binary.parse_record, binary.parse_clock, binary.parse_record_count, binary.parse_unit,
                           binary.parse_version, binary.parse_serial):  # fmt: skip
                 only_protocol_errors(lambda p=parse, m=frame.message: p(m))  # type: ignore[misc]
