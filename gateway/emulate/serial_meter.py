@@ -1,7 +1,7 @@
 """Emulated USB-serial glucose meters on real pseudo-terminals, for the tests, the bench and the demo.
 
-One emulator per protocol family (OneTouch Ultra 2, OneTouch UltraEasy, FreeStyle Optium) answers the
-family's real protocol on the master side of an ``os.openpty`` pair; the gateway opens the slave path
+One emulator per protocol family (OneTouch Ultra 2, OneTouch UltraEasy, FreeStyle Optium, TaiDoc TD-42xx)
+answers the family's real protocol on the master side of an ``os.openpty`` pair; the gateway opens the slave path
 with real pyserial. The meter (:class:`MeterState`: serial number, stored readings, display unit, clock
 skew, faults) outlives a cable: :meth:`SerialMeterEmulator.unplug` closes the pty (pyserial then sees the
 device vanish) and :meth:`~SerialMeterEmulator.replug` opens a fresh one for the same meter.
@@ -50,11 +50,19 @@ from gateway.errors import ProtocolError
 from gateway.meters.codec import freestyle_optium as optium
 from gateway.meters.codec import lifescan_ascii as ascii_codec
 from gateway.meters.codec import lifescan_binary as binary
+from gateway.meters.codec import taidoc
 from gateway.records import Meal, Unit
 
 _logger = logging.getLogger(__name__)
 
-FAMILY_NAMES = ("onetouch_ultra2", "onetouch_ultraeasy", "freestyle_optium")
+FAMILY_NAMES = ("onetouch_ultra2", "onetouch_ultraeasy", "freestyle_optium", "taidoc_td42xx")
+MARKED_FAMILIES = ("onetouch_ultra2", "taidoc_td42xx")
+"""Families whose memory keeps meal marks and control-solution tests."""
+MINUTE_FAMILIES = ("freestyle_optium", "taidoc_td42xx")
+"""Families whose memory keeps whole minutes."""
+TAIDOC_MODEL = "4277"
+TAIDOC_STRIP_CODE = 0x06
+"""The byte after a TaiDoc value: 0x06 in the TD-4277 notes (FORA's drivers read it as the strip code)."""
 FaultKind = Literal["bad_checksum", "garbage", "silence", "unplug", "bad_link_bits"]
 BITS_PER_BYTE = 10  # 8N1: start + 8 data + stop
 RETRANSMIT_S = 2.0
@@ -96,6 +104,8 @@ def _default_serial(family: str, rng: random.Random) -> str:
         return f"EMU{n:05d}Y"
     if family == "onetouch_ultraeasy":
         return f"UE{n:07d}"
+    if family == "taidoc_td42xx":
+        return f"{TAIDOC_MODEL}{n:012d}"  # 16 hex digits, as the two serial halves carry them
     return f"EMU{n % 10000:04d}-{n:05d}"
 
 
@@ -116,7 +126,8 @@ class MeterState:
     capacity: int = 500
     """Readings the memory holds; a new one beyond this drops the oldest (as the real meters do)."""
     ignore_first_command: bool = False
-    """FreeStyle Optium quirk: the first command after plugging in is answered with an empty line."""
+    """Answer the first command after plugging in as the real meters sometimes do: the FreeStyle Optium with an
+    empty line, the TaiDoc with its "entering communication mode" notice (0x54); the host repeats it."""
     seed: int = 1
     clock_frozen_at: datetime | None = None
     """When set, the meter's clock stands still at this time (replays of captured exchanges, byte for byte)."""
@@ -143,7 +154,7 @@ class MeterState:
 
     def _stamp(self, ts: datetime) -> datetime:
         # Each family keeps the resolution its memory has.
-        return ts.replace(second=0) if self.family == "freestyle_optium" else ts
+        return ts.replace(second=0) if self.family in MINUTE_FAMILIES else ts
 
     def fill(self, count: int, *, interval: timedelta = timedelta(hours=5, minutes=7)) -> None:
         """Store ``count`` readings ending now, spaced ``interval`` apart, with meal and control marks."""
@@ -152,9 +163,11 @@ class MeterState:
         with self.lock:
             for i in range(count):
                 ts = self._stamp(end - interval * (count - i))
-                control = self.family == "onetouch_ultra2" and rng.random() < 0.02
-                meals = [None, Meal.BEFORE_MEAL, Meal.AFTER_MEAL] if self.family == "onetouch_ultra2" else [None]
+                control = self.family in MARKED_FAMILIES and rng.random() < 0.02
+                meals = [None, Meal.BEFORE_MEAL, Meal.AFTER_MEAL] if self.family in MARKED_FAMILIES else [None]
                 meal = rng.choice(meals)
+                if control and self.family == "taidoc_td42xx":
+                    meal = None  # its test-type bits say control solution *or* a meal mark, never both
                 self.readings.append(StoredReading(ts, rng.randrange(40, 450), meal, control))
             del self.readings[: -self.capacity]
 
@@ -465,10 +478,95 @@ class _Optium(_Handler):
         self.emu.send(optium.dump_tail(bytes(body)))
 
 
+class _TaiDoc(_Handler):
+    """Meter side of the TaiDoc TD-42xx protocol (glucometer-protocols td42xx; FORA's and Tidepool's drivers).
+
+    Fixed 8-byte frames; a damaged command (checksum, end byte) is dropped without an answer, as is a frame
+    that is not a host's (direction 0xA3). Records are indexed newest first; the time and the value of a
+    record are two requests. The memory keeps whole minutes, meal marks and control-solution tests.
+    """
+
+    def __init__(self, emu: SerialMeterEmulator) -> None:
+        super().__init__(emu)
+        self.decoder = taidoc.FrameDecoder()
+        self.first = emu.state.ignore_first_command
+
+    def receive(self, data: bytes) -> None:
+        self.decoder.receive_data(data)
+        while True:
+            try:
+                frame = self.decoder.next_frame()
+            except ProtocolError:
+                continue
+            if frame is None:
+                return
+            if frame.direction == taidoc.HOST_END:
+                self.command(frame)
+
+    def record(self, index: int) -> StoredReading | None:
+        readings = self.state.newest_first()
+        return readings[index] if index < len(readings) else None
+
+    def command(self, frame: taidoc.Frame) -> None:
+        st, cmd = self.state, taidoc.Command
+        if self.first:
+            self.first = False
+            self.emu.send(taidoc.answer(cmd.COMM_MODE))
+            return
+        payload: bytes | None = None
+        if frame.command in (cmd.CONNECT, cmd.TURN_OFF):
+            payload = taidoc.EMPTY
+        elif frame.command == cmd.READ_MODEL:
+            payload = taidoc.model_payload(TAIDOC_MODEL)
+        elif frame.command in (cmd.SERIAL_LOW, cmd.SERIAL_HIGH):
+            low, high = taidoc.serial_payloads(st.serial)
+            payload = low if frame.command == cmd.SERIAL_LOW else high
+        elif frame.command == cmd.READ_CLOCK:
+            payload = taidoc.encode_date(st.now())
+        elif frame.command == cmd.WRITE_CLOCK:
+            try:
+                st.set_clock(taidoc.decode_date(frame.payload))
+            except ProtocolError:
+                return
+            payload = taidoc.encode_date(st.now())
+        elif frame.command == cmd.RECORD_COUNT:
+            readings = st.newest_first()
+            payload = taidoc.count_payload(len(readings), sum(not r.control_solution for r in readings))
+        elif frame.command in (cmd.RECORD_TIME, cmd.RECORD_VALUE):
+            self.record_answer(frame)
+            return
+        elif frame.command == cmd.CLEAR_MEMORY:
+            with st.lock:
+                st.readings.clear()
+            payload = taidoc.EMPTY
+        if payload is not None:
+            self.emu.send(taidoc.answer(frame.command, payload))
+
+    def record_answer(self, frame: taidoc.Frame) -> None:
+        index = taidoc.parse_index(frame.payload)
+        r = self.record(index)
+        if r is None:
+            self.emu.send(taidoc.answer(frame.command))
+            return
+        if frame.command == taidoc.Command.RECORD_TIME:
+            if self.record_faults(index):
+                self.emu.send(taidoc.answer(frame.command, taidoc.encode_date(r.meter_time)))
+            return
+        if r.control_solution:
+            test_type = taidoc.TestType.CONTROL_SOLUTION
+        else:
+            test_type = taidoc.TYPE_OF_MEAL.get(r.meal, taidoc.TestType.GENERAL)
+        raw = taidoc.answer(frame.command, taidoc.value_payload(r.value_mg_dl, test_type, code=TAIDOC_STRIP_CODE))
+        if self.state.fault_at(index, "bad_checksum"):
+            raw = raw[:-1] + bytes([raw[-1] ^ 0xFF])
+        self.emu.send(raw)
+
+
 HANDLERS: dict[str, Callable[[SerialMeterEmulator], _Handler]] = {
     "onetouch_ultra2": _Ultra2,
     "onetouch_ultraeasy": _UltraEasy,
     "freestyle_optium": _Optium,
+    "taidoc_td42xx": _TaiDoc,
 }
 
 
