@@ -25,7 +25,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import DeviceDisconnected, DeviceError, DeviceNotFound, ProtocolError
 from gateway.meters import MeterDriver
 from gateway.meters.drivers import FAMILIES, SerialDriver, Timeouts
-from gateway.meters.transport.serial import PortInfo, is_url, list_hid_uart_bridges, list_serial_ports
+from gateway.meters.transport.serial import PortInfo, is_url, list_hid_uart_bridges, list_serial_ports, port_for
 
 _logger = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ def timeouts_from(config: GatewayConfig) -> Timeouts:
 
 def families_for_port(path: str, lister: Callable[[], list[PortInfo]] = list_meter_ports) -> tuple[str, ...]:
     """Families to try on a port named explicitly (CLI, desk): its cable's, else every family."""
-    resolved = path if is_url(path) else str(Path(path).resolve())
+    port = port_for(path)  # a hidraw node (TaiDoc's CP2110 bridge) is listed as its cp2110:// URL
+    resolved = port if is_url(port) else str(Path(path).resolve())
     for info in lister():
         if info.device in (path, resolved):
             return candidate_families(info.vid, info.pid) or ALL_FAMILIES

@@ -34,7 +34,7 @@ from gateway.errors import DeviceError, FrameError, RecordError
 from gateway.meters import discovery
 from gateway.meters.codec import taidoc
 from gateway.meters.drivers import TaiDocTD42xx, Timeouts
-from gateway.meters.transport.serial import LineSettings, PortInfo, SerialPort
+from gateway.meters.transport.serial import LineSettings, PortInfo, SerialPort, port_for
 from gateway.records import Meal
 
 H = bytes.fromhex
@@ -215,6 +215,17 @@ def test_cp2110_bridge_is_known_by_its_usb_ids_and_probed_only_as_taidoc() -> No
     (port,) = watcher.poll()[0]
     assert (port.path, port.families) == ("cp2110:///dev/hidraw3", ("taidoc_td42xx",))
     assert discovery.families_for_port("cp2110:///dev/hidraw3", lister=lambda: listed) == ("taidoc_td42xx",)
+
+
+def test_a_hidraw_node_by_its_udev_name_is_opened_as_its_cp2110_url(tmp_path) -> None:
+    node = tmp_path / "hidraw7"  # stands in for /dev/hidraw7 (its udev link: /dev/meter-taidoc-7)
+    node.touch()
+    link = tmp_path / "meter-taidoc-7"
+    link.symlink_to(node)
+    assert port_for(str(link)) == f"cp2110://{node}"
+    listed = [PortInfo(f"cp2110://{node}", 0x10C4, 0xEA80, None, None)]
+    assert discovery.families_for_port(str(link), lister=lambda: listed) == ("taidoc_td42xx",)
+    assert port_for("/dev/ttyUSB0") == "/dev/ttyUSB0" and port_for("loop://") == "loop://"
 
 
 def test_udev_rule_gives_the_gateway_the_cp2110_hidraw_node() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,15 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+def port_for(path: str) -> str:
+    """What to open for ``path``: a hidraw node (a CP2110 bridge, e.g. the udev name ``/dev/meter-taidoc-0``)
+    becomes its ``cp2110://`` URL; device paths and URLs stay as they are."""
+    if is_url(path):
+        return path
+    resolved = os.path.realpath(path)
+    return CP2110_SCHEME + resolved if os.path.basename(resolved).startswith("hidraw") else path
+
+
 def _is_disconnect(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in _DISCONNECT_ERRNOS:
         return True
@@ -144,7 +154,7 @@ class SerialPort:
         """Open ``path`` (device path or pyserial URL) with ``settings`` (exclusive, no modem-line changes)."""
 
         def _open() -> serial.SerialBase:
-            handle = _new_handle(path)
+            handle = _new_handle(port_for(path))
             handle.baudrate = settings.baudrate
             handle.bytesize = settings.bytesize
             handle.parity = settings.parity
