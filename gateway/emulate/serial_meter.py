@@ -39,11 +39,11 @@ import termios
 import threading
 import time
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from gateway.errors import ProtocolError
@@ -194,6 +194,29 @@ class MeterState:
 # -- meter-side protocol handlers (run on the emulator thread) ---------------------------------------------
 
 
+FrameT_co = TypeVar("FrameT_co", covariant=True)
+
+
+class _FrameSource(Protocol[FrameT_co]):
+    def receive_data(self, data: bytes) -> None: ...
+
+    def next_frame(self) -> FrameT_co | None: ...
+
+
+def _frames(decoder: _FrameSource[FrameT_co], data: bytes) -> Iterator[FrameT_co]:
+    """Feed ``data`` to a binary codec's decoder and yield the complete frames. A damaged request is dropped
+    without an answer, as the real meters do: the host repeats it."""
+    decoder.receive_data(data)
+    while True:
+        try:
+            frame = decoder.next_frame()
+        except ProtocolError:
+            continue
+        if frame is None:
+            return
+        yield frame
+
+
 class _Handler:
     """Meter side of one family: ``receive`` bytes from the host, answer through ``emu.send``."""
 
@@ -323,14 +346,7 @@ class _UltraEasy(_Handler):
         self.resends = 0
 
     def receive(self, data: bytes) -> None:
-        self.decoder.receive_data(data)
-        while True:
-            try:
-                frame = self.decoder.next_frame()
-            except ProtocolError:
-                continue  # damaged request: dropped, the host retransmits
-            if frame is None:
-                return
+        for frame in _frames(self.decoder, data):
             self.on_frame(frame)
 
     def control(self, *, ack: bool = False) -> binary.LinkControl:
@@ -492,14 +508,7 @@ class _TaiDoc(_Handler):
         self.first = emu.state.ignore_first_command
 
     def receive(self, data: bytes) -> None:
-        self.decoder.receive_data(data)
-        while True:
-            try:
-                frame = self.decoder.next_frame()
-            except ProtocolError:
-                continue
-            if frame is None:
-                return
+        for frame in _frames(self.decoder, data):
             if frame.direction == taidoc.HOST_END:
                 self.command(frame)
 

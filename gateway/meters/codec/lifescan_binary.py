@@ -48,6 +48,7 @@ from datetime import datetime, timedelta
 from enum import IntFlag
 
 from gateway.errors import FrameError, LinkControlError, RecordError
+from gateway.meters.codec.framing import StartSync
 from gateway.records import Unit
 
 # -- link layer constants ------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def encode_frame(message: bytes, control: LinkControl = NO_CONTROL) -> bytes:
     return body + _U16.pack(crc_ccitt(body))
 
 
-class FrameDecoder:
+class FrameDecoder(StartSync):
     """Finds frames in the byte stream (sans-I/O).
 
     Bytes before an STX are skipped (line noise). ``next_frame`` returns a Frame, None when more bytes
@@ -175,25 +176,11 @@ class FrameDecoder:
     """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.skipped = 0
-        """Noise bytes skipped so far (for diagnostics)."""
-
-    def receive_data(self, data: bytes) -> None:
-        """Append bytes read from the port."""
-        self._buffer += data
+        super().__init__(STX)
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, None if incomplete, or FrameError for a damaged one."""
-        start = self._buffer.find(bytes([STX]))
-        if start < 0:
-            self.skipped += len(self._buffer)
-            self._buffer.clear()
-            return None
-        if start:
-            self.skipped += start
-            del self._buffer[:start]
-        if len(self._buffer) < 2:
+        if not self._align() or len(self._buffer) < 2:
             return None
         length = self._buffer[1]
         if not FRAME_OVERHEAD <= length <= MAX_FRAME:
@@ -212,10 +199,6 @@ class FrameDecoder:
             raise FrameError("LifeScan frame CRC mismatch", wire=wire, calculated=calculated)
         del self._buffer[:length]
         return Frame(control=LinkControl(raw[2] & 0x1F), message=raw[3 : length - 3])
-
-    def clear(self) -> None:
-        """Forget buffered bytes."""
-        self._buffer.clear()
 
 
 # -- host link state machine ---------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from datetime import datetime
 from enum import IntEnum
 
 from gateway.errors import FrameError, RecordError
+from gateway.meters.codec.framing import StartSync
 from gateway.records import Meal
 
 # -- wire constants ------------------------------------------------------------------------------------------
@@ -178,7 +179,7 @@ def parse_index(payload: bytes) -> int:
     return int(index)
 
 
-class FrameDecoder:
+class FrameDecoder(StartSync):
     """Finds 8-byte frames in the byte stream (sans-I/O).
 
     Bytes before a 0x51 are skipped. ``next_frame`` returns a Frame, None when more bytes are needed, or
@@ -187,29 +188,11 @@ class FrameDecoder:
     """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.skipped = 0
-        """Noise bytes skipped so far (for diagnostics)."""
-
-    def receive_data(self, data: bytes) -> None:
-        """Append bytes read from the port."""
-        self._buffer += data
-
-    def clear(self) -> None:
-        """Forget buffered bytes (before a command is repeated)."""
-        self._buffer.clear()
+        super().__init__(START)
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, None if incomplete, or FrameError for a damaged one."""
-        start = self._buffer.find(bytes([START]))
-        if start < 0:
-            self.skipped += len(self._buffer)
-            self._buffer.clear()
-            return None
-        if start:
-            self.skipped += start
-            del self._buffer[:start]
-        if len(self._buffer) < FRAME_SIZE:
+        if not self._align() or len(self._buffer) < FRAME_SIZE:
             return None
         raw = bytes(self._buffer[:FRAME_SIZE])
         if raw[6] not in (HOST_END, METER_END):
