@@ -12,6 +12,11 @@ and the TaiDoc TD-42xx) unless ``--baud`` sets one for all. ``held`` is what the
 
 Prints one line per family, then one JSON object on the last line (``ratio`` is the worst family's). On a
 loaded machine use ``--repeat 3``: each family's best run is reported, with every run's ratio alongside.
+
+``turnaround_ms`` is the gateway's own share of each exchange: the median time from reading a meter's answer
+to writing the next frame. The rest of ``gateway_s - wire_s`` is the emulator's processing and the wake-ups of
+both ends of the pty, which weigh most on protocols of many short exchanges (TaiDoc: 8-byte frames, two
+exchanges per record).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import tempfile
 import time
 from datetime import timedelta
@@ -30,10 +36,47 @@ from gateway.clock import SystemClock
 from gateway.emulate.serial_meter import BITS_PER_BYTE, FAMILY_NAMES, MeterState, SerialMeterEmulator
 from gateway.meters.drivers import FAMILIES
 from gateway.meters.session import DownloadSession
+from gateway.meters.transport.serial import SerialPort
 from gateway.store import open_store
 from gateway.store.db import Origin
 
 TZ = ZoneInfo("Asia/Shanghai")
+
+
+class Turnarounds:
+    """Times from the end of a read to the next write on the gateway's serial ports (bench instrumentation)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._last_read: float | None = None
+        self._read = SerialPort.read_some
+        self._write = SerialPort.write
+
+    def __enter__(self) -> Turnarounds:
+        outer = self
+
+        async def read_some(port: SerialPort, timeout: float) -> bytes:
+            data = await outer._read(port, timeout)
+            if data:
+                outer._last_read = time.perf_counter()
+            return data
+
+        async def write(port: SerialPort, data: bytes) -> None:
+            if outer._last_read is not None:
+                outer.samples.append(time.perf_counter() - outer._last_read)
+                outer._last_read = None
+            await outer._write(port, data)
+
+        SerialPort.read_some = read_some  # type: ignore[method-assign, assignment]
+        SerialPort.write = write  # type: ignore[method-assign, assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        SerialPort.read_some = self._read  # type: ignore[method-assign, assignment]
+        SerialPort.write = self._write  # type: ignore[method-assign, assignment]
+
+    def median_ms(self) -> float:
+        return round(statistics.median(self.samples) * 1000, 3) if self.samples else 0.0
 
 
 async def _download(family: str, port: str, state_dir: Path) -> tuple[float, int]:
@@ -60,7 +103,8 @@ def bench_family(family: str, records: int, baud: int) -> dict[str, Any]:
     port = emu.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            elapsed, added = asyncio.run(_download(family, port, Path(tmp)))
+            with Turnarounds() as turnarounds:
+                elapsed, added = asyncio.run(_download(family, port, Path(tmp)))
             wire_bytes = emu.bytes_in + emu.bytes_out
             # the next visit: one reading taken at home since, same store
             state.add_reading(123, meter_time=state.now() + timedelta(minutes=1))
@@ -77,6 +121,7 @@ def bench_family(family: str, records: int, baud: int) -> dict[str, Any]:
         "wire_s": round(wire_s, 3),
         "gateway_s": round(elapsed, 3),
         "ratio": round(elapsed / wire_s, 4),
+        "turnaround_ms": turnarounds.median_ms(),
         "revisit_added": revisit_added,
         "revisit_bytes": revisit_bytes,
         "revisit_s": round(revisit_s, 3),
@@ -100,7 +145,8 @@ def main() -> None:
         r["all_ratios"] = [run["ratio"] for run in runs]
         print(
             f"{family:20s} {r['records']}/{r['held']} records, {r['bytes']} bytes at {baud}: wire {r['wire_s']:.2f} s, "
-            f"gateway {r['gateway_s']:.2f} s, ratio {r['ratio']:.3f}; next visit (1 new): {r['revisit_s']:.2f} s",
+            f"gateway {r['gateway_s']:.2f} s, ratio {r['ratio']:.3f} (gateway turnaround {r['turnaround_ms']} ms); "
+            f"next visit (1 new): {r['revisit_s']:.2f} s",
             flush=True,
         )
     summary = {

@@ -706,9 +706,14 @@ class SerialMeterEmulator:
             return
         now = time.perf_counter()
         free = self._line_free[direction]
+        other = self._line_free["tx" if direction == "rx" else "rx"]
         # Bytes queued within a few ms of the previous ones follow them back to back, as a UART's FIFO
-        # would send them; the emulator's own scheduling jitter is not charged to the line.
-        start = free if now - free < CHAIN_TOLERANCE_S else now
+        # would send them; the emulator's own scheduling jitter is not charged to the line. Not so when the
+        # other direction spoke in between (a request, then its answer): the line was idle, this starts now
+        # (with frames shorter than the tolerance, as TaiDoc's 8 bytes at 19200 baud, chaining across a
+        # turnaround would let the emulator answer faster than the wire).
+        chained = now - free < CHAIN_TOLERANCE_S and other <= free
+        start = max(now, free) if not chained else free
         deadline = start + nbytes * BITS_PER_BYTE / self.baud
         self._line_free[direction] = deadline
         coarse = deadline - now - 0.0015
