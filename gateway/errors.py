@@ -7,6 +7,7 @@ Callers branch on the type and on attributes, never on message text::
     ├── ProtocolError        a peer sent bytes we cannot accept           pure codecs raise only this family
     │   ├── FrameError       length / checksum / framing (.wire, .calculated)
     │   ├── RecordError      well-framed record with impossible content
+    │   ├── LinkControlError a link layer's sequence / acknowledge bits out of step (.field, .expected, .received)
     │   └── ContractError    platform message that fails the contract
     ├── DeviceError          talking to a device failed, not the bytes' fault   .device_id
     │   ├── DeviceNotFound
@@ -65,6 +66,21 @@ class FrameError(ProtocolError):
 
 class RecordError(ProtocolError):
     """A well-framed record carries impossible content (month 13, unknown unit code...)."""
+
+
+class LinkControlError(ProtocolError):
+    """A link layer's control bits are out of step with ours (LifeScan binary link: sequence, expect-receive).
+
+    ``field`` names the bit (``"sequence"``, ``"expect_receive"``, ``"disconnect"``), ``expected`` and
+    ``received`` its values, ``control`` the whole link-control byte as received.
+    """
+
+    def __init__(self, message: str, *, field: str, expected: int, received: int, control: int) -> None:
+        self.field = field
+        self.expected = expected
+        self.received = received
+        self.control = control
+        super().__init__(f"{message} ({field}: expected {expected}, received {received}; control 0x{control:02x})")
 
 
 class ContractError(ProtocolError):

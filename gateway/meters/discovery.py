@@ -4,8 +4,9 @@ Supports:
 
 - :data:`KNOWN_CABLES`: USB VID:PID -> the meter families that ship with (or are sold for) that cable;
   an unknown USB-serial device is left alone (never probed: it may be a modem or a printer);
-- :class:`PortWatcher`: polls ``serial.tools.list_ports`` plus the configured extra ports
-  (``meters.serial.ports``, e.g. emulator ptys) and reports ports that appeared and disappeared;
+- :class:`PortWatcher`: polls ``serial.tools.list_ports`` and the CP2110 USB-HID bridges (TaiDoc cables,
+  ``cp2110://`` ports), plus the configured extra ports (``meters.serial.ports``, e.g. emulator ptys) and
+  reports ports that appeared and disappeared;
 - :func:`identify`: tries each candidate family's handshake on a port and returns the open driver of the
   first that answers, or raises DeviceNotFound when none does;
 - :func:`open_driver`: the one entry point for "download this target": a Bluetooth address goes to the
@@ -24,13 +25,14 @@ from gateway.config import GatewayConfig
 from gateway.errors import DeviceDisconnected, DeviceError, DeviceNotFound, ProtocolError
 from gateway.meters import MeterDriver
 from gateway.meters.drivers import FAMILIES, SerialDriver, Timeouts
-from gateway.meters.transport.serial import PortInfo, list_serial_ports
+from gateway.meters.transport.serial import PortInfo, is_url, list_hid_uart_bridges, list_serial_ports, port_for
 
 _logger = logging.getLogger(__name__)
 
 ALL_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
 LIFESCAN = ("onetouch_ultraeasy", "onetouch_ultra2")
 ABBOTT = ("freestyle_optium",)
+TAIDOC = ("taidoc_td42xx",)
 
 KNOWN_CABLES: dict[tuple[int, int], tuple[str, tuple[str, ...]]] = {
     (0x067B, 0x2303): ("Prolific PL2303 (LifeScan OneTouch USB cable)", LIFESCAN),
@@ -41,6 +43,7 @@ KNOWN_CABLES: dict[tuple[int, int], tuple[str, tuple[str, ...]]] = {
     (0x0403, 0x6001): ("FTDI FT232R serial cable", ALL_FAMILIES),
     (0x0403, 0x6015): ("FTDI FT231X serial cable", ALL_FAMILIES),
     (0x10C4, 0xEA60): ("Silicon Labs CP210x serial cable", ALL_FAMILIES),
+    (0x10C4, 0xEA80): ("Silicon Labs CP2110 USB-HID UART (TaiDoc TD-42xx cable)", TAIDOC),
 }
 """USB identities of meter cables. Generic bridges (FTDI, Silicon Labs) are tried with every family."""
 
@@ -64,6 +67,11 @@ class SeenPort:
     description: str | None = None
 
 
+def list_meter_ports() -> list[PortInfo]:
+    """Serial ports and CP2110 USB-HID bridges present now."""
+    return list_serial_ports() + list_hid_uart_bridges()
+
+
 class PortWatcher:
     """Hotplug by polling: each :meth:`poll` returns (ports that appeared, paths that disappeared).
 
@@ -75,7 +83,7 @@ class PortWatcher:
         self,
         extra_ports: Sequence[str] = (),
         *,
-        lister: Callable[[], list[PortInfo]] = list_serial_ports,
+        lister: Callable[[], list[PortInfo]] = list_meter_ports,
     ) -> None:
         self.extra_ports = tuple(extra_ports)
         self._lister = lister
@@ -134,9 +142,10 @@ def timeouts_from(config: GatewayConfig) -> Timeouts:
     return Timeouts(response_s=section.response_timeout_s, retries=section.retries, probe_s=section.probe_timeout_s)
 
 
-def families_for_port(path: str, lister: Callable[[], list[PortInfo]] = list_serial_ports) -> tuple[str, ...]:
+def families_for_port(path: str, lister: Callable[[], list[PortInfo]] = list_meter_ports) -> tuple[str, ...]:
     """Families to try on a port named explicitly (CLI, desk): its cable's, else every family."""
-    resolved = str(Path(path).resolve())
+    port = port_for(path)  # a hidraw node (TaiDoc's CP2110 bridge) is listed as its cp2110:// URL
+    resolved = port if is_url(port) else str(Path(path).resolve())
     for info in lister():
         if info.device in (path, resolved):
             return candidate_families(info.vid, info.pid) or ALL_FAMILIES
@@ -149,6 +158,6 @@ async def open_driver(target: str, config: GatewayConfig) -> MeterDriver:
         from gateway.meters.transport import ble  # lazy: bleak and D-Bus only when a BLE meter is asked for
 
         return await ble.open_driver(target, config)
-    if not Path(target).exists():
+    if not is_url(target) and not Path(target).exists():
         raise DeviceNotFound(f"{target}: no such serial port", device_id=target)
     return await identify(target, families_for_port(target), timeouts_from(config))

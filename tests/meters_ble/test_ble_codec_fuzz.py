@@ -51,6 +51,8 @@ datetimes = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2099
 )
 sfloat_values = st.integers(min_value=-2045, max_value=2045).flatmap(
     lambda m: st.integers(min_value=-8, max_value=7).map(lambda e: Decimal(m).scaleb(e))
+) | st.integers(min_value=-2048, max_value=2047).flatmap(  # a special's mantissa is a number off exponent 0
+    lambda m: st.sampled_from([e for e in range(-8, 8) if e]).map(lambda e: Decimal(m).scaleb(e))
 )
 
 

@@ -38,7 +38,8 @@ M, C, R = gls.GLUCOSE_MEASUREMENT_UUID, gls.GLUCOSE_CONTEXT_UUID, gls.RACP_UUID
         (0x07FE, Special.POS_INF),
         (0x0802, Special.NEG_INF),
         (0x0801, Special.RESERVED),
-        (0x17FF, Special.NAN),  # special mantissas are never finite, whatever the exponent
+        (0x17FF, Decimal("2.047E+4")),  # NaN's mantissa with exponent 1 is a number: only 0x07FF is NaN
+        (0xF7FE, Decimal("204.6")),  # +INF's mantissa with exponent -1: a valid 204.6 mg/dL
         (0x0072, Decimal(114)),  # exponent 0, mantissa 114
         (0xF072, Decimal("11.4")),  # exponent -1
         (0xB05A, Decimal("0.00090")),  # exponent -5, mantissa 90: 90 mg/dL in kg/L
@@ -78,6 +79,43 @@ def test_float_decodes_spec_values(raw: int, expected: object) -> None:
     assert decode_float_raw(raw) == expected
 
 
+SFLOAT_SPECIAL_CODES = {0x07FF: Special.NAN, 0x0800: Special.NRES, 0x07FE: Special.POS_INF, 0x0802: Special.NEG_INF,
+                        0x0801: Special.RESERVED}  # fmt: skip
+FLOAT_SPECIAL_CODES = {0x007FFFFF: Special.NAN, 0x00800000: Special.NRES, 0x007FFFFE: Special.POS_INF,
+                       0x00800002: Special.NEG_INF, 0x00800001: Special.RESERVED}  # fmt: skip
+"""IEEE 11073-20601 (SFLOAT-Type, FLOAT-Type): each special is one exact code, exponent 0."""
+
+
+def test_every_exact_special_code_decodes_to_its_special() -> None:
+    for raw, special in SFLOAT_SPECIAL_CODES.items():
+        assert decode_sfloat_raw(raw) is special
+    for raw, special in FLOAT_SPECIAL_CODES.items():
+        assert decode_float_raw(raw) is special
+
+
+@pytest.mark.parametrize("exponent", [e for e in range(-8, 8) if e != 0])
+def test_sfloat_special_mantissas_with_a_non_zero_exponent_are_numbers(exponent: int) -> None:
+    for raw in SFLOAT_SPECIAL_CODES:
+        mantissa = raw - 0x1000 if raw & 0x0800 else raw
+        coded = ((exponent & 0x0F) << 12) | raw
+        assert decode_sfloat_raw(coded) == Decimal(mantissa).scaleb(exponent), hex(coded)
+        assert encode_sfloat_raw(decode_sfloat_raw(coded)) == coded  # and the encoder writes them back
+
+
+@pytest.mark.parametrize("exponent", [-128, -3, -1, 1, 2, 127])
+def test_float_special_mantissas_with_a_non_zero_exponent_are_numbers(exponent: int) -> None:
+    for raw in FLOAT_SPECIAL_CODES:
+        mantissa = raw - 0x1000000 if raw & 0x800000 else raw
+        coded = ((exponent & 0xFF) << 24) | raw
+        assert decode_float_raw(coded) == Decimal(mantissa).scaleb(exponent), hex(coded)
+
+
+def test_a_reading_of_204_6_mg_dl_is_not_dropped_as_infinity() -> None:
+    """Issue 16 gap 3: 0xF7FE (mantissa 2046, exponent -1) was read as +INF and the reading dropped."""
+    assert decode_sfloat(bytes.fromhex("FEF7")) == Decimal("204.6")
+    assert encode_sfloat(Decimal("204.6")) == bytes.fromhex("FEF7")
+
+
 def test_sfloat_encoder_picks_an_exact_representation_and_refuses_the_impossible() -> None:
     assert encode_sfloat_raw(Decimal("0.00090"), -5) == 0xB05A
     assert decode_sfloat_raw(encode_sfloat_raw(Decimal("123.4"))) == Decimal("123.4")
@@ -109,8 +147,7 @@ def test_measurement_minimal_mg_dl() -> None:
         "0100"  # sequence 1
         "E807 03 01 07 1E 00"  # 2024-03-01 07:30:00
         "5AB0"  # SFLOAT 0xB05A = 90e-5 kg/L = 90 mg/dL
-        "11"  # sample location finger (high nibble 1), type capillary whole blood (low nibble 1)
-        .replace(" ", "")
+        "11".replace(" ", "")  # sample location finger (high nibble 1), type capillary whole blood (low nibble 1)
     )
     m = gls.parse_measurement(frame)
     assert m.sequence == 1
@@ -145,15 +182,21 @@ def test_measurement_every_flag_mmol_l() -> None:
 
 
 def test_measurement_special_concentration_and_reserved_codes_are_kept() -> None:
-    frame = bytes.fromhex("02" "0700" "E80703010A0000" "FF07" "FB")  # NaN; location 15, type 11 (reserved)
+    frame = bytes.fromhex("020700E80703010A0000FF07FB")  # NaN; location 15, type 11 (reserved)
     m = gls.parse_measurement(frame)
     assert m.concentration is Special.NAN and m.glucose() is None
     assert m.sample_type == 11 and gls.code_name(m.sample_type) == "reserved_11"
     assert m.sample_location is gls.SampleLocation.NOT_AVAILABLE
 
 
+def test_measurement_whose_sfloat_shares_a_special_mantissa_keeps_its_reading() -> None:
+    """0xA7FE: mantissa 2046 (+INF's) with exponent -6 = 0.002046 kg/L = 204.6 mg/dL, a glucose value."""
+    m = gls.parse_measurement(bytes.fromhex("020800E80703010A0000FEA711"))
+    assert m.glucose() == (Decimal("204.6"), "mg/dL")
+
+
 def test_measurement_without_concentration() -> None:
-    m = gls.parse_measurement(bytes.fromhex("08" "0300" "E80703010A0000" "0400"))  # status only: sample too small
+    m = gls.parse_measurement(bytes.fromhex("080300E80703010A00000400"))  # status only: sample too small
     assert m.concentration is None and m.glucose() is None
     assert m.sensor_status == gls.SensorStatus.SAMPLE_SIZE_INSUFFICIENT
 
@@ -187,11 +230,14 @@ def test_context_every_field() -> None:
         "FF"  # every field, medication in liters, extended flags
         "2A00"  # sequence 42
         "00"  # extended flags (all reserved)
-        "01" "32D0"  # carbohydrate: breakfast, SFLOAT 0xD032 = 50e-3 kg
+        "01"
+        "32D0"  # carbohydrate: breakfast, SFLOAT 0xD032 = 50e-3 kg
         "01"  # meal: preprandial
         "51"  # health 5 (no health issues) << 4 | tester 1 (self)
-        "100E" "32"  # exercise 3600 s at 50 %
-        "01" "0AD0"  # medication: rapid acting insulin, SFLOAT 0xD00A = 10e-3 L
+        "100E"
+        "32"  # exercise 3600 s at 50 %
+        "01"
+        "0AD0"  # medication: rapid acting insulin, SFLOAT 0xD00A = 10e-3 L
         "41F0"  # HbA1c SFLOAT 0xF041 = 6.5 %
     )
     c = gls.parse_context(frame)
@@ -207,9 +253,9 @@ def test_context_every_field() -> None:
 
 
 def test_context_medication_in_kilograms_and_meal_only() -> None:
-    c = gls.parse_context(bytes.fromhex("10" "0500" "04" "0AB0"))  # long acting insulin, 10e-5 kg
+    c = gls.parse_context(bytes.fromhex("100500040AB0"))  # long acting insulin, 10e-5 kg
     assert c.medication_unit is gls.MedicationUnit.KILOGRAMS and c.medication == Decimal("0.00010")
-    assert gls.parse_context(bytes.fromhex("02" "0500" "05")).meal is gls.MealCode.BEDTIME
+    assert gls.parse_context(bytes.fromhex("02050005")).meal is gls.MealCode.BEDTIME
 
 
 @pytest.mark.parametrize(
@@ -318,12 +364,12 @@ def test_racp_request_parser_gives_the_response_code_to_send() -> None:
 
 
 def test_current_time() -> None:
-    ct = gls.parse_current_time(bytes.fromhex("EA070B170A0F1E" "01" "80" "00"))  # Monday, 128/256 s
+    ct = gls.parse_current_time(bytes.fromhex("EA070B170A0F1E018000"))  # Monday, 128/256 s
     assert ct.time == datetime(2026, 11, 23, 10, 15, 30, 500000)
     assert ct.day_of_week == 1
     assert gls.parse_current_time(gls.encode_current_time(ct.time)).time == ct.time
     with pytest.raises(RecordError, match="day of week 9"):
-        gls.parse_current_time(bytes.fromhex("EA070B170A0F1E" "09" "00" "00"))
+        gls.parse_current_time(bytes.fromhex("EA070B170A0F1E090000"))
 
 
 def test_dis_strings() -> None:
@@ -336,7 +382,7 @@ def test_dis_strings() -> None:
 
 MEAS_1 = bytes.fromhex("020100E80703010A00005AB011")  # seq 1, no context
 MEAS_2_CTX = bytes.fromhex("120200E80703010B00005AB011")  # seq 2, context follows
-CTX_2 = bytes.fromhex("0202000" "1")  # seq 2, meal preprandial
+CTX_2 = bytes.fromhex("02020001")  # seq 2, meal preprandial
 MEAS_3_CTX = bytes.fromhex("120300E80703010C00005AB011")  # seq 3, context follows (but none comes)
 MEAS_4 = bytes.fromhex("020400E80703010D00005AB011")
 

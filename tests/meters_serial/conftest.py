@@ -33,10 +33,10 @@ def emulators() -> Iterator[Callable[..., SerialMeterEmulator]]:
     """Factory: ``emulators(family, records=..., **state)`` -> a started emulator (stopped at teardown)."""
     started: list[SerialMeterEmulator] = []
 
-    def make(family: str, *, records: int = 0, retransmit_s: float = 0.05, **state: object) -> SerialMeterEmulator:
+    def make(family: str, *, records: int = 0, **state: object) -> SerialMeterEmulator:
         meter = MeterState(family, tz=TZ, **state)  # type: ignore[arg-type]
         meter.fill(records)
-        emu = SerialMeterEmulator(meter, retransmit_s=retransmit_s)
+        emu = SerialMeterEmulator(meter)
         emu.start()
         started.append(emu)
         return emu

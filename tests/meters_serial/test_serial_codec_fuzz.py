@@ -17,6 +17,7 @@ from gateway.errors import ProtocolError
 from gateway.meters.codec import freestyle_optium as optium
 from gateway.meters.codec import lifescan_ascii as ultra2
 from gateway.meters.codec import lifescan_binary as binary
+from gateway.meters.codec import taidoc
 from gateway.records import Meal, Unit
 
 FUZZ = settings(max_examples=300, deadline=None)
@@ -119,7 +120,7 @@ def _binary_all(data: bytes, chunk: int) -> None:
                 continue
             if frame is None:
                 break
-            link.receive_frame(frame)
+            only_protocol_errors(lambda f=frame: link.receive_frame(f))  # type: ignore[misc]
             for parse in (binary.parse_record, binary.parse_clock, binary.parse_record_count, binary.parse_unit,
                           binary.parse_version, binary.parse_serial):  # fmt: skip
                 only_protocol_errors(lambda p=parse, m=frame.message: p(m))  # type: ignore[misc]
@@ -212,3 +213,67 @@ def test_optium_valid_dump_split_anywhere(results: list[optium.Result], split: i
         response = dec.next_response(dump=True)
     assert response is not None
     assert list(optium.parse_dump(*response).results) == results
+
+
+# -- TaiDoc TD-42xx -------------------------------------------------------------------------------------------
+
+taidoc_payloads = st.one_of(
+    st.builds(lambda t: taidoc.encode_date(t), times.map(lambda t: t.replace(second=0))),
+    st.builds(
+        lambda v, tt, p, c: taidoc.value_payload(v, tt, parameter=p, code=c),
+        st.integers(0, 0xFFFF),
+        st.sampled_from(list(taidoc.TestType)),
+        st.integers(0, 15),
+        st.integers(0, 0x3FF),
+    ),
+    st.binary(min_size=4, max_size=4),
+)
+taidoc_frames = st.builds(
+    lambda c, p, d: taidoc.encode_frame(c, p, direction=d),
+    st.sampled_from(list(taidoc.Command)),
+    taidoc_payloads,
+    st.sampled_from([taidoc.HOST_END, taidoc.METER_END]),
+)
+
+
+def _taidoc_all(data: bytes, chunk: int) -> None:
+    dec = taidoc.FrameDecoder()
+    for i in range(0, len(data), chunk):
+        dec.receive_data(data[i : i + chunk])
+        while True:
+            try:
+                frame = dec.next_frame()
+            except ProtocolError:
+                continue
+            if frame is None:
+                break
+            for parse in (taidoc.parse_value, taidoc.parse_count, taidoc.parse_model,
+                          lambda f: taidoc.decode_date(f.payload), lambda f: taidoc.parse_serial(f, f)):  # fmt: skip
+                only_protocol_errors(lambda p=parse, f=frame: p(f))  # type: ignore[misc]
+
+
+@FUZZ
+@given(
+    st.one_of(st.binary(max_size=400), mutated(st.lists(taidoc_frames, max_size=6).map(b"".join))),
+    st.sampled_from([1, 3, 4096]),
+)
+def test_taidoc_any_bytes(data: bytes, chunk: int) -> None:
+    _taidoc_all(data, chunk)
+
+
+@FUZZ
+@given(
+    st.lists(taidoc_frames, min_size=1, max_size=6), st.binary(max_size=10).filter(lambda b: 0x51 not in b), st.data()
+)
+def test_taidoc_valid_frames_after_noise_split_anywhere_all_decode(
+    frames: list[bytes], noise: bytes, data: st.DataObject
+) -> None:
+    raw = noise + b"".join(frames)
+    split = data.draw(st.integers(0, len(raw)))
+    dec = taidoc.FrameDecoder()
+    got = []
+    for part in (raw[:split], raw[split:]):
+        dec.receive_data(part)
+        while (frame := dec.next_frame()) is not None:
+            got.append(taidoc.encode_frame(frame.command, frame.payload, direction=frame.direction))
+    assert got == frames

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from gateway.errors import FrameError, RecordError
+from gateway.errors import FrameError, LinkControlError, ProtocolError, RecordError
 from gateway.meters.codec import freestyle_optium as optium
 from gateway.meters.codec import lifescan_ascii as ultra2
 from gateway.meters.codec import lifescan_binary as binary
@@ -112,21 +112,56 @@ def test_binary_bad_crc_is_a_frame_error_and_the_next_frame_still_decodes() -> N
     assert frame is not None and frame.message == b"\x05\x06"
 
 
-def test_binary_link_sequence_bits_and_duplicates() -> None:
+def _meter_frame(message: bytes, *, s: bool, e: bool, ack: bool = False) -> binary.Frame:
+    return binary.Frame(binary.control_bits(sequence=s, expect=e, ack=ack), message)
+
+
+def test_binary_link_sequence_bits_acknowledgements_and_duplicates() -> None:
     link = binary.Link()
-    assert binary.FrameDecoder
     opened = link.open()
     assert opened[2] == binary.LinkControl.DISCONNECT
+    assert isinstance(link.receive_frame(_meter_frame(b"", s=False, e=False, ack=True)), binary.Ignored)
+    assert isinstance(link.receive_frame(binary.Frame(binary.LinkControl(0x0C), b"")), binary.Acknowledged)
     first = link.request(binary.REQ_SERIAL)
-    assert first[2] & binary.LinkControl.SEQUENCE == 0
+    assert first[2] == 0x00  # S=0, E=0 on a fresh link
     assert link.retransmit() == first
-    second_seq = link.request(binary.REQ_UNIT)[2] & binary.LinkControl.SEQUENCE
-    assert second_seq  # alternates
-    response = binary.Frame(binary.NO_CONTROL, binary.success(b"SN1"))
+    assert isinstance(link.receive_frame(_meter_frame(b"", s=False, e=True, ack=True)), binary.Acknowledged)
+    response = _meter_frame(binary.serial_reply("SN1"), s=False, e=True)
     event = link.receive_frame(response)
-    assert isinstance(event, binary.Response) and event.message == binary.success(b"SN1")
-    assert isinstance(link.receive_frame(response), binary.Duplicate)  # same bit again: a repeat
-    assert isinstance(link.receive_frame(binary.Frame(binary.LinkControl.ACK, b"")), binary.Acknowledged)
+    assert isinstance(event, binary.Response) and event.message == binary.serial_reply("SN1")
+    assert event.ack[2] == 0x07  # ACK, S=1 (our next), E=1 (theirs next)
+    duplicate = link.receive_frame(response)  # same bit again: a repeat (our ack was lost)
+    assert isinstance(duplicate, binary.Duplicate) and duplicate.ack == event.ack
+    assert link.request(binary.REQ_UNIT)[2] == 0x03  # the second request: S=1, E=1
+
+
+def test_binary_link_takes_an_answer_whose_acknowledgement_was_lost() -> None:
+    link = binary.Link()
+    link.open()
+    link.receive_frame(binary.Frame(binary.LinkControl(0x0C), b""))
+    link.request(binary.REQ_VERSION)
+    event = link.receive_frame(_meter_frame(binary.version_reply("02.00"), s=False, e=True))  # no ack seen
+    assert isinstance(event, binary.Response) and link.send_sequence and not link.awaiting_ack
+    assert isinstance(link.receive_frame(_meter_frame(b"", s=False, e=True, ack=True)), binary.Ignored)  # late ack
+
+
+@pytest.mark.parametrize(
+    ("frame", "field"),
+    [
+        (_meter_frame(b"", s=False, e=False, ack=True), "expect_receive"),  # the meter did not take our request
+        (_meter_frame(b"", s=True, e=True, ack=True), "sequence"),  # its send bit is not the one we expect
+        (binary.Frame(binary.LinkControl.DISCONNECT, b""), "disconnect"),  # it reset the link mid-exchange
+    ],
+)
+def test_binary_link_out_of_step_is_a_link_control_error_with_the_bit(frame: binary.Frame, field: str) -> None:
+    link = binary.Link()
+    link.open()
+    link.receive_frame(binary.Frame(binary.LinkControl(0x0C), b""))
+    link.request(binary.REQ_SERIAL)
+    with pytest.raises(LinkControlError) as caught:
+        link.receive_frame(frame)
+    assert caught.value.field == field and caught.value.control == int(frame.control)
+    assert isinstance(caught.value, ProtocolError)
 
 
 def test_binary_messages() -> None:
@@ -136,7 +171,11 @@ def test_binary_messages() -> None:
     assert binary.parse_record_count(binary.count_reply(500)) == 500
     assert binary.parse_unit(binary.unit_reply(Unit.MMOL_L)) is Unit.MMOL_L
     assert binary.parse_version(binary.version_reply("02.00")) == "02.00"
+    # version and build date travel as one 17-character string (Tidepool's UltraMini driver reads 9 + 8)
+    assert binary.version_reply("P02.00.00 30/08/06") == b"\x05\x06\x11P02.00.0030/08/06"
+    assert binary.parse_version(binary.version_reply("P02.00.00 30/08/06")) == "P02.00.00 30/08/06"
     assert binary.parse_serial(binary.success(b"C3XY0001\x00")) == "C3XY0001"
+    assert binary.serial_reply("KPF1234ER") == b"\x05\x06KPF1234ER"  # no padding
     assert binary.record_request(binary.RECORD_COUNT_INDEX) == b"\x05\x1f\xf5\x01"
     with pytest.raises(RecordError, match="status"):
         binary.parse_record(b"\x05\x15")

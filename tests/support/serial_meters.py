@@ -38,3 +38,54 @@ async def download(
         set_meter_clock=set_meter_clock,
     )
     return await session.run()
+
+
+class ReplayPort:
+    """A scripted serial port that replays a recorded exchange to a driver (stands in for SerialPort).
+
+    ``script`` alternates host writes (``("host", bytes)``) and meter bytes (``("meter", bytes)``). What the
+    driver writes must be, byte for byte, the next host step; the meter's bytes are handed out only once
+    every host step before them was written, as a real meter would answer. Silence (a read with no meter
+    bytes due) returns ``b""`` at once, which the driver sees as a timeout.
+    """
+
+    def __init__(self, script: list[tuple[str, bytes]], path: str = "replay") -> None:
+        self.path = path
+        self._steps = list(script)
+        self.written = bytearray()
+        self._pending_host = bytearray()
+
+    def _advance_host(self) -> None:
+        while self._steps and self._steps[0][0] == "host" and self._pending_host:
+            want = self._steps[0][1]
+            got = bytes(self._pending_host[: len(want)])
+            assert want.startswith(got), f"host wrote {got.hex(' ')}, the capture has {want.hex(' ')}"
+            if len(got) < len(want):
+                return
+            del self._pending_host[: len(want)]
+            self._steps.pop(0)
+        assert not self._pending_host or not self._steps or self._steps[0][0] == "host", (
+            f"host wrote {bytes(self._pending_host).hex(' ')} where the capture has the meter speaking"
+        )
+
+    async def write(self, data: bytes) -> None:
+        self.written += data
+        self._pending_host += data
+        assert self._steps, f"host wrote {data.hex(' ')} after the end of the capture"
+        self._advance_host()
+
+    async def read_some(self, timeout: float) -> bytes:
+        if self._steps and self._steps[0][0] == "meter" and not self._pending_host:
+            return self._steps.pop(0)[1]
+        return b""
+
+    def discard_input(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    @property
+    def finished(self) -> bool:
+        """Every step of the capture was played."""
+        return not self._steps and not self._pending_host

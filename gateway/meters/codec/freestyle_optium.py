@@ -55,7 +55,6 @@ UNIT_TEXT: dict[Unit, str] = {unit: text for text, unit in UNIT_CODES.items()}
 
 HI_VALUE_MG_DL = 500
 """The Optium's upper glucose limit; a ``HI`` result is kept at this value and flagged."""
-FLAG_ABOVE_RANGE = "above_meter_range"
 GLUCOSE, KETONE = "G", "K"
 
 _SERIAL_RE = re.compile(r"^[A-Z0-9]{7}-[A-Z0-9]{5}$")

@@ -7,7 +7,10 @@ Supported:
 - SFLOAT (16 bit: 4-bit signed exponent, 12-bit signed mantissa) and FLOAT (32 bit: 8-bit signed exponent,
   24-bit signed mantissa), decoded to an exact :class:`~decimal.Decimal` (``mantissa * 10**exponent``) or to
   one of the reserved :class:`Special` values: NaN, NRes (not at this resolution), +INF, -INF and the
-  reserved code. Encoders for both (used by the emulated meter and the tests).
+  reserved code. IEEE 11073-20601 (section on SFLOAT-Type / FLOAT-Type) defines each special as one exact
+  code with exponent 0 (SFLOAT 0x07FF NaN, 0x0800 NRes, 0x07FE +INF, 0x0802 -INF, 0x0801 reserved; FLOAT
+  likewise with 24-bit mantissas): the same mantissa with any other exponent is an ordinary number
+  (0xF7FE is 2046e-1 = 204.6). Encoders for both (used by the emulated meter and the tests).
 - Date Time (org.bluetooth.characteristic.date_time, 7 bytes: year uint16, month, day, hours, minutes,
   seconds), as the Glucose Measurement's Base Time uses it. A zero year, month or day means "not known",
   which a measurement time cannot be: that is a RecordError, as is month 13 or hour 24.
@@ -38,8 +41,8 @@ class Special(Enum):
 
 Number = Decimal | Special
 
-# Spec numbers, written once: the code of each special value (exponent 0, mantissa as listed). Decoding looks
-# at the mantissa only, see decode_sfloat_raw.
+# Spec numbers, written once: the whole code of each special value (exponent 0, mantissa as listed). Only these
+# exact codes are specials; a special's mantissa under a non-zero exponent is a finite number.
 SFLOAT_SPECIALS: dict[int, Special] = {
     0x07FF: Special.NAN,
     0x0800: Special.NRES,
@@ -59,12 +62,17 @@ _FLOAT_CODES = {v: k for k, v in FLOAT_SPECIALS.items()}
 
 SFLOAT_MANTISSA_BITS = 12
 SFLOAT_EXPONENT_RANGE = range(-8, 8)
-SFLOAT_MANTISSA_MAX = 2045  # 0x07FE/0x07FF are specials; 2046, 2047 cannot be finite mantissas
-SFLOAT_MANTISSA_MIN = -2045  # 0x0800..0x0802 likewise (-2048..-2046)
+SFLOAT_MANTISSA_MAX = 2045
+"""Largest finite mantissa with exponent 0 (0x07FE and 0x07FF are +INF and NaN there)."""
+SFLOAT_MANTISSA_MIN = -2045
+"""Smallest finite mantissa with exponent 0 (0x0800..0x0802 are NRes, reserved and -INF there)."""
+SFLOAT_MANTISSA_FULL = (-(1 << 11), (1 << 11) - 1)
+"""Mantissa range with a non-zero exponent: every 12-bit value is a number."""
 FLOAT_MANTISSA_BITS = 24
 FLOAT_EXPONENT_RANGE = range(-128, 128)
 FLOAT_MANTISSA_MAX = 0x7FFFFD
 FLOAT_MANTISSA_MIN = -0x7FFFFD
+FLOAT_MANTISSA_FULL = (-(1 << 23), (1 << 23) - 1)
 
 DATE_TIME = struct.Struct("<HBBBBB")
 """Date Time: year (uint16, 0 = unknown), month, day (0 = unknown), hours, minutes, seconds."""
@@ -79,9 +87,8 @@ def decode_sfloat_raw(raw: int) -> Number:
     """Decode a 16-bit SFLOAT given as an unsigned integer (0..0xFFFF)."""
     if not 0 <= raw <= 0xFFFF:
         raise FrameError(f"SFLOAT raw value {raw} is not 16 bits")
-    # The special codes are mantissas; the standard keeps them out of the finite range (+-2045) whatever the
-    # exponent, so a device's 0x17FF is still NaN rather than 2047e1.
-    if (special := SFLOAT_SPECIALS.get(raw & 0x0FFF)) is not None:
+    # Exact codes only: 0x07FF is NaN, but 0x17FF is 2047e1 and 0xF7FE is 204.6 (IEEE 11073-20601).
+    if (special := SFLOAT_SPECIALS.get(raw)) is not None:
         return special
     mantissa = _signed(raw & 0x0FFF, SFLOAT_MANTISSA_BITS)
     exponent = _signed(raw >> SFLOAT_MANTISSA_BITS, 4)
@@ -92,7 +99,7 @@ def decode_float_raw(raw: int) -> Number:
     """Decode a 32-bit FLOAT given as an unsigned integer (0..0xFFFFFFFF)."""
     if not 0 <= raw <= 0xFFFFFFFF:
         raise FrameError(f"FLOAT raw value {raw} is not 32 bits")
-    if (special := FLOAT_SPECIALS.get(raw & 0xFFFFFF)) is not None:
+    if (special := FLOAT_SPECIALS.get(raw)) is not None:
         return special
     mantissa = _signed(raw & 0xFFFFFF, FLOAT_MANTISSA_BITS)
     exponent = _signed(raw >> FLOAT_MANTISSA_BITS, 8)
@@ -113,13 +120,25 @@ def decode_float(data: bytes, offset: int = 0) -> Number:
     return decode_float_raw(int.from_bytes(data[offset : offset + 4], "little"))
 
 
-def _fit(value: Decimal, exponents: range, bounds: tuple[int, int], exponent: int | None, kind: str) -> tuple[int, int]:
-    """Find (mantissa, exponent) representing ``value`` exactly, preferring the most precise exponent."""
-    lo, hi = bounds
+def _fit(
+    value: Decimal,
+    exponents: range,
+    bounds: tuple[int, int],
+    full: tuple[int, int],
+    *,
+    exponent: int | None,
+    kind: str,
+) -> tuple[int, int]:
+    """Find (mantissa, exponent) representing ``value`` exactly, preferring the most precise exponent.
+
+    ``bounds`` is the finite mantissa range with exponent 0 (where the specials live), ``full`` the range
+    with any other exponent.
+    """
     candidates = [exponent] if exponent is not None else list(exponents)
     for exp in candidates:
         if exp not in exponents:
             raise ValueError(f"{kind} exponent {exp} outside {exponents.start}..{exponents.stop - 1}")
+        lo, hi = bounds if exp == 0 else full
         mantissa = value.scaleb(-exp)
         if mantissa == mantissa.to_integral_value() and lo <= mantissa <= hi:
             return int(mantissa), exp
@@ -132,7 +151,9 @@ def encode_sfloat_raw(value: Number | int | str, exponent: int | None = None) ->
     if isinstance(value, Special):
         return _SFLOAT_CODES[value]
     bounds = (SFLOAT_MANTISSA_MIN, SFLOAT_MANTISSA_MAX)
-    mantissa, exp = _fit(Decimal(value), SFLOAT_EXPONENT_RANGE, bounds, exponent, "SFLOAT")
+    mantissa, exp = _fit(
+        Decimal(value), SFLOAT_EXPONENT_RANGE, bounds, SFLOAT_MANTISSA_FULL, exponent=exponent, kind="SFLOAT"
+    )
     return ((exp & 0x0F) << SFLOAT_MANTISSA_BITS) | (mantissa & 0x0FFF)
 
 
@@ -141,7 +162,9 @@ def encode_float_raw(value: Number | int | str, exponent: int | None = None) -> 
     if isinstance(value, Special):
         return _FLOAT_CODES[value]
     bounds = (FLOAT_MANTISSA_MIN, FLOAT_MANTISSA_MAX)
-    mantissa, exp = _fit(Decimal(value), FLOAT_EXPONENT_RANGE, bounds, exponent, "FLOAT")
+    mantissa, exp = _fit(
+        Decimal(value), FLOAT_EXPONENT_RANGE, bounds, FLOAT_MANTISSA_FULL, exponent=exponent, kind="FLOAT"
+    )
     return ((exp & 0xFF) << FLOAT_MANTISSA_BITS) | (mantissa & 0xFFFFFF)
 
 

@@ -288,14 +288,3 @@ def format_record(record: DumpRecord) -> str:
         f'P {format_datetime(record.meter_time)},"{control} {record.value_mg_dl:03d}{parity}",'
         f'"{MEAL_TEXT[record.meal]}","{comment}", 00'
     )
-
-
-def parse_command(raw: bytes) -> str | None:
-    """Meter side: the command text in one CR-terminated chunk (DC1 stripped), None if not a command."""
-    text = raw.replace(b"\x11", b"").strip(b"\r\n")
-    if not text:
-        return None
-    try:
-        return text.decode("ascii")
-    except UnicodeDecodeError:
-        return None

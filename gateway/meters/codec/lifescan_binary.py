@@ -12,11 +12,26 @@ Wire format (LifeScan's published UltraEasy protocol; glucometer-protocols "shar
     crc16 = CRC-16/CCITT (poly 0x1021) seeded 0xFFFF over STX..ETX
 
 Link-control bits: 0x01 sequence (S), 0x02 expect-receive (E), 0x04 acknowledge, 0x08 disconnect,
-0x10 more. The host opens and closes the link with a disconnect frame, which the meter acknowledges.
-Each request carries the host's S bit; the meter acknowledges it, then answers with its own S bit and
-waits for the host's acknowledgement. A frame whose S bit is the previous one is a retransmission: it
-is acknowledged again and otherwise ignored. A frame with a bad CRC is dropped without a reply; the
-sender retransmits after its timeout (the driver does this for requests, the meter for responses).
+0x10 more. Each side keeps the S bit of its next data frame and the S bit it expects next from its peer;
+every frame it sends carries both (S = its own send bit, E = the bit it expects). The host opens and closes
+the link with a disconnect frame, which the meter acknowledges (``02 06 0C 03 06 AE``) and which resets
+both sides' bits to 0. Then, per request:
+
+- the host sends its request with its S and E bits;
+- the meter acknowledges it with E toggled (it now expects the other bit: ``02 06 06 03 CD 41`` after a
+  first request), then answers with its own S bit; an acknowledgement that does not toggle E means the
+  meter took the frame for a repetition, i.e. the two sides are out of step;
+- the host acknowledges the answer with E toggled; once its request was acknowledged its own S bit has
+  toggled too (``02 06 07 03 FC 72`` after a first exchange, ``02 06 04 03 AF 27`` after the second);
+- a data frame whose S bit is not the one expected is a repetition (the peer missed our
+  acknowledgement): it is acknowledged again and otherwise ignored;
+- a frame with a bad CRC is dropped without a reply; the sender repeats it after its timeout.
+
+These byte sequences come from captures of a real OneTouch UltraMini and of LifeScan's own download
+software (see ``docs/meters-serial.md``). A host checks what it receives: an acknowledgement whose bits do
+not fit, or a disconnect from the meter in the middle of an exchange, raises
+:class:`~gateway.errors.LinkControlError`, after which the driver re-opens the link and repeats the request
+(every request is an idempotent read, so nothing is lost or taken twice).
 
 Messages start with the command prefix 0x05; a response repeats it and adds status 0x06 (success).
 Records are addressed by index, newest first (index 0 is the latest), so an index is not a stable
@@ -32,7 +47,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntFlag
 
-from gateway.errors import FrameError, RecordError
+from gateway.errors import FrameError, LinkControlError, RecordError
+from gateway.meters.codec.framing import StartSync
 from gateway.records import Unit
 
 # -- link layer constants ------------------------------------------------------------------------------
@@ -62,8 +78,12 @@ STATUS_COUNT = 0x0F
 """The record-count reply carries 0x0F where other replies carry the success status."""
 
 REQ_VERSION = bytes([PREFIX, 0x0D, 0x02])
-REQ_SERIAL = bytes([PREFIX, 0x0B, 0x02, 0x00, 0x00, 0x00, 0x00, 0x84, 0x6A, 0xE8, 0x73, 0x00])
-REQ_UNIT = bytes([PREFIX, 0x09, 0x02, 0x09, 0x00, 0x00, 0x00, 0x00])
+REQ_SERIAL_PREFIX = bytes([PREFIX, 0x0B, 0x02])
+REQ_SERIAL = REQ_SERIAL_PREFIX + bytes(9)
+"""The serial-number request as LifeScan's own software sends it (all-zero parameters). Other hosts send
+``84 6A E8 73 00`` in the last five bytes; the meter answers either (it reads only the prefix)."""
+REQ_UNIT_PREFIX = bytes([PREFIX, 0x09, 0x02, 0x09])
+REQ_UNIT = REQ_UNIT_PREFIX + bytes(4)
 REQ_CLOCK_PREFIX = bytes([PREFIX, 0x20])
 CLOCK_WRITE = 0x01
 CLOCK_READ = 0x02
@@ -71,6 +91,10 @@ REQ_RECORD_PREFIX = bytes([PREFIX, 0x1F])
 RECORD_COUNT_INDEX = 501
 """Reading record 501 (one past the memory's 500) returns the record count instead of a record."""
 MAX_RECORDS = 500
+HI_VALUE = 0xFFFF
+"""A reading above the meter's range (shown as HI) is stored with this value (Tidepool's UltraMini driver)."""
+VERSION_FIELDS = (9, 8)
+"""The version reply's string is a 9-character firmware version and an 8-character build date, unseparated."""
 
 UNIT_CODES: dict[int, Unit] = {0x00: Unit.MG_DL, 0x01: Unit.MMOL_L}
 UNIT_BYTES: dict[Unit, int] = {unit: code for code, unit in UNIT_CODES.items()}
@@ -119,6 +143,10 @@ class Frame:
         return LinkControl.SEQUENCE in self.control
 
     @property
+    def expect_receive(self) -> bool:
+        return LinkControl.EXPECT_RECEIVE in self.control
+
+    @property
     def is_ack(self) -> bool:
         return LinkControl.ACK in self.control
 
@@ -139,7 +167,7 @@ def encode_frame(message: bytes, control: LinkControl = NO_CONTROL) -> bytes:
     return body + _U16.pack(crc_ccitt(body))
 
 
-class FrameDecoder:
+class FrameDecoder(StartSync):
     """Finds frames in the byte stream (sans-I/O).
 
     Bytes before an STX are skipped (line noise). ``next_frame`` returns a Frame, None when more bytes
@@ -148,25 +176,11 @@ class FrameDecoder:
     """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.skipped = 0
-        """Noise bytes skipped so far (for diagnostics)."""
-
-    def receive_data(self, data: bytes) -> None:
-        """Append bytes read from the port."""
-        self._buffer += data
+        super().__init__(STX)
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, None if incomplete, or FrameError for a damaged one."""
-        start = self._buffer.find(bytes([STX]))
-        if start < 0:
-            self.skipped += len(self._buffer)
-            self._buffer.clear()
-            return None
-        if start:
-            self.skipped += start
-            del self._buffer[:start]
-        if len(self._buffer) < 2:
+        if not self._align() or len(self._buffer) < 2:
             return None
         length = self._buffer[1]
         if not FRAME_OVERHEAD <= length <= MAX_FRAME:
@@ -186,17 +200,13 @@ class FrameDecoder:
         del self._buffer[:length]
         return Frame(control=LinkControl(raw[2] & 0x1F), message=raw[3 : length - 3])
 
-    def clear(self) -> None:
-        """Forget buffered bytes."""
-        self._buffer.clear()
-
 
 # -- host link state machine ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Acknowledged:
-    """The meter acknowledged our last frame."""
+    """The meter acknowledged our last frame (or, for a disconnect, re-opened the link)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,61 +224,117 @@ class Duplicate:
     ack: bytes
 
 
-LinkEvent = Acknowledged | Response | Duplicate
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A frame that changes nothing: a late acknowledgement, or the meter's answer arriving while we re-open."""
+
+
+LinkEvent = Acknowledged | Response | Duplicate | Ignored
+
+
+def control_bits(*, sequence: bool, expect: bool, ack: bool = False, disconnect: bool = False) -> LinkControl:
+    """A link-control byte from its bits."""
+    control = LinkControl(0)
+    if sequence:
+        control |= LinkControl.SEQUENCE
+    if expect:
+        control |= LinkControl.EXPECT_RECEIVE
+    if ack:
+        control |= LinkControl.ACK
+    if disconnect:
+        control |= LinkControl.DISCONNECT
+    return control
 
 
 class Link:
     """Host side of the UltraEasy link layer.
 
     ``open()`` / ``close()`` / ``request(message)`` return the bytes to write; ``retransmit()`` returns
-    the last frame again (same sequence bit) after a timeout. ``receive_frame(frame)`` turns a decoded
-    frame into a :data:`LinkEvent`.
+    the last frame again (same bits) after a timeout. ``receive_frame(frame)`` turns a decoded frame into a
+    :data:`LinkEvent` or raises :class:`~gateway.errors.LinkControlError` when the meter's bits show the two
+    sides out of step; the caller then re-opens the link (``open()``) and asks again.
     """
 
     def __init__(self) -> None:
         self.send_sequence = False
+        """S bit of our next (or unacknowledged) data frame."""
         self.expect_receive = False
+        """S bit we expect in the meter's next data frame."""
+        self.awaiting_ack = False
+        """A request of ours is not acknowledged yet."""
+        self.opening = False
+        """A disconnect frame of ours is not acknowledged yet."""
         self._last: bytes = b""
 
     def _control(self, *, ack: bool = False, disconnect: bool = False) -> LinkControl:
-        control = LinkControl(0)
-        if self.send_sequence:
-            control |= LinkControl.SEQUENCE
-        if self.expect_receive:
-            control |= LinkControl.EXPECT_RECEIVE
-        if ack:
-            control |= LinkControl.ACK
-        if disconnect:
-            control |= LinkControl.DISCONNECT
-        return control
+        return control_bits(sequence=self.send_sequence, expect=self.expect_receive, ack=ack, disconnect=disconnect)
 
     def open(self) -> bytes:
-        """The disconnect frame that (re)starts a link; both sequence bits reset."""
-        self.send_sequence = self.expect_receive = False
+        """The disconnect frame that (re)starts a link; both sides' bits reset to 0."""
+        self.send_sequence = self.expect_receive = self.awaiting_ack = False
+        self.opening = True
         self._last = encode_frame(b"", self._control(disconnect=True))
         return self._last
 
     close = open
 
     def request(self, message: bytes) -> bytes:
-        """Frame a request with the current sequence bit, then flip it for the next one."""
+        """Frame a request with our current bits; S toggles once the meter acknowledges it."""
         self._last = encode_frame(message, self._control())
-        self.send_sequence = not self.send_sequence
+        self.awaiting_ack = True
         return self._last
 
     def retransmit(self) -> bytes:
-        """The last frame again, unchanged (the meter treats it as a duplicate if it had it)."""
+        """The last frame again, unchanged (the meter treats it as a repetition if it had it)."""
         return self._last
 
     def _ack(self) -> bytes:
         return encode_frame(b"", self._control(ack=True))
 
+    def _acknowledges(self, frame: Frame) -> None:
+        """Take ``frame``'s E bit as the meter's word on our last request (toggled: taken; not: out of step)."""
+        if frame.expect_receive == self.send_sequence:
+            raise LinkControlError(
+                "the meter did not take our request as new",
+                field="expect_receive",
+                expected=int(not self.send_sequence),
+                received=int(frame.expect_receive),
+                control=int(frame.control),
+            )
+        self.send_sequence = not self.send_sequence
+        self.awaiting_ack = False
+
     def receive_frame(self, frame: Frame) -> LinkEvent:
-        """Classify a frame from the meter."""
-        if frame.is_ack or frame.is_disconnect:
+        """Classify a frame from the meter, checking its link-control bits."""
+        if self.opening:
+            # Until the link is re-opened, only the disconnect's acknowledgement counts: anything else is the
+            # tail of the exchange we are abandoning.
+            if frame.is_disconnect:
+                self.opening = False
+                return Acknowledged()
+            return Ignored()
+        if frame.is_disconnect:
+            raise LinkControlError(
+                "the meter reset the link", field="disconnect", expected=0, received=1, control=int(frame.control)
+            )
+        if frame.is_ack:
+            if not self.awaiting_ack:
+                return Ignored()  # a repeated acknowledgement of a frame already acknowledged
+            if frame.sequence != self.expect_receive:
+                raise LinkControlError(
+                    "the meter's sequence bit is out of step with ours",
+                    field="sequence",
+                    expected=int(self.expect_receive),
+                    received=int(frame.sequence),
+                    control=int(frame.control),
+                )
+            self._acknowledges(frame)
             return Acknowledged()
         if frame.sequence != self.expect_receive:
             return Duplicate(ack=self._ack())
+        if self.awaiting_ack:
+            # The acknowledgement was lost on the line: the answer's E bit acknowledges our request as well.
+            self._acknowledges(frame)
         self.expect_receive = not self.expect_receive
         return Response(message=frame.message, ack=self._ack())
 
@@ -302,11 +368,15 @@ def _success_payload(message: bytes, what: str) -> bytes:
 
 
 def parse_version(message: bytes) -> str:
-    """Firmware version (a length-prefixed ASCII string)."""
+    """Firmware version (a length-prefixed ASCII string: version and build date, shown with a space between)."""
     payload = _success_payload(message, "version")
     if not payload or len(payload) < 1 + payload[0]:
         raise RecordError("UltraEasy version reply is truncated")
-    return _ascii(payload[1 : 1 + payload[0]], "version")
+    text = _ascii(payload[1 : 1 + payload[0]], "version").rstrip("\x00")
+    version_len, date_len = VERSION_FIELDS
+    if len(text) == version_len + date_len:
+        return f"{text[:version_len]} {text[version_len:]}"
+    return text
 
 
 def parse_serial(message: bytes) -> str:
@@ -344,7 +414,7 @@ def parse_record_count(message: bytes) -> int:
 
 
 def parse_record(message: bytes) -> tuple[datetime, int]:
-    """One record: (meter time, value in mg/dL)."""
+    """One record: (meter time, value in mg/dL; :data:`HI_VALUE` for a reading above the meter's range)."""
     payload = _success_payload(message, "record")
     if len(payload) != _RECORD.size:
         raise RecordError(f"UltraEasy record reply has {len(payload)} data bytes, expected 8")
@@ -370,8 +440,17 @@ def success(payload: bytes = b"") -> bytes:
 
 
 def version_reply(version: str) -> bytes:
+    """The version reply as the meter sends it: ``"P02.00.00 30/08/06"`` goes out as its two fields, unseparated."""
+    version_len, date_len = VERSION_FIELDS
+    if len(version) == version_len + 1 + date_len and version[version_len] == " ":
+        version = version[:version_len] + version[version_len + 1 :]
     raw = version.encode("ascii")
     return success(bytes([len(raw)]) + raw)
+
+
+def serial_reply(serial: str) -> bytes:
+    """The serial-number reply: the number's ASCII characters, nothing else."""
+    return success(serial.encode("ascii"))
 
 
 def clock_reply(ts: datetime) -> bytes:

@@ -23,6 +23,10 @@ _logger = logging.getLogger(__name__)
 
 FLAG_DISPLAYS_MMOL_L = "meter_displays_mmol_l"
 """Serial meters send mg/dL whatever they display; this flag keeps the unit the patient saw."""
+FLAG_ABOVE_RANGE = "above_meter_range"
+"""The meter showed HI: the value is its upper limit, the true glucose is higher."""
+FLAG_BELOW_RANGE = "below_meter_range"
+"""The meter showed LO: the value is below what the strip can measure."""
 
 
 @dataclass(frozen=True, slots=True)

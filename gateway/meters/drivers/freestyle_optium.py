@@ -16,7 +16,7 @@ from datetime import datetime
 
 from gateway.errors import DeviceTimeout, ProtocolError, RecordError
 from gateway.meters.codec import freestyle_optium as codec
-from gateway.meters.drivers.base import FLAG_DISPLAYS_MMOL_L, SerialDriver, Timeouts
+from gateway.meters.drivers.base import FLAG_ABOVE_RANGE, FLAG_DISPLAYS_MMOL_L, SerialDriver, Timeouts
 from gateway.meters.transport.serial import LineSettings, SerialPort
 from gateway.records import MeterInfo, MeterRecord, Unit
 
@@ -92,7 +92,7 @@ class FreeStyleOptium(SerialDriver):
         for result in dump.results:
             if result.kind != codec.GLUCOSE:
                 continue
-            flags = [codec.FLAG_ABOVE_RANGE] if result.above_range else []
+            flags = [FLAG_ABOVE_RANGE] if result.above_range else []
             if mmol:
                 flags.append(FLAG_DISPLAYS_MMOL_L)
             yield MeterRecord(
