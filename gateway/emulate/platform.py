@@ -34,10 +34,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import ContractError, FrameError, GatewayError
-from gateway.forward import chunks, contract
 from gateway.forward.mqtt import set_nodelay
 from gateway.records import Referral
 from gateway.store.platform_store import PlatformStore
+from gateway.wire import chunks, contract
 
 _logger = logging.getLogger(__name__)
 

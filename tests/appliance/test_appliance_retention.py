@@ -12,7 +12,7 @@ import pytest
 from support.factories import T0, confirm, make_store, reading, store_capture
 
 from gateway.clock import FakeClock
-from gateway.forward.chunks import body_ref
+from gateway.wire.chunks import body_ref
 from gateway.store import Store
 from gateway.store.events import add_event
 from gateway.store.outbox import Outbox, enqueue

@@ -10,7 +10,7 @@ from support.broker import ForwarderRunner, gateway_config, wait_until
 from support.factories import T0, reading
 
 from gateway.clock import Clock, FakeClock, SystemClock
-from gateway.forward import contract
+from gateway.wire import contract
 from gateway.records import Unit
 from gateway.store import open_store
 from gateway.store.db import Origin

@@ -19,7 +19,7 @@ from support.broker import PREFIX, ForwarderRunner, gateway_config, wait_until
 from support.factories import make_store
 
 from gateway.clock import SystemClock
-from gateway.forward import contract, downlink
+from gateway.wire import contract, downlink
 from gateway.store import referrals
 from gateway.store.db import iso
 

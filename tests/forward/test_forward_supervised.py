@@ -19,7 +19,7 @@ from support.broker import GATEWAY, PREFIX, SITE
 from gateway.clock import SystemClock
 from gateway.config import parse_config
 from gateway.daemon import open_runtime, run_daemon
-from gateway.forward import contract
+from gateway.wire import contract
 from gateway.records import Referral
 from gateway.services import GatewayServices
 from gateway.store import referrals

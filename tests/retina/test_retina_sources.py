@@ -18,7 +18,7 @@ from support.retina import build_tiny_model, fundus_jpeg, retina_config
 from gateway.clock import FakeClock
 from gateway.emulate import camera as emu
 from gateway.errors import DeviceDisconnected, DeviceError, DeviceNotFound
-from gateway.forward import contract
+from gateway.wire import contract
 from gateway.records import Eye, Field
 from gateway.retina.intake import CaptureMeta
 from gateway.retina.service import CAPTURE_KIND, TARGET_KIND, UPLOAD_KIND, RetinaService

@@ -11,7 +11,7 @@ from support.retina import build_tiny_model, fundus_jpeg
 
 from gateway.clock import FakeClock
 from gateway.errors import CaptureError, IntakeRefused, StoreError
-from gateway.forward import chunks, contract
+from gateway.wire import chunks, contract
 from gateway.records import Eye, Field, TriageDecision
 from gateway.retina.intake import CaptureMeta, RetinaIntake
 from gateway.retina.triage import TriageModel

@@ -10,7 +10,7 @@ import pytest
 from support.factories import make_store, reading
 
 from gateway.errors import DiskFull, IntakeRefused, StoreError
-from gateway.forward import contract
+from gateway.wire import contract
 from gateway.records import Unit
 from gateway.store import open_store
 from gateway.store.outbox import Outbox
