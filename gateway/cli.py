@@ -57,10 +57,12 @@ def config_from(args: argparse.Namespace) -> GatewayConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gateway.daemon import run_daemon
+    from gateway.daemon import COMPONENT_FACTORIES, run_daemon
+    from gateway.emulate import synthetic
 
     config = config_from(args)
-    return asyncio.run(run_daemon(config))
+    # The demo's synthetic meter runs only when the config's [demo] section asks for it (demo, crash tests).
+    return asyncio.run(run_daemon(config, factories=(*COMPONENT_FACTORIES, synthetic.components)))
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ def _actor() -> str:
 
 
 def _open_store(args: argparse.Namespace) -> Store:
-    from gateway.daemon import open_runtime
+    from gateway.runtime import open_runtime
 
     return open_runtime(config_from(args)).store
 

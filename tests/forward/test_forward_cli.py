@@ -9,7 +9,7 @@ from support.broker import ForwarderRunner, gateway_config, wait_until
 from support.factories import reading
 
 from gateway.cli import main
-from gateway.daemon import open_runtime
+from gateway.runtime import open_runtime
 from gateway.store import referrals
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings

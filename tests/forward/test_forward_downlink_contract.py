@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ContractError
-from gateway.wire import contract, downlink
 from gateway.records import Referral
+from gateway.wire import contract, downlink
 
 BASE = {"schema": "cg.referral/1", "referral_id": "r-1", "decision": "refer_urgent", "patient_id": "P-0042"}
 
