@@ -1,7 +1,7 @@
 """Local pages: IT status, nurse and technician desks, login and roles (Flask, served by waitress).
 
-``create_app(services, config)`` builds the app; ``gateway.web.component`` runs it inside the daemon and
-``gateway.web.commands`` adds ``gateway user ...``. The pages talk to the core only through
+``create_app(services, config)`` builds the app; ``gateway.web.component`` runs it inside the daemon
+(``gateway user ...`` is :mod:`gateway.commands.users`). The pages talk to the core only through
 :class:`gateway.services.GatewayServices`.
 """
 

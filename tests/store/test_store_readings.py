@@ -10,11 +10,11 @@ import pytest
 from support.factories import make_store, reading
 
 from gateway.errors import DiskFull, IntakeRefused, StoreError
-from gateway.wire import contract
 from gateway.records import Unit
 from gateway.store import open_store
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings, count_readings, last_sequence, reading_identity
+from gateway.wire import contract
 
 
 def outbox_count(store) -> int:  # type: ignore[no-untyped-def]

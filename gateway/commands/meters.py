@@ -15,7 +15,7 @@ import asyncio
 import sys
 from typing import Any, TextIO
 
-from gateway.cli import EXIT_ERROR, EXIT_OK, add_config_argument, config_from
+from gateway.commands.common import EXIT_ERROR, EXIT_OK, add_config_argument, config_from
 from gateway.config import GatewayConfig
 from gateway.meters.session import Progress, SessionResult
 

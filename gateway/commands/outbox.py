@@ -14,7 +14,7 @@ import argparse
 import json
 from typing import Any
 
-from gateway.cli import EXIT_OK, EXIT_PROBLEMS, add_config_argument, config_from
+from gateway.commands.common import EXIT_OK, EXIT_PROBLEMS, add_config_argument, config_from
 
 
 def _open(args: argparse.Namespace) -> Any:
