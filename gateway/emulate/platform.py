@@ -23,7 +23,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -323,11 +323,6 @@ class Receiver:
                 return True
             time.sleep(0.02)
         return condition(self)
-
-
-def with_db(settings: ReceiverSettings, db_path: Path) -> ReceiverSettings:
-    """The same settings with another database file."""
-    return replace(settings, db_path=db_path)
 
 
 def send_referral_once(settings: ReceiverSettings, prefix: str, referral: Referral, timeout_s: float = 10.0) -> bool:

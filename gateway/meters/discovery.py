@@ -15,14 +15,13 @@ Supports:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import GatewayConfig
 from gateway.errors import DeviceDisconnected, DeviceError, DeviceNotFound, ProtocolError
-from gateway.meters import MeterDriver
+from gateway.meters import BLE_ADDRESS, MeterDriver
 from gateway.meters.drivers import FAMILIES, SerialDriver, Timeouts
 from gateway.meters.transport.serial import PortInfo, list_serial_ports
 
@@ -43,8 +42,6 @@ KNOWN_CABLES: dict[tuple[int, int], tuple[str, tuple[str, ...]]] = {
     (0x10C4, 0xEA60): ("Silicon Labs CP210x serial cable", ALL_FAMILIES),
 }
 """USB identities of meter cables. Generic bridges (FTDI, Silicon Labs) are tried with every family."""
-
-BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 
 
 def candidate_families(vid: int | None, pid: int | None) -> tuple[str, ...]:

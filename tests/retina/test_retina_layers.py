@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from gateway.retina import quality
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
-PURE = ("retina/imaging.py", "retina/quality.py", "retina/degrade.py", "wire/chunks.py")
+PURE = ("retina/imaging.py", "retina/quality.py", "wire/chunks.py")
 IO_MODULES = {"os", "socket", "subprocess", "sqlite3", "sqlite_utils", "onnxruntime", "paho", "flask", "threading"}
 
 
