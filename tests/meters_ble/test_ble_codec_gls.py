@@ -109,8 +109,7 @@ def test_measurement_minimal_mg_dl() -> None:
         "0100"  # sequence 1
         "E807 03 01 07 1E 00"  # 2024-03-01 07:30:00
         "5AB0"  # SFLOAT 0xB05A = 90e-5 kg/L = 90 mg/dL
-        "11"  # sample location finger (high nibble 1), type capillary whole blood (low nibble 1)
-        .replace(" ", "")
+        "11".replace(" ", "")  # sample location finger (high nibble 1), type capillary whole blood (low nibble 1)
     )
     m = gls.parse_measurement(frame)
     assert m.sequence == 1
@@ -145,7 +144,7 @@ def test_measurement_every_flag_mmol_l() -> None:
 
 
 def test_measurement_special_concentration_and_reserved_codes_are_kept() -> None:
-    frame = bytes.fromhex("02" "0700" "E80703010A0000" "FF07" "FB")  # NaN; location 15, type 11 (reserved)
+    frame = bytes.fromhex("020700E80703010A0000FF07FB")  # NaN; location 15, type 11 (reserved)
     m = gls.parse_measurement(frame)
     assert m.concentration is Special.NAN and m.glucose() is None
     assert m.sample_type == 11 and gls.code_name(m.sample_type) == "reserved_11"
@@ -153,7 +152,7 @@ def test_measurement_special_concentration_and_reserved_codes_are_kept() -> None
 
 
 def test_measurement_without_concentration() -> None:
-    m = gls.parse_measurement(bytes.fromhex("08" "0300" "E80703010A0000" "0400"))  # status only: sample too small
+    m = gls.parse_measurement(bytes.fromhex("080300E80703010A00000400"))  # status only: sample too small
     assert m.concentration is None and m.glucose() is None
     assert m.sensor_status == gls.SensorStatus.SAMPLE_SIZE_INSUFFICIENT
 
@@ -187,11 +186,14 @@ def test_context_every_field() -> None:
         "FF"  # every field, medication in liters, extended flags
         "2A00"  # sequence 42
         "00"  # extended flags (all reserved)
-        "01" "32D0"  # carbohydrate: breakfast, SFLOAT 0xD032 = 50e-3 kg
+        "01"
+        "32D0"  # carbohydrate: breakfast, SFLOAT 0xD032 = 50e-3 kg
         "01"  # meal: preprandial
         "51"  # health 5 (no health issues) << 4 | tester 1 (self)
-        "100E" "32"  # exercise 3600 s at 50 %
-        "01" "0AD0"  # medication: rapid acting insulin, SFLOAT 0xD00A = 10e-3 L
+        "100E"
+        "32"  # exercise 3600 s at 50 %
+        "01"
+        "0AD0"  # medication: rapid acting insulin, SFLOAT 0xD00A = 10e-3 L
         "41F0"  # HbA1c SFLOAT 0xF041 = 6.5 %
     )
     c = gls.parse_context(frame)
@@ -207,9 +209,9 @@ def test_context_every_field() -> None:
 
 
 def test_context_medication_in_kilograms_and_meal_only() -> None:
-    c = gls.parse_context(bytes.fromhex("10" "0500" "04" "0AB0"))  # long acting insulin, 10e-5 kg
+    c = gls.parse_context(bytes.fromhex("100500040AB0"))  # long acting insulin, 10e-5 kg
     assert c.medication_unit is gls.MedicationUnit.KILOGRAMS and c.medication == Decimal("0.00010")
-    assert gls.parse_context(bytes.fromhex("02" "0500" "05")).meal is gls.MealCode.BEDTIME
+    assert gls.parse_context(bytes.fromhex("02050005")).meal is gls.MealCode.BEDTIME
 
 
 @pytest.mark.parametrize(
@@ -318,12 +320,12 @@ def test_racp_request_parser_gives_the_response_code_to_send() -> None:
 
 
 def test_current_time() -> None:
-    ct = gls.parse_current_time(bytes.fromhex("EA070B170A0F1E" "01" "80" "00"))  # Monday, 128/256 s
+    ct = gls.parse_current_time(bytes.fromhex("EA070B170A0F1E018000"))  # Monday, 128/256 s
     assert ct.time == datetime(2026, 11, 23, 10, 15, 30, 500000)
     assert ct.day_of_week == 1
     assert gls.parse_current_time(gls.encode_current_time(ct.time)).time == ct.time
     with pytest.raises(RecordError, match="day of week 9"):
-        gls.parse_current_time(bytes.fromhex("EA070B170A0F1E" "09" "00" "00"))
+        gls.parse_current_time(bytes.fromhex("EA070B170A0F1E090000"))
 
 
 def test_dis_strings() -> None:
@@ -336,7 +338,7 @@ def test_dis_strings() -> None:
 
 MEAS_1 = bytes.fromhex("020100E80703010A00005AB011")  # seq 1, no context
 MEAS_2_CTX = bytes.fromhex("120200E80703010B00005AB011")  # seq 2, context follows
-CTX_2 = bytes.fromhex("0202000" "1")  # seq 2, meal preprandial
+CTX_2 = bytes.fromhex("02020001")  # seq 2, meal preprandial
 MEAS_3_CTX = bytes.fromhex("120300E80703010C00005AB011")  # seq 3, context follows (but none comes)
 MEAS_4 = bytes.fromhex("020400E80703010D00005AB011")
 
