@@ -21,9 +21,11 @@ from typing import Any
 import gateway
 from gateway.clock import SystemClock
 from gateway.config import parse_config
-from gateway.daemon import open_runtime, run_daemon
+from gateway.daemon import run_daemon
 from gateway.emulate.broker import BrokerOptions, MosquittoBroker
 from gateway.emulate.platform import Receiver, ReceiverSettings
+from gateway.forward.forwarder import components as forwarder_components
+from gateway.runtime import open_runtime
 
 SITE, GATEWAY = "chc-bench", "gw-bench"
 PREFIX = f"cg/v1/{SITE}/{GATEWAY}/"
@@ -88,7 +90,7 @@ class Rig:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._stop = asyncio.Event()
-        factories = ("gateway.forward.forwarder",)
+        factories = (forwarder_components,)
         self._loop.run_until_complete(
             run_daemon(self.config, runtime=self.runtime, stop=self._stop, factories=factories)
         )

@@ -1,7 +1,7 @@
 """Calibrate the quality gate on the train split, report it on the valid split (prints JSON).
 
 The shared fundus photos have no quality labels, so the labelled set is made here: every photo clean,
-plus one copy per degradation of ``gateway/retina/degrade.py`` (seeded by file name and kind), plus
+plus one copy per degradation of ``tests/support/degrade.py`` (seeded by file name and kind), plus
 synthetic non-fundus images. Thresholds are chosen on *train* only:
 
 - for a metric where low is bad, the 0.5 % quantile of the clean train photos (at most 1 in 200 clean
@@ -41,8 +41,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the calibration generator is test support, not shipped
 
-from gateway.retina import degrade, quality  # noqa: E402
+from support import degrade  # noqa: E402
+
+from gateway.retina import quality  # noqa: E402
 
 Item = tuple[str, dict[str, float], float]  # (kind, metrics, seconds to measure)
 NOT_FUNDUS_PER_KIND = 20

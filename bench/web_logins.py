@@ -35,7 +35,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "web")]
 from web_harness import HttpBrowser, add_users, make_config, serving  # noqa: E402
 
 from gateway.clock import SystemClock  # noqa: E402
-from gateway.daemon import open_runtime  # noqa: E402
+from gateway.runtime import open_runtime  # noqa: E402
 
 
 def burst(port: int, names: list[str]) -> int:

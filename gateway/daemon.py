@@ -2,6 +2,7 @@
 
 Each area contributes components through a module-level ``components(runtime) -> list[Component]``
 function listed in ``COMPONENT_FACTORIES`` (returning ``[]`` when its config section is disabled).
+The runtime it builds them from is :func:`gateway.runtime.open_runtime`.
 A component that fails with a GatewayError is logged, recorded as an event and restarted with backoff;
 the daemon itself keeps running. SIGTERM/SIGINT cancel every component (each finishes or abandons its
 in-flight work safely: everything is in SQLite before it is sent) and the daemon exits 0.
@@ -11,116 +12,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
-import random
 import signal
 from collections.abc import Iterable
 
-from gateway import __version__, notify
-from gateway.clock import Clock, SystemClock
+from gateway import __version__, health, notify, retention
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.records import GlucoseReading, Unit
-from gateway.runtime import Component, Runtime
-from gateway.store import open_store
-from gateway.store.db import Origin
+from gateway.forward import forwarder
+from gateway.meters import ble_source, serial_source
+from gateway.retina import service as retina_service
+from gateway.runtime import Component, ComponentFactory, Runtime, open_runtime
 from gateway.store.events import add_event
 from gateway.store.instance import exclusive_store
 from gateway.store.outbox import Outbox
-from gateway.store.readings import add_readings, upsert_meter
+from gateway.web import component as web_component
 
 _logger = logging.getLogger(__name__)
 
-COMPONENT_FACTORIES: tuple[str, ...] = (
-    "gateway.forward.forwarder",
-    "gateway.health",
-    "gateway.meters.serial_source",
-    "gateway.meters.ble_source",
-    "gateway.retina.service",
-    "gateway.web.component",
-    "gateway.daemon",  # the demo's synthetic reading source, below
+COMPONENT_FACTORIES: tuple[ComponentFactory, ...] = (
+    forwarder.components,
+    health.components,
+    retention.components,
+    serial_source.components,
+    ble_source.components,
+    retina_service.components,
+    web_component.components,
 )
+"""Each area's parts, in start order. Demo-only sources (``gateway.emulate.synthetic``) are added by whoever
+runs the daemon for a demo or a test, through ``run_daemon(factories=...)``."""
 
 RESTART_BACKOFF_MAX_S = 30.0
 
 
-def open_runtime(config: GatewayConfig, clock: Clock | None = None) -> Runtime:
-    """Open the store and build the Runtime context for ``config``."""
-    clock = clock or SystemClock(config.clock.sync_check, config.clock.sync_file)
-    store = open_store(
-        config.db_path,
-        config.image_dir,
-        clock=clock,
-        origin=Origin(config.gateway.site_id, config.gateway.gateway_id, config.forward.payload_format),
-        min_free_mb=config.store.min_free_mb,
-        low_disk_warn_mb=config.store.low_disk_warn_mb,
-        max_page_count=config.store.max_page_count,
-    )
-    return Runtime(
-        config=config, store=store, clock=clock, started_at=clock.utc_now(), started_monotonic=clock.monotonic()
-    )
-
-
-def build_components(runtime: Runtime, factories: Iterable[str] = COMPONENT_FACTORIES) -> list[Component]:
+def build_components(runtime: Runtime, factories: Iterable[ComponentFactory] = COMPONENT_FACTORIES) -> list[Component]:
     """Ask each area's ``components(runtime)`` for its parts."""
     built: list[Component] = []
-    for module_name in factories:
-        module = importlib.import_module(module_name)
-        built.extend(module.components(runtime))
+    for factory in factories:
+        built.extend(factory(runtime))
     return built
-
-
-class SyntheticReadings:
-    """Demo source: a pretend meter that takes a reading every ``interval`` seconds.
-
-    Stands in for real meters in the demo and drives the crash tests' ingest. Values follow a plausible
-    daily curve with noise; the meter numbers its records, so identity is ``(meter_id, sequence)``.
-    """
-
-    name = "synthetic-readings"
-
-    def __init__(self, runtime: Runtime, interval_s: float, meter_id: str = "synthetic:demo-0001") -> None:
-        self.runtime = runtime
-        self.interval_s = interval_s
-        self.meter_id = meter_id
-        self._beat = runtime.clock.monotonic()
-        self._rng = random.Random(7)
-
-    def healthy(self) -> bool:
-        return self.runtime.clock.monotonic() - self._beat < max(30.0, 10 * self.interval_s)
-
-    async def run(self) -> None:
-        from gateway.records import MeterInfo
-        from gateway.store.readings import last_sequence
-
-        store = self.runtime.store
-        upsert_meter(store, MeterInfo(meter_id=self.meter_id, family="synthetic", transport="none", serial="demo-0001"))
-        seq = last_sequence(store, self.meter_id) or 0
-        while True:
-            self._beat = self.runtime.clock.monotonic()
-            seq += 1
-            now = self.runtime.clock.utc_now()
-            value = round(max(2.5, self._rng.gauss(7.5, 2.5)), 1)
-            reading = GlucoseReading(
-                meter_id=self.meter_id,
-                sequence=seq,
-                meter_time=now.replace(tzinfo=None),
-                clock_offset_s=0.0,
-                corrected_time=now,
-                time_trusted=self.runtime.clock.is_synchronised(),
-                value=value,
-                unit=Unit.MMOL_L,
-                patient_id=f"DEMO-{(seq % 5) + 1:04d}",
-            )
-            add_readings(store, [reading])
-            await asyncio.sleep(self.interval_s)
-
-
-def components(runtime: Runtime) -> list[Component]:
-    """The daemon's own components (the demo's synthetic source when configured)."""
-    demo = runtime.config.demo
-    return [SyntheticReadings(runtime, demo.synthetic_interval_s)] if demo.synthetic_readings else []
 
 
 async def _supervise(component: Component, runtime: Runtime, stop: asyncio.Event) -> None:
@@ -191,7 +121,7 @@ async def run_daemon(
     *,
     runtime: Runtime | None = None,
     stop: asyncio.Event | None = None,
-    factories: Iterable[str] = COMPONENT_FACTORIES,
+    factories: Iterable[ComponentFactory] = COMPONENT_FACTORIES,
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set). Returns the exit code.
 
@@ -202,7 +132,9 @@ async def run_daemon(
         return await _run(config, runtime or open_runtime(config), stop or asyncio.Event(), factories)
 
 
-async def _run(config: GatewayConfig, runtime: Runtime, stop: asyncio.Event, factories: Iterable[str]) -> int:
+async def _run(
+    config: GatewayConfig, runtime: Runtime, stop: asyncio.Event, factories: Iterable[ComponentFactory]
+) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

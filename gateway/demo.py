@@ -133,7 +133,7 @@ def _ensure_users(config: GatewayConfig) -> list[tuple[str, str, str]]:
     """Create the demo logins once; passwords are random and kept (0600) in the demo state dir."""
     from werkzeug.security import generate_password_hash
 
-    from gateway.daemon import open_runtime
+    from gateway.runtime import open_runtime
     from gateway.store import users
 
     secret_file = config.gateway.state_dir / "demo-logins.txt"
@@ -170,7 +170,8 @@ async def _report(stack: DemoStack, interval_s: float = 10.0) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Entry point of ``gateway demo``."""
-    from gateway.daemon import run_daemon
+    from gateway.daemon import COMPONENT_FACTORIES, run_daemon
+    from gateway.emulate import synthetic
 
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         print("gateway demo: mosquitto is not installed; run scripts/setup (or scripts/demo)", file=sys.stderr)
@@ -195,7 +196,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if args.duration is not None:
                 asyncio.get_running_loop().call_later(args.duration, stop.set)
             try:
-                return await run_daemon(config, stop=stop)
+                return await run_daemon(config, stop=stop, factories=(*COMPONENT_FACTORIES, synthetic.components))
             finally:
                 reporter.cancel()
 

@@ -34,7 +34,6 @@ from gateway.runtime import Component, Runtime
 from gateway.store import Store
 from gateway.store.db import iso
 from gateway.store.events import Level, add_event
-from gateway.store.retention import RetentionTask
 
 _logger = logging.getLogger(__name__)
 
@@ -278,9 +277,5 @@ class HealthMonitor:
 
 
 def components(runtime: Runtime) -> list[Component]:
-    """The health monitor and the retention task (both always on)."""
-    cfg = runtime.config.store
-    return [
-        HealthMonitor.from_runtime(runtime),
-        RetentionTask(runtime.store, cfg.retention_days, low_disk_warn_mb=cfg.low_disk_warn_mb),
-    ]
+    """The health monitor (always on)."""
+    return [HealthMonitor.from_runtime(runtime)]

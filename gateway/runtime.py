@@ -5,7 +5,8 @@ The asyncio core (meters, retina, forwarder, health) and the web threads meet on
 - ``DeskBus``: requests from the pages (a thread) to the core (the event loop), thread-safe.
 - ``Board``: small thread-safe snapshots the core publishes for the pages (download progress, devices seen).
 
-Nothing here touches a device, the network or SQLite.
+Nothing here touches a device or the network; :func:`open_runtime` opens the store for the daemon and the
+``gateway`` subcommands alike.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from gateway.clock import Clock
+from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.notify import Notifier
-from gateway.store import Store
+from gateway.store import Store, open_store
+from gateway.store.db import Origin
 
 
 @runtime_checkable
@@ -190,3 +192,20 @@ class Runtime:
 
 
 ComponentFactory = Callable[[Runtime], Iterable[Component]]
+
+
+def open_runtime(config: GatewayConfig, clock: Clock | None = None) -> Runtime:
+    """Open the store and build the Runtime context for ``config``."""
+    clock = clock or SystemClock(config.clock.sync_check, config.clock.sync_file)
+    store = open_store(
+        config.db_path,
+        config.image_dir,
+        clock=clock,
+        origin=Origin(config.gateway.site_id, config.gateway.gateway_id, config.forward.payload_format),
+        min_free_mb=config.store.min_free_mb,
+        low_disk_warn_mb=config.store.low_disk_warn_mb,
+        max_page_count=config.store.max_page_count,
+    )
+    return Runtime(
+        config=config, store=store, clock=clock, started_at=clock.utc_now(), started_monotonic=clock.monotonic()
+    )

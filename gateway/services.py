@@ -24,9 +24,10 @@ from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
 from gateway.store.audit import AuditEntry
-from gateway.store.db import QUARANTINE_KEY, new_id
+from gateway.store.db import new_id
 from gateway.store.events import recent_events
 from gateway.store.outbox import Outbox
+from gateway.store.startup import QUARANTINE_KEY
 
 RETINA_CAPTURE = "retina_capture"
 RETINA_UPLOAD = "retina_upload"

@@ -3,7 +3,7 @@
 It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``retina/#``, ``events``, ``status``),
 validates each payload against the contract's JSON Schemas (a glucose message may be ``cg.glucose/1`` or a
 FHIR Observation), deduplicates on ``message_id``, stores everything in its own SQLite database
-(:class:`~gateway.store.platform_store.PlatformStore`), reassembles image chunks and checks their SHA-256,
+(:class:`~gateway.emulate.platform_store.PlatformStore`), reassembles image chunks and checks their SHA-256,
 and acknowledges on ``<prefix>ack`` in batches, *only after its own durable commit*. It can send a
 referral decision down to a gateway (``cmd/referral``).
 
@@ -23,7 +23,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.emulate.platform_store import PlatformStore
 from gateway.errors import ContractError, FrameError, GatewayError
-from gateway.forward import chunks, contract
 from gateway.forward.mqtt import set_nodelay
 from gateway.records import Referral
-from gateway.store.platform_store import PlatformStore
+from gateway.wire import chunks, contract
 
 _logger = logging.getLogger(__name__)
 
@@ -323,11 +323,6 @@ class Receiver:
                 return True
             time.sleep(0.02)
         return condition(self)
-
-
-def with_db(settings: ReceiverSettings, db_path: Path) -> ReceiverSettings:
-    """The same settings with another database file."""
-    return replace(settings, db_path=db_path)
 
 
 def send_referral_once(settings: ReceiverSettings, prefix: str, referral: Referral, timeout_s: float = 10.0) -> bool:

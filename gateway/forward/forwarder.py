@@ -17,7 +17,7 @@ What it supports:
   ``forward.reconnect_probe_s``) and the backoff ends as soon as it answers: the link resumes within about
   a second of the broker's return, while a broker that answers but refuses us still gets the full backoff.
 - Downlink: ``<prefix>ack`` and ``<prefix>cmd/referral``, each message checked on its own
-  (:mod:`gateway.forward.downlink`). A valid referral is stored once per referral_id (held for review when
+  (:mod:`gateway.wire.downlink`). A valid referral is stored once per referral_id (held for review when
   its patient disagrees with its photo's); an ack is applied only to messages actually sent. A message that
   fails the contract is kept as a dead letter with its reason (:mod:`gateway.store.dead_letters`), counted,
   logged by size and reason only, and never stops the link or its neighbours. Every message is acknowledged
@@ -52,7 +52,6 @@ from gateway.errors import (
     MessageRejected,
     StoreError,
 )
-from gateway.forward import contract, downlink
 from gateway.forward.mqtt import (
     Connected,
     Disconnected,
@@ -72,6 +71,7 @@ from gateway.store.dead_letters import add_dead_letter
 from gateway.store.events import add_event
 from gateway.store.outbox import Outbox
 from gateway.store.referrals import add_referral
+from gateway.wire import contract, downlink
 
 _logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ Downlink (acks, referral decisions): paho's manual-ack mode. A QoS 1 message fro
 acknowledged (PUBACK) only when the forwarder calls :meth:`MqttLink.acknowledge`, after what it did with the
 message is committed; a message we crash or disconnect over is redelivered by the broker (persistent
 session) to the next connection. The CONNECT announces a Maximum Packet Size
-(:data:`gateway.forward.downlink.MAX_PACKET_SIZE`), so the broker drops anything larger instead of making
+(:data:`gateway.wire.downlink.MAX_PACKET_SIZE`), so the broker drops anything larger instead of making
 us read it into memory.
 """
 
@@ -58,7 +58,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import GatewayConfig, read_secret
 from gateway.errors import BrokerAuthError, BrokerTLSError, BrokerUnavailable, ForwardError, MessageRejected
-from gateway.forward import contract, downlink
+from gateway.wire import contract, downlink
 
 _logger = logging.getLogger(__name__)
 

@@ -203,6 +203,3 @@ class BleMeterSource:
 def components(runtime: Runtime) -> list[Component]:
     """The BLE meter component when ``meters.ble.enabled``."""
     return [BleMeterSource(runtime)] if runtime.config.meters.ble.enabled else []
-
-
-register_components = components

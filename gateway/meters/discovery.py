@@ -16,14 +16,13 @@ Supports:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import GatewayConfig
 from gateway.errors import DeviceDisconnected, DeviceError, DeviceNotFound, ProtocolError
-from gateway.meters import MeterDriver
+from gateway.meters import BLE_ADDRESS, MeterDriver
 from gateway.meters.drivers import FAMILIES, SerialDriver, Timeouts
 from gateway.meters.transport.serial import PortInfo, is_url, list_hid_uart_bridges, list_serial_ports, port_for
 
@@ -46,8 +45,6 @@ KNOWN_CABLES: dict[tuple[int, int], tuple[str, tuple[str, ...]]] = {
     (0x10C4, 0xEA80): ("Silicon Labs CP2110 USB-HID UART (TaiDoc TD-42xx cable)", TAIDOC),
 }
 """USB identities of meter cables. Generic bridges (FTDI, Silicon Labs) are tried with every family."""
-
-BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 
 
 def candidate_families(vid: int | None, pid: int | None) -> tuple[str, ...]:

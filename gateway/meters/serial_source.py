@@ -24,8 +24,8 @@ import logging
 from typing import Any
 
 from gateway.errors import DeviceNotFound, GatewayError
-from gateway.meters import MeterDriver
-from gateway.meters.discovery import BLE_ADDRESS, PortWatcher, SeenPort, identify, open_driver, timeouts_from
+from gateway.meters import BLE_ADDRESS, MeterDriver
+from gateway.meters.discovery import PortWatcher, SeenPort, identify, open_driver, timeouts_from
 from gateway.meters.drivers import SerialDriver
 from gateway.meters.session import DownloadSession, SessionResult, board_progress, post_result
 from gateway.runtime import Component, DeskRequest, Runtime
@@ -33,8 +33,7 @@ from gateway.runtime import Component, DeskRequest, Runtime
 _logger = logging.getLogger(__name__)
 
 SERIAL_SYNC_KIND = "meter_sync.serial"
-"""DeskBus request kind served here; the generic :data:`GENERIC_SYNC_KIND` is served too."""
-GENERIC_SYNC_KIND = "meter_sync"
+"""DeskBus request kind served here."""
 
 
 class SerialMeterSource:
@@ -75,7 +74,7 @@ class SerialMeterSource:
         }
 
     async def run(self) -> None:
-        queues = [self.runtime.desk.queue(SERIAL_SYNC_KIND), self.runtime.desk.queue(GENERIC_SYNC_KIND)]
+        queues = [self.runtime.desk.queue(SERIAL_SYNC_KIND)]
         interval = self.config.meters.serial.poll_interval_s
         try:
             while True:
@@ -268,4 +267,4 @@ def components(runtime: Runtime) -> list[Component]:
     return [SerialMeterSource(runtime)] if runtime.config.meters.serial.enabled else []
 
 
-__all__ = ["GENERIC_SYNC_KIND", "SERIAL_SYNC_KIND", "SerialMeterSource", "components"]
+__all__ = ["SERIAL_SYNC_KIND", "SerialMeterSource", "components"]

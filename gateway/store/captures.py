@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import FrameError, StoreError
-from gateway.forward import chunks as chunking
-from gateway.forward import contract
 from gateway.records import Capture
 from gateway.store import audit
 from gateway.store.audit import AuditEntry
 from gateway.store.db import Store, iso, new_id, translate_sqlite_errors
 from gateway.store.outbox import enqueue
+from gateway.wire import chunks as chunking
+from gateway.wire import contract
 
 _EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/tiff": ".tif"}
 

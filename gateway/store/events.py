@@ -9,9 +9,9 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from gateway.forward import contract
 from gateway.store.db import Store, iso, new_id
 from gateway.store.outbox import enqueue
+from gateway.wire import contract
 
 Level = Literal["info", "warning", "error"]
 

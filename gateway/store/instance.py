@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.errors import StoreError
-from gateway.store.db import check_directory
+from gateway.store.startup import check_directory
 
 LOCK_NAME = "gateway.lock"
 

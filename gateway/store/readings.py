@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.forward import contract
 from gateway.records import GlucoseReading, MeterInfo
 from gateway.store.db import Store, iso, new_id
 from gateway.store.outbox import enqueue
+from gateway.wire import contract
 
 
 def reading_identity(reading: GlucoseReading) -> str:

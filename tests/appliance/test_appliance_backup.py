@@ -167,8 +167,9 @@ def test_cli_export_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_store_commands_are_registered_and_documented() -> None:
     from gateway.cli import build_parser
+    from gateway.commands import store
 
-    parser = build_parser(("gateway.store.commands",))
+    parser = build_parser((store.register,))
     help_text = parser.format_help()
     doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     for command in ("export", "import", "prune"):

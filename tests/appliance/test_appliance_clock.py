@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo
 from support.factories import T0, make_store
 
 from gateway.clock import FakeClock, SystemClock, Timex, kernel_clock_synchronised, read_timex
-from gateway.forward import contract
 from gateway.health import HealthMonitor
 from gateway.meters.session import FLAG_GATEWAY_CLOCK_UNSYNCED, DownloadSession
 from gateway.records import MeterInfo, MeterRecord, Unit
 from gateway.store import Store
+from gateway.wire import contract
 
 TZ = ZoneInfo("Asia/Shanghai")
 

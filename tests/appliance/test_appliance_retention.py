@@ -12,12 +12,13 @@ import pytest
 from support.factories import T0, confirm, make_store, reading, store_capture
 
 from gateway.clock import FakeClock
-from gateway.forward.chunks import body_ref
+from gateway.retention import RetentionTask
 from gateway.store import Store
 from gateway.store.events import add_event
 from gateway.store.outbox import Outbox, enqueue
 from gateway.store.readings import add_readings
-from gateway.store.retention import RetentionTask, prune
+from gateway.store.retention import prune
+from gateway.wire.chunks import body_ref
 
 OLD = T0 - timedelta(days=120)
 RECENT = T0 - timedelta(days=10)

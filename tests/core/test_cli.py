@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from gateway.cli import COMMAND_MODULES, build_parser
+from gateway.cli import REGISTRARS, build_parser
 
-EXPECTED = {"run", "demo", "config", "outbox", "receiver", "meters", "triage", "user", "export", "import"}
+EXPECTED = {"run", "demo", "config", "outbox", "receiver", "meters", "triage", "user", "export", "import", "prune"}
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -31,7 +31,7 @@ def walk(
 
 
 def test_every_area_registers_its_commands() -> None:
-    assert len(COMMAND_MODULES) == 6
+    assert len(REGISTRARS) == 8
     assert set(subcommands(build_parser())) >= EXPECTED
 
 

@@ -82,8 +82,12 @@ def test_mutual_tls_needs_both_cert_and_key(tmp_path: Path) -> None:
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
     with pytest.raises(ConfigError) as info:
-        parse_config({"gateway": {"site_id": "a", "gateway_id": "b"},
-                      "forward": {"tls": {"ca_file": str(ca), "cert_file": str(ca)}}})
+        parse_config(
+            {
+                "gateway": {"site_id": "a", "gateway_id": "b"},
+                "forward": {"tls": {"ca_file": str(ca), "cert_file": str(ca)}},
+            }
+        )
     assert info.value.problems[0][0] == "forward.tls"
 
 

@@ -34,7 +34,7 @@ def restore_root_logger() -> Iterator[None]:
 
 def emit(capsys: pytest.CaptureFixture[str], fmt: str) -> list[str]:
     setup_logging("INFO", fmt)
-    log = logging.getLogger("gateway.forward.downlink")
+    log = logging.getLogger("gateway.forward.forwarder")
     log.info("acknowledged referral %s", FORGED)
     log.warning("referral %r refused", FORGED, extra={"referral_id": FORGED, "count": 3})
     log.info("ids: %s", "|".join(HOSTILE))
@@ -49,14 +49,14 @@ def emit(capsys: pytest.CaptureFixture[str], fmt: str) -> list[str]:
 def test_text_lines_cannot_be_forged(capsys: pytest.CaptureFixture[str]) -> None:
     lines = emit(capsys, "text")
     assert not any(line.startswith("ERROR gateway.daemon") for line in lines), lines
-    assert lines[0] == "INFO gateway.forward.downlink: acknowledged referral r-1\\nERROR gateway.daemon: FORGED LINE"
+    assert lines[0] == "INFO gateway.forward.forwarder: acknowledged referral r-1\\nERROR gateway.daemon: FORGED LINE"
     assert "referral_id=r-1\\nERROR gateway.daemon: FORGED LINE" in lines[1]
     assert "count=3" in lines[1]
     hostile = lines[2]
     assert not any(ch in hostile for ch in HOSTILE), repr(hostile)
     assert "\\x1b[2J" in hostile and "\\u2028" in hostile and "\\x85" in hostile and "\\x00" in hostile
     # The traceback follows on its own lines, unescaped.
-    assert lines[3].startswith("ERROR gateway.forward.downlink: downlink message r-1\\nERROR")
+    assert lines[3].startswith("ERROR gateway.forward.forwarder: downlink message r-1\\nERROR")
     assert lines[4] == "Traceback (most recent call last):"
     assert lines[-1] == "ValueError: bad referral"
 

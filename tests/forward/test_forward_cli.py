@@ -9,7 +9,7 @@ from support.broker import ForwarderRunner, gateway_config, wait_until
 from support.factories import reading
 
 from gateway.cli import main
-from gateway.daemon import open_runtime
+from gateway.runtime import open_runtime
 from gateway.store import referrals
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings
@@ -69,7 +69,7 @@ def test_receiver_refer_reaches_the_gateway(tmp_path: Path, broker, capsys) -> N
 def test_outbox_dead_letters_lists_reasons_and_shows_one_escaped(tmp_path: Path, broker, receiver_factory,
                                                                   capsys) -> None:  # fmt: skip
     """Issue 15: a downlink message that fails the contract is visible to IT next to ``gateway outbox``."""
-    from gateway.forward import contract
+    from gateway.wire import contract
 
     cfg = _config_file(tmp_path, broker.port)
     runtime = open_runtime(gateway_config(tmp_path / "state", port=broker.port))

@@ -10,12 +10,12 @@ from support.broker import ForwarderRunner, gateway_config, wait_until
 from support.factories import T0, reading
 
 from gateway.clock import Clock, FakeClock, SystemClock
-from gateway.forward import contract
 from gateway.records import Unit
 from gateway.store import open_store
 from gateway.store.db import Origin
 from gateway.store.events import add_event
 from gateway.store.readings import add_readings
+from gateway.wire import contract
 
 
 def make_store(tmp_path, clock: Clock | None = None, *, origin: Origin):

@@ -51,6 +51,7 @@ def _crash_rounds(tmp_path: Path, broker, receiver: Receiver, rounds: int) -> No
     db = state / "gateway.db"
     rng = random.Random(int(os.environ.get("CG_CRASH_SEED", "20261123")))
     _write_config(config, state, broker.port, ingest=True)
+
     def stored_now() -> int:
         try:
             return _gateway_rows(db, "SELECT count(*) FROM readings")[0][0]

@@ -11,11 +11,11 @@ from support.broker import PREFIX, ForwarderRunner, gateway_config, wait_until
 from support.factories import make_store, reading
 
 from gateway.clock import SystemClock
-from gateway.forward import contract
 from gateway.records import Referral
 from gateway.store import referrals
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings
+from gateway.wire import contract
 
 
 def _status(receiver) -> dict | None:

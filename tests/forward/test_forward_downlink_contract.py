@@ -1,4 +1,4 @@
-"""The pure downlink checks (gateway/forward/downlink.py): any bytes give a value or a ContractError with
+"""The pure downlink checks (gateway/wire/downlink.py): any bytes give a value or a ContractError with
 ``what``/``where``/``reason``, never anything else, and never a reason that quotes the value."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ContractError
-from gateway.forward import contract, downlink
 from gateway.records import Referral
+from gateway.wire import contract, downlink
 
 BASE = {"schema": "cg.referral/1", "referral_id": "r-1", "decision": "refer_urgent", "patient_id": "P-0042"}
 

@@ -18,10 +18,10 @@ from support.broker import PREFIX, ForwarderRunner, gateway_config, wait_until
 from support.factories import make_store, reading, store_capture
 
 from gateway.clock import SystemClock
-from gateway.forward import contract
 from gateway.store import referrals
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings
+from gateway.wire import contract
 
 ACK, REFERRAL = PREFIX + "ack", PREFIX + "cmd/referral"
 

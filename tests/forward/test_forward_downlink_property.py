@@ -19,9 +19,9 @@ from support.broker import PREFIX, ForwarderRunner, gateway_config, wait_until
 from support.factories import make_store
 
 from gateway.clock import SystemClock
-from gateway.forward import contract, downlink
 from gateway.store import referrals
 from gateway.store.db import iso
+from gateway.wire import contract, downlink
 
 DECISIONS = ["refer_urgent", "refer_routine", "rescreen_12m", "rescreen_6m", "no_dr", "ungradable_retake"]
 # What the contract allows in text: no control characters (the note may hold TAB/LF/CR), no lone surrogates,

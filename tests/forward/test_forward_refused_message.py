@@ -14,10 +14,10 @@ from support.broker import PREFIX, ForwarderRunner, gateway_config, wait_until
 from support.factories import make_store, reading
 
 from gateway.clock import SystemClock
-from gateway.forward import contract
 from gateway.store.db import new_id
 from gateway.store.outbox import Outbox, enqueue
 from gateway.store.readings import add_readings
+from gateway.wire import contract
 
 LIMIT = 4000
 

@@ -18,11 +18,13 @@ from support.broker import GATEWAY, PREFIX, SITE
 
 from gateway.clock import SystemClock
 from gateway.config import parse_config
-from gateway.daemon import open_runtime, run_daemon
-from gateway.forward import contract
+from gateway.daemon import run_daemon
+from gateway.forward.forwarder import components as forwarder_components
 from gateway.records import Referral
+from gateway.runtime import open_runtime
 from gateway.services import GatewayServices
 from gateway.store import referrals
+from gateway.wire import contract
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
@@ -51,9 +53,7 @@ def test_a_referral_taken_when_the_forwarder_fails_is_redelivered_after_its_rest
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        daemon = asyncio.create_task(
-            run_daemon(config, runtime=runtime, stop=stop, factories=("gateway.forward.forwarder",))
-        )
+        daemon = asyncio.create_task(run_daemon(config, runtime=runtime, stop=stop, factories=(forwarder_components,)))
         await _until(lambda: (f := runtime.component("forwarder")) is not None and f.snapshot()["connected"],
                      "the forwarder online")  # fmt: skip
         forwarder = runtime.component("forwarder")

@@ -7,13 +7,12 @@ file) give bit-identical tensors.
 
 from __future__ import annotations
 
-import ast
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.imports import gateway_modules, third_party_roots
 from support.retina import REPO_ROOT, fundus_files, read_bgr
 
 from gateway.retina import preprocess
@@ -119,14 +118,7 @@ def test_bad_size_raises_value_error() -> None:
 
 def test_module_is_pure() -> None:
     """Imports only numpy, cv2 and the standard library (it runs on the Pi and in training alike)."""
-    tree = ast.parse(Path(preprocess.__file__).read_text())
-    roots: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            roots.add(node.module.split(".")[0])
-    assert roots - set(sys.stdlib_module_names) <= {"numpy", "cv2"}
+    assert third_party_roots(gateway_modules()[preprocess.__name__]) <= {"numpy", "cv2"}
 
 
 def test_default_input_size_is_the_shipped_models() -> None:

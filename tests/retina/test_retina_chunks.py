@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import FrameError
-from gateway.forward import chunks
+from gateway.wire import chunks
 
 CAPTURE_ID = "0123456789abcdef0123456789abcdef"
 

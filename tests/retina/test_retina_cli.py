@@ -17,9 +17,9 @@ def files(tmp_path: Path) -> dict[str, Path]:
     good.write_bytes(fundus_jpeg(seed=2))
     dark = tmp_path / "dark.png"
     import cv2
+    from support.degrade import degrade
 
     from gateway.emulate.camera import synthetic_fundus
-    from gateway.retina.degrade import degrade
 
     cv2.imwrite(str(dark), degrade("underexposed", synthetic_fundus(3), seed=3))
     cut = tmp_path / "cut.jpg"

@@ -10,11 +10,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from support import degrade
 from support.retina import fundus_files, read_bgr
 
 from gateway.emulate.camera import synthetic_fundus
 from gateway.records import QualityVerdict
-from gateway.retina import degrade, quality
+from gateway.retina import quality
 
 SAMPLE = 24
 

@@ -18,7 +18,6 @@ from support.retina import build_tiny_model, fundus_jpeg, retina_config
 from gateway.clock import FakeClock
 from gateway.emulate import camera as emu
 from gateway.errors import DeviceDisconnected, DeviceError, DeviceNotFound
-from gateway.forward import contract
 from gateway.records import Eye, Field
 from gateway.retina.intake import CaptureMeta
 from gateway.retina.service import CAPTURE_KIND, TARGET_KIND, UPLOAD_KIND, RetinaService
@@ -29,6 +28,7 @@ from gateway.store import captures as store_captures
 from gateway.store import open_store
 from gateway.store.db import Origin
 from gateway.store.events import recent_events
+from gateway.wire import contract
 
 SIZE = (640, 480)
 

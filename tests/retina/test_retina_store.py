@@ -11,13 +11,13 @@ from support.retina import build_tiny_model, fundus_jpeg
 
 from gateway.clock import FakeClock
 from gateway.errors import CaptureError, IntakeRefused, StoreError
-from gateway.forward import chunks, contract
 from gateway.records import Eye, Field, TriageDecision
 from gateway.retina.intake import CaptureMeta, RetinaIntake
 from gateway.retina.triage import TriageModel
 from gateway.store import Store
 from gateway.store import captures as store_captures
 from gateway.store.outbox import Outbox
+from gateway.wire import chunks, contract
 
 META = CaptureMeta(eye=Eye.RIGHT, field=Field.MACULA, source="upload", patient_id="P-0042", operator="tech1")
 

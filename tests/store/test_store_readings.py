@@ -10,11 +10,11 @@ import pytest
 from support.factories import make_store, reading
 
 from gateway.errors import DiskFull, IntakeRefused, StoreError
-from gateway.forward import contract
 from gateway.records import Unit
 from gateway.store import open_store
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings, count_readings, last_sequence, reading_identity
+from gateway.wire import contract
 
 
 def outbox_count(store) -> int:  # type: ignore[no-untyped-def]
@@ -25,8 +25,10 @@ def test_each_new_reading_gets_exactly_one_valid_glucose_message(tmp_path: Path)
     store = make_store(tmp_path)
     result = add_readings(store, [reading(1), reading(2, unit=Unit.MMOL_L, value=6.1)])
     assert (result.added, result.duplicates) == (2, 0)
-    rows = store.query("SELECT o.payload, r.message_id, o.message_id AS mid FROM outbox o JOIN readings r "
-                       "ON r.message_id = o.message_id ORDER BY o.seq")
+    rows = store.query(
+        "SELECT o.payload, r.message_id, o.message_id AS mid FROM outbox o JOIN readings r "
+        "ON r.message_id = o.message_id ORDER BY o.seq"
+    )
     assert len(rows) == 2
     for row in rows:
         doc = json.loads(row["payload"])

@@ -26,8 +26,15 @@ def make_store(tmp_path: Path, clock: FakeClock | None = None, **kwargs: object)
     )
 
 
-def reading(seq: int | None, *, meter_id: str = "gls:TEST1", value: float = 108.0, unit: Unit = Unit.MG_DL,
-            patient_id: str | None = "P-0001", minutes: int = 0) -> GlucoseReading:
+def reading(
+    seq: int | None,
+    *,
+    meter_id: str = "gls:TEST1",
+    value: float = 108.0,
+    unit: Unit = Unit.MG_DL,
+    patient_id: str | None = "P-0001",
+    minutes: int = 0,
+) -> GlucoseReading:
     """A plausible reading; ``seq=None`` for meters that do not number records."""
     meter_time = datetime(2026, 11, 1, 7, 30) + timedelta(minutes=minutes + (seq or 0) * 30)
     return GlucoseReading(

@@ -1,6 +1,6 @@
 """A daemon component for supervisor tests: its first run crashes with a bug, later runs keep running.
 
-Loaded by the real daemon through its factory list (``factories=("support.flaky_component",)``).
+Loaded by the real daemon through its factory list (``factories=(components,)``).
 """
 
 from __future__ import annotations

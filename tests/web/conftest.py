@@ -12,8 +12,7 @@ from flask.testing import FlaskClient
 from web_harness import add_users, make_config
 
 from gateway.clock import FakeClock
-from gateway.daemon import open_runtime
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.web.app import create_app
 

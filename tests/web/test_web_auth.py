@@ -11,9 +11,8 @@ from flask.testing import FlaskClient
 from web_harness import PASSWORD, csrf_of, login, make_config, post_form
 
 from gateway.clock import FakeClock
-from gateway.daemon import open_runtime
 from gateway.errors import ConfigError
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.store import audit
 from gateway.store import users as store_users

@@ -17,17 +17,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support import degrade
 from web_harness import PASSWORD, CoreThread, ScriptedMeter, add_users, make_config, scripted_records, serve_meter_sync
 
 from gateway.clock import SystemClock
-from gateway.daemon import open_runtime
 from gateway.emulate import camera as emulated_camera
 from gateway.logs import PhiFilter, TextFormatter
 from gateway.meters import SYNC_KIND_SERIAL
 from gateway.records import MeterInfo, Referral
-from gateway.retina import degrade
 from gateway.retina.service import RetinaService
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.store.db import iso, new_id
 from gateway.store.readings import upsert_meter

@@ -13,8 +13,7 @@ import pytest
 from web_harness import make_config
 
 from gateway.cli import main as cli_main
-from gateway.daemon import open_runtime
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, open_runtime
 from gateway.store import audit
 from gateway.store import users as store_users
 from gateway.web import component

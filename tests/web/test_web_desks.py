@@ -22,12 +22,11 @@ from web_harness import (
 )
 
 from gateway.clock import SystemClock
-from gateway.daemon import open_runtime
 from gateway.emulate import camera as emulated_camera
 from gateway.meters import SYNC_KIND_SERIAL
 from gateway.records import MeterInfo
 from gateway.retina.service import RetinaService
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, open_runtime
 from gateway.services import RETINA_CAPTURE, RETINA_UPLOAD, GatewayServices
 from gateway.store import audit
 from gateway.store.readings import patient_for_meter, upsert_meter
@@ -221,15 +220,14 @@ def test_pages_are_served_by_the_daemon(tmp_path: Path) -> None:
     import urllib.request
 
     from gateway.daemon import run_daemon
+    from gateway.web import component
 
     config = make_config(tmp_path / "state")
     runtime = open_runtime(config, clock=SystemClock("assume_synced"))
 
     async def scenario() -> int:
         stop = asyncio.Event()
-        daemon = asyncio.create_task(
-            run_daemon(config, runtime=runtime, stop=stop, factories=("gateway.web.component",))
-        )
+        daemon = asyncio.create_task(run_daemon(config, runtime=runtime, stop=stop, factories=(component.components,)))
         while not (runtime.component("web") and runtime.component("web").started.is_set()):  # type: ignore[union-attr]
             await asyncio.sleep(0.02)
         port = runtime.component("web").port  # type: ignore[union-attr]

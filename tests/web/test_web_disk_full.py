@@ -24,11 +24,10 @@ from support.small_fs import run_on_small_fs
 from web_harness import CoreThread, add_users, csrf_of, login, make_config, post_form
 
 from gateway.clock import SystemClock
-from gateway.daemon import open_runtime
 from gateway.emulate import camera as emulated_camera
 from gateway.errors import DiskFull
 from gateway.retina.service import RetinaService
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, open_runtime
 from gateway.services import RETINA_CAPTURE, RETINA_UPLOAD, GatewayServices
 from gateway.store import Store
 from gateway.web.app import create_app
@@ -207,7 +206,7 @@ from pathlib import Path
 sys.path[:0] = [sys.argv[2], sys.argv[2] + "/web"]
 from web_harness import CoreThread, add_users, csrf_of, login, make_config, post_form
 from gateway.clock import SystemClock
-from gateway.daemon import open_runtime
+from gateway.runtime import open_runtime
 from gateway.emulate import camera
 from gateway.retina.service import RetinaService
 from gateway.services import GatewayServices

@@ -30,8 +30,7 @@ from support.broker import free_port
 from web_harness import HttpBrowser, add_users, make_config, serving
 
 from gateway.clock import SystemClock
-from gateway.daemon import open_runtime
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, open_runtime
 from gateway.store import audit
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,8 +18,7 @@ from web_harness import PASSWORD, HttpBrowser, add_users, csrf_of, login, make_c
 
 from gateway.cli import main as cli_main
 from gateway.clock import FakeClock
-from gateway.daemon import open_runtime
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.store import audit, logins
 from gateway.store import users as store_users

@@ -205,7 +205,7 @@ def test_a_decision_whose_patient_disagrees_with_its_photo_is_held_plainly(
 def test_every_id_the_contract_admits_can_be_acknowledged(
     client: FlaskClient, runtime: Runtime, referral_id: str
 ) -> None:
-    from gateway.forward.downlink import ID_PATTERN
+    from gateway.wire.downlink import ID_PATTERN
 
     assert ID_PATTERN.fullmatch(referral_id)
     store_referrals.add_referral(runtime.store, Referral(referral_id=referral_id, decision="no_dr", patient_id="P-9"))

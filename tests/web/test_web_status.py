@@ -183,6 +183,7 @@ def test_a_crashed_component_is_restarted_and_shown_on_the_status_page(client: F
     import asyncio
 
     from support.flaky_component import SECRET
+    from support.flaky_component import components as flaky_components
 
     from gateway.daemon import run_daemon
 
@@ -191,7 +192,7 @@ def test_a_crashed_component_is_restarted_and_shown_on_the_status_page(client: F
     async def scenario() -> dict[str, Any]:
         stop = asyncio.Event()
         daemon = asyncio.create_task(
-            run_daemon(runtime.config, runtime=runtime, stop=stop, factories=("support.flaky_component",))
+            run_daemon(runtime.config, runtime=runtime, stop=stop, factories=(flaky_components,))
         )
         while not getattr(runtime.component("flaky"), "running", False):  # restarted after its crash
             assert not daemon.done(), "the daemon stopped"

@@ -44,7 +44,6 @@ CMD_SET_CLOCK = "DMT"
 CMD_UNIT = "DMSU?"
 CMD_DUMP = "DMP"
 
-SERIAL_LENGTH = 9
 ULTRA2_SERIAL_SUFFIX = "Y"
 """LifeScan's specification: an Ultra 2 serial number ends in ``Y``."""
 

@@ -53,11 +53,6 @@ class LineSettings:
     stopbits: int = 1
     xonxoff: bool = False
 
-    @property
-    def bits_per_byte(self) -> int:
-        """Start bit + data bits + parity + stop bits: what one byte costs on the wire."""
-        return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
-
 
 @dataclass(frozen=True, slots=True)
 class PortInfo:
@@ -237,10 +232,6 @@ class SerialPort:
         """Drop unread input (stale bytes from an earlier exchange or probe)."""
         with translate_serial_errors("reset input", self.path):
             self._handle.reset_input_buffer()
-
-    def wire_seconds(self, nbytes: int) -> float:
-        """How long ``nbytes`` take on this line."""
-        return nbytes * self.settings.bits_per_byte / self.settings.baudrate
 
     async def close(self) -> None:
         """Close the port (never raises for an already-vanished device)."""

@@ -15,7 +15,7 @@ import asyncio
 import sys
 from typing import Any, TextIO
 
-from gateway.cli import EXIT_ERROR, EXIT_OK, add_config_argument, config_from
+from gateway.commands.common import EXIT_ERROR, EXIT_OK, add_config_argument, config_from
 from gateway.config import GatewayConfig
 from gateway.meters.session import Progress, SessionResult
 
@@ -54,9 +54,9 @@ async def sync_target(
     config: GatewayConfig, target: str, *, patient_id: str | None, bar: ProgressBar | None
 ) -> SessionResult:
     """Open ``target``, run one DownloadSession into the configured store, close everything."""
-    from gateway.daemon import open_runtime
     from gateway.meters.discovery import open_driver
     from gateway.meters.session import DownloadSession
+    from gateway.runtime import open_runtime
 
     runtime = open_runtime(config)
     try:
@@ -92,8 +92,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from gateway.daemon import open_runtime
     from gateway.meters.discovery import PortWatcher
+    from gateway.runtime import open_runtime
     from gateway.store import readings
 
     config = config_from(args)

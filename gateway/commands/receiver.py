@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import EXIT_ERROR, EXIT_OK
+from gateway.commands.common import EXIT_ERROR, EXIT_OK
 
 DECISIONS = ("refer_urgent", "refer_routine", "rescreen_12m", "rescreen_6m", "no_dr", "ungradable_retake")
 

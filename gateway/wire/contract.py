@@ -2,7 +2,7 @@
 
 Pure: records in, bytes out; bytes in, values or :class:`~gateway.errors.ContractError` out. The JSON
 Schemas in ``schemas/`` (published as ``docs/contract/``) are the reference; every payload this module
-builds validates against them. Downlink messages are parsed under limits by :mod:`gateway.forward.downlink`.
+builds validates against them. Downlink messages are parsed under limits by :mod:`gateway.wire.downlink`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ PayloadFormat = Literal["json", "fhir"]
 def schema(schema_id: str) -> dict[str, Any]:
     """The JSON Schema for ``schema_id`` (e.g. ``cg.glucose/1``)."""
     name = schema_id.replace("/", "-") + ".json"
-    text = resources.files("gateway.forward").joinpath("schemas", name).read_text(encoding="utf-8")
+    text = resources.files("gateway.wire").joinpath("schemas", name).read_text(encoding="utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 
@@ -129,7 +129,7 @@ def dumps(obj: Mapping[str, Any]) -> bytes:
 
 def loads(payload: bytes, what: str) -> Any:
     """Parse JSON bytes or raise ContractError saying what could not be read (the platform side's parser;
-    the gateway parses its downlink with :func:`gateway.forward.downlink.load_json`, under limits)."""
+    the gateway parses its downlink with :func:`gateway.wire.downlink.load_json`, under limits)."""
     try:
         return json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -32,8 +32,8 @@ from itertools import accumulate
 from typing import Any, Final
 
 from gateway.errors import ContractError
-from gateway.forward import contract
 from gateway.records import Referral
+from gateway.wire import contract
 
 ACK_MAX_BYTES: Final = 512 * 1024
 """An ack of 10,000 ids (the schema's maximum) is ~360 KB."""

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import EXIT_OK, EXIT_PROBLEMS, add_config_argument, config_from
+from gateway.commands.common import EXIT_OK, EXIT_PROBLEMS, add_config_argument, config_from
 from gateway.config import RetinaSection
 from gateway.errors import CaptureError
 from gateway.retina.imaging import MIB

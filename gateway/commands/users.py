@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import EXIT_OK, add_config_argument, config_from
+from gateway.commands.common import EXIT_OK, add_config_argument, config_from
 from gateway.config import read_secret
 from gateway.errors import GatewayError
 from gateway.store import Store, audit
@@ -35,7 +35,7 @@ def _actor() -> str:
 
 
 def _open_store(args: argparse.Namespace) -> Store:
-    from gateway.daemon import open_runtime
+    from gateway.runtime import open_runtime
 
     return open_runtime(config_from(args)).store
 

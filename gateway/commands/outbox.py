@@ -14,11 +14,11 @@ import argparse
 import json
 from typing import Any
 
-from gateway.cli import EXIT_OK, EXIT_PROBLEMS, add_config_argument, config_from
+from gateway.commands.common import EXIT_OK, EXIT_PROBLEMS, add_config_argument, config_from
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from gateway.daemon import open_runtime
+    from gateway.runtime import open_runtime
 
     return open_runtime(config_from(args))
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import EXIT_OK, add_config_argument, config_from
+from gateway.commands.common import EXIT_OK, add_config_argument, config_from
 
 
 def _days(text: str) -> int:
