@@ -20,7 +20,7 @@ from gateway import __version__, health, notify, retention
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.forward import forwarder
-from gateway.meters import ble_source, serial_source
+from gateway.meters import source as meter_source
 from gateway.retina import service as retina_service
 from gateway.runtime import Component, ComponentFactory, Runtime, open_runtime
 from gateway.store.events import add_event
@@ -34,8 +34,7 @@ COMPONENT_FACTORIES: tuple[ComponentFactory, ...] = (
     forwarder.components,
     health.components,
     retention.components,
-    serial_source.components,
-    ble_source.components,
+    meter_source.components,
     retina_service.components,
     web_component.components,
 )

@@ -6,7 +6,7 @@ relative, or ``importlib.import_module("...")`` / ``__import__`` with a literal 
 
 - every module has a declared floor, and no module imports from a floor above its own::
 
-      records, errors, config, clock, logs, notify  ->  wire  ->  store  ->  runtime
+      records, errors, config, clock, logs, notify  ->  wire  ->  store  ->  runtime, desk
         ->  meters, retina, forward, health, retention  ->  services, emulate
         ->  web, commands, cli, daemon, demo
 
@@ -44,7 +44,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "gateway.notify")),
     ("wire", ("gateway.wire",)),
     ("store", ("gateway.store",)),
-    ("runtime", ("gateway.runtime",)),
+    ("runtime", ("gateway.runtime", "gateway.desk")),
     ("areas", ("gateway.meters", "gateway.retina", "gateway.forward", "gateway.health", "gateway.retention")),
     ("services", ("gateway.services", "gateway.emulate")),
     ("top", ("gateway.web", "gateway.commands", "gateway.cli", "gateway.daemon", "gateway.demo",
