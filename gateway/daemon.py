@@ -22,7 +22,7 @@ from gateway.errors import GatewayError
 from gateway.forward import forwarder
 from gateway.meters import source as meter_source
 from gateway.retina import service as retina_service
-from gateway.runtime import Component, ComponentFactory, Runtime, open_runtime
+from gateway.runtime import Component, ComponentFactory, DeskServer, Runtime, open_runtime
 from gateway.store.events import add_event
 from gateway.store.instance import exclusive_store
 from gateway.store.outbox import Outbox
@@ -45,10 +45,15 @@ RESTART_BACKOFF_MAX_S = 30.0
 
 
 def build_components(runtime: Runtime, factories: Iterable[ComponentFactory] = COMPONENT_FACTORIES) -> list[Component]:
-    """Ask each area's ``components(runtime)`` for its parts."""
+    """Ask each area's ``components(runtime)`` for its parts, and open the desk queue of every request type a
+    part declares it serves (so the pages can ask from the first moment, before the part's loop runs)."""
     built: list[Component] = []
     for factory in factories:
         built.extend(factory(runtime))
+    for component in built:
+        if isinstance(component, DeskServer):
+            for request_type in component.serves:
+                runtime.desk.queue(request_type)
     return built
 
 
