@@ -419,7 +419,7 @@ class BleScanning:
     def __init__(self, source: MeterSource) -> None:
         self.source = source
         self.section = source.config.meters.ble
-        self.wake_s = self.section.auto_sync_interval_s if self.section.auto_sync else 5.0
+        self.wake_s = 5.0  # tick() itself decides when a scan is due
         self._last_sync: dict[str, float] = {}
         self._next_scan = source.runtime.clock.monotonic()
         self._scanning = False
