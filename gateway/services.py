@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway import __version__
-from gateway.errors import GatewayError
-from gateway.meters import sync_kind_for
-from gateway.runtime import Component, DeskRequest, Runtime
+from gateway.desk import (
+    DeskKind,
+    DeskProgress,
+    DeskState,
+    DeviceEntry,
+    MeterProgress,
+    RetinaCaptureRequest,
+    RetinaPhotoRequest,
+    RetinaProgress,
+    RetinaUploadRequest,
+)
+from gateway.errors import CaptureError, DeskUnavailable, GatewayError
+from gateway.meters import sync_request_type
+from gateway.records import Eye, Field
+from gateway.runtime import Component, Runtime
 from gateway.store import audit
 from gateway.store import dead_letters as store_dead_letters
 from gateway.store import logins as store_logins
@@ -29,13 +41,88 @@ from gateway.store.events import recent_events
 from gateway.store.outbox import Outbox
 from gateway.store.startup import QUARANTINE_KEY
 
-RETINA_CAPTURE = "retina_capture"
-RETINA_UPLOAD = "retina_upload"
-"""DeskBus kinds the retina service (gateway.retina.service) consumes."""
+__all__ = ["DeskSession", "DeskUnavailable", "DeviceView", "GatewayServices", "HealthCheck"]
 
 
-class DeskUnavailable(GatewayError):
-    """No running component serves this desk request (e.g. Bluetooth disabled in config)."""
+@dataclass(frozen=True, slots=True)
+class DeskSession:
+    """A desk session or request as a desk page shows it: the core's live progress (or, once the core has
+    forgotten it, the stored session's), with the stored session's patient.
+
+    ``stored_error`` is the stored session's error text, shown when no live progress says more.
+    """
+
+    session_id: str
+    progress: DeskProgress
+    patient_id: str | None = None
+    meter_id: str | None = None
+    stored_error: str | None = None
+
+    @property
+    def kind(self) -> DeskKind:
+        """Which desk the session belongs to."""
+        return self.progress.kind
+
+    @property
+    def state(self) -> DeskState:
+        """Where it stands."""
+        return self.progress.state
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will happen."""
+        return self.progress.state.finished
+
+    @property
+    def error_text(self) -> str | None:
+        """What went wrong, for the page."""
+        return str(self.progress.error) if self.progress.error is not None else self.stored_error
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """A device for the pages: what the store knows of a meter, with the core's live state over it (no patient
+    data). ``last_error`` is what the page shows: the live error's type, or the stored reason."""
+
+    device_id: str
+    kind: str
+    transport: str | None = None
+    family: str | None = None
+    model: str | None = None
+    state: str | None = None
+    port: str | None = None
+    last_seen: str | None = None
+    last_sync: str | None = None
+    last_error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The status endpoint's JSON for this device."""
+        return {
+            "device_id": self.device_id,
+            "kind": self.kind,
+            "transport": self.transport,
+            "family": self.family,
+            "model": self.model,
+            "state": self.state,
+            "port": self.port,
+            "last_seen": self.last_seen,
+            "last_sync": self.last_sync,
+            "last_error": self.last_error,
+        }
+
+
+def _live_device(device_id: str, entry: DeviceEntry, stored: DeviceView | None) -> DeviceView:
+    """``stored`` (or a bare view) with the live entry's state, connection and last error over it."""
+    base = stored or DeviceView(device_id=device_id, kind=str(entry.kind), transport=entry.transport)
+    return replace(
+        base,
+        state=str(entry.state),
+        transport=entry.transport or base.transport,
+        family=entry.family or base.family,
+        port=entry.port,
+        # The live board keeps the error as data; the page shows its type (a message may quote the device).
+        last_error=None if entry.last_error is None else entry.last_error.type,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +177,7 @@ class GatewayServices:
                 "intake_floor_mb": cfg.store.min_free_mb,
                 "low": usage.free < cfg.store.low_disk_warn_mb * 1024 * 1024,
             },
-            "devices": self.devices(),
+            "devices": [d.as_json() for d in self.devices()],
             "components": {c.name: self._component_status(c, components) for c in self.runtime.components},
             "downlink": self.dead_letters(),
             "model": components.get("retina", {}).get("model"),
@@ -141,28 +228,26 @@ class GatewayServices:
         problems.extend(f"{c.name}: unhealthy" for c in self.runtime.components if not c.healthy())
         return HealthCheck(ok=not problems, problems=tuple(problems))
 
-    def devices(self) -> list[dict[str, Any]]:
-        """Devices seen: live ones from the core, plus meters known to the store (no patient data)."""
-        live = {key: value for key, value in self.runtime.devices.items()}
-        rows: list[dict[str, Any]] = []
+    def devices(self) -> list[DeviceView]:
+        """Devices seen: meters known to the store with the core's live state over them, then live devices the
+        store does not know (a camera, a Bluetooth meter that could not be reached). No patient data."""
+        live = dict(self.runtime.devices.items())
+        views: list[DeviceView] = []
         for meter in store_readings.list_meters(self.store):
-            entry = {
-                "device_id": meter["meter_id"],
-                "kind": "meter",
-                "transport": meter["transport"],
-                "family": meter["family"],
-                "model": meter["model"],
-                "last_seen": meter["last_seen"],
-                "last_sync": meter["last_sync"],
-                "last_error": meter["last_error"],
-            }
-            entry.update(live.pop(meter["meter_id"], {}))
-            rows.append(entry)
-        for key, value in live.items():
-            rows.append({"device_id": key, **value})
-        for row in rows:
-            row.pop("updated", None)
-        return rows
+            stored = DeviceView(
+                device_id=meter["meter_id"],
+                kind="meter",
+                transport=meter["transport"],
+                family=meter["family"],
+                model=meter["model"],
+                last_seen=meter["last_seen"],
+                last_sync=meter["last_sync"],
+                last_error=meter["last_error"],
+            )
+            entry = live.pop(stored.device_id, None)
+            views.append(stored if entry is None else _live_device(stored.device_id, entry, stored))
+        views.extend(_live_device(device_id, entry, None) for device_id, entry in live.items())
+        return views
 
     # -- desk: meters ---------------------------------------------------------------------------
     def request_meter_sync(self, target: str, *, patient_id: str | None, operator: str) -> str:
@@ -173,35 +258,38 @@ class GatewayServices:
             IntakeRefused / DiskFull: the store cannot take readings now (nothing asked, nothing audited).
         """
         session_id = new_id()
-        kind = sync_kind_for(target)  # Bluetooth targets to the BLE component, the rest to serial
-        if not self.runtime.desk.handles(kind):
-            raise DeskUnavailable("no meter service is running to serve this request")
+        request_type = sync_request_type(target)  # Bluetooth targets are BLE downloads, the rest serial
+        if not self.runtime.desk.handles(request_type):
+            name = request_type.__name__
+            raise DeskUnavailable("no meter service is running to serve this request", request_type=name)
         self.store.check_intake()  # a full store is said now, not after the nurse has waited for the meter
         audit.add(self.store, actor=operator, action="meter_sync_requested", target_kind="meter", target_id=target,
                   patient_id=patient_id, detail={"session_id": session_id})  # fmt: skip
-        request = DeskRequest(
-            kind=kind,
-            request_id=session_id,
-            params={"target": target, "patient_id": patient_id, "session_id": session_id},
-            operator=operator,
-        )
-        self.runtime.progress.put(session_id, kind="meter", target=target, state="queued", done=0, total=None)
-        if not self.runtime.desk.submit(request):
+        request = request_type(request_id=session_id, target=target, patient_id=patient_id, operator=operator)
+        self.runtime.progress.put(session_id, MeterProgress(state=DeskState.QUEUED, target=target))
+        try:
+            self.runtime.desk.submit(request)
+        except DeskUnavailable:
             self.runtime.progress.remove(session_id)
-            raise DeskUnavailable("no meter service is running to serve this request")
+            raise
         return session_id
 
-    def progress(self, session_id: str) -> dict[str, Any] | None:
-        """Live progress of a desk session (n of N), or the stored session when it has finished."""
+    def progress(self, session_id: str) -> DeskSession | None:
+        """A desk session or request: its live progress (n of N), or the stored session once the core has
+        forgotten it; None when neither knows the id."""
         live = self.runtime.progress.get(session_id)
         stored = store_sessions.get_session(self.store, session_id)
         if live is None and stored is None:
             return None
-        result: dict[str, Any] = dict(stored or {})
-        if live:
-            live.pop("updated", None)
-            result.update(live)
-        return result
+        if stored is None:
+            assert live is not None
+            meter_id = live.meter_id if isinstance(live, MeterProgress) else None
+            return DeskSession(session_id, live, meter_id=meter_id)
+        if live is None:
+            live = _stored_progress(stored)
+        meter_id = stored["meter_id"] or (live.meter_id if isinstance(live, MeterProgress) else None)
+        return DeskSession(session_id, live, patient_id=stored["patient_id"], meter_id=meter_id,
+                           stored_error=stored["error"])  # fmt: skip
 
     def session_readings(self, session_id: str) -> list[dict[str, Any]]:
         """Readings a session stored (patient data: behind login)."""
@@ -312,7 +400,7 @@ class GatewayServices:
     # -- desk: retina (web area; served by gateway.retina.service on the DeskBus) -----------------
     def retina_available(self) -> bool:
         """True while the retina component is serving desk requests."""
-        return self.runtime.desk.handles(RETINA_CAPTURE)
+        return self.runtime.desk.handles(RetinaCaptureRequest)
 
     def start_retina_session(self, patient_id: str, *, operator: str) -> str:
         """Open a retinal capture session for a patient at the technician's desk (audited, same transaction)."""
@@ -325,32 +413,26 @@ class GatewayServices:
                       target_id=session_id, patient_id=patient_id)  # fmt: skip
         return session_id
 
-    def _submit_retina(
-        self,
-        kind: str,
-        params: dict[str, Any],
-        operator: str,
-        *,
-        action: str,
-        nbytes: int = 0,
-        retake_of: str | None = None,
-    ) -> str:
+    def _submit_retina(self, request: RetinaPhotoRequest, *, action: str, nbytes: int = 0,
+                       retake_of: str | None = None) -> str:  # fmt: skip
         self.store.check_intake(nbytes)  # a full store is said at once, before the photo is handed over
-        request_id = new_id()
-        params["audit"] = AuditEntry(
-            actor=operator,
+        entry = AuditEntry(
+            actor=request.operator or "",
             action=action,
             target_kind="session",
-            target_id=params.get("session_id"),
-            patient_id=params.get("patient_id"),
-            detail={"request_id": request_id, "eye": params["eye"], "field": params["field"], "retake_of": retake_of},
-        )
-        self.runtime.progress.put(request_id, kind="retina", state="queued")
-        request = DeskRequest(kind=kind, request_id=request_id, params=params, operator=operator)
-        if not self.runtime.desk.submit(request):
-            self.runtime.progress.remove(request_id)
-            raise DeskUnavailable("the retina service is not running")
-        return request_id
+            target_id=request.session_id,
+            patient_id=request.patient_id,
+            detail={"request_id": request.request_id, "eye": str(request.eye), "field": str(request.field),
+                    "retake_of": retake_of},
+        )  # fmt: skip
+        request = replace(request, audit=entry)
+        self.runtime.progress.put(request.request_id, RetinaProgress(state=DeskState.QUEUED))
+        try:
+            self.runtime.desk.submit(request)
+        except DeskUnavailable:
+            self.runtime.progress.remove(request.request_id)
+            raise DeskUnavailable("the retina service is not running", request_type=type(request).__name__) from None
+        return request.request_id
 
     def request_capture(
         self,
@@ -365,11 +447,14 @@ class GatewayServices:
         """Ask the core to take a photo with the camera now; poll :meth:`progress` with the returned id.
 
         The photo is audited (``retina_capture``, or ``retina_retake`` with ``retake_of``) in the transaction
-        that stores it. Raises IntakeRefused / DiskFull when the store cannot take a photo now.
+        that stores it. Raises CaptureError for an eye or field that is not one; IntakeRefused / DiskFull when
+        the store cannot take a photo now; DeskUnavailable when the retina service is not running.
         """
         action = "retina_retake" if retake_of else "retina_capture"
-        params = {"patient_id": patient_id, "eye": eye, "field": field, "session_id": session_id}
-        return self._submit_retina(RETINA_CAPTURE, params, operator, action=action, retake_of=retake_of)
+        eye_, field_ = _eye_field(eye, field)
+        request = RetinaCaptureRequest(request_id=new_id(), operator=operator, patient_id=patient_id, eye=eye_,
+                                       field=field_, session_id=session_id)  # fmt: skip
+        return self._submit_retina(request, action=action, retake_of=retake_of)
 
     def upload_capture(
         self,
@@ -383,25 +468,24 @@ class GatewayServices:
     ) -> str:
         """Hand a photo uploaded at the desk to the core; poll :meth:`progress` with the returned id.
 
-        Audited (``retina_upload``) in the transaction that stores it. Raises IntakeRefused / DiskFull when
-        the store cannot take ``data`` now.
+        Audited (``retina_upload``) in the transaction that stores it. Raises CaptureError for an eye or field
+        that is not one; IntakeRefused / DiskFull when the store cannot take ``data`` now; DeskUnavailable
+        when the retina service is not running.
         """
-        params = {"data": data, "patient_id": patient_id, "eye": eye, "field": field, "session_id": session_id}
-        return self._submit_retina(RETINA_UPLOAD, params, operator, action="retina_upload", nbytes=len(data))
+        eye_, field_ = _eye_field(eye, field)
+        request = RetinaUploadRequest(request_id=new_id(), operator=operator, patient_id=patient_id, eye=eye_,
+                                      field=field_, session_id=session_id, data=data)  # fmt: skip
+        return self._submit_retina(request, action="retina_upload", nbytes=len(data))
 
     def preview_stream(self, max_frames: int | None = None) -> tuple[str, Iterator[bytes]] | None:
         """The camera's live preview as (content type, MJPEG parts), or None when no retina component runs.
 
         The stream never raises: a camera that goes away ends it with a frame saying so.
         """
-        retina = self.runtime.component("retina")
-        preview = getattr(retina, "preview", None)
-        if retina is None or not callable(preview):
+        preview = self.runtime.camera_preview
+        if preview is None:
             return None
-        from gateway.retina.source import MJPEG_CONTENT_TYPE  # loaded already: the retina component runs
-
-        stream: Iterator[bytes] = preview(max_frames)
-        return MJPEG_CONTENT_TYPE, stream
+        return preview.preview_type, preview.preview(max_frames)
 
     def captures(self, *, session_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Stored captures, newest first (patient data: behind login)."""
@@ -467,3 +551,20 @@ class GatewayServices:
                 detail={"decision": row["decision"], "capture_id": row["capture_id"]},
             )
         return True
+
+
+def _eye_field(eye: str, field: str) -> tuple[Eye, Field]:
+    """The desk's eye and field choice as values; CaptureError when they are not one."""
+    try:
+        return Eye(eye), Field(field)
+    except ValueError:
+        raise CaptureError("eye must be L or R and field disc or macula") from None
+
+
+def _stored_progress(row: dict[str, Any]) -> DeskProgress:
+    """A stored session's progress, for a session the core no longer reports (after a restart)."""
+    state = DeskState(row["state"])
+    if row["kind"] == DeskKind.RETINA:
+        return RetinaProgress(state=state)
+    return MeterProgress(state=state, done=row["records_new"] or 0, total=row["records_total"],
+                         meter_id=row["meter_id"], added=row["records_new"] or 0)  # fmt: skip

@@ -47,6 +47,7 @@ from gateway.errors import (
     BrokerUnavailable,
     ConfigError,
     ContractError,
+    ErrorInfo,
     ForwardError,
     GatewayError,
     MessageRejected,
@@ -144,7 +145,8 @@ class Forwarder:
         self._acked: deque[tuple[float, int]] = deque()
         self._beat = clock.monotonic()
         self.state = LinkState.STOPPED
-        self.last_error: str | None = None
+        self.last_error: ErrorInfo | None = None
+        """The error of the last failed connect or link loss, as data."""
         self.last_ack_at: str | None = None
         self._last_ack_mono: float | None = None
         self.retry_in_s: float | None = None
@@ -191,7 +193,7 @@ class Forwarder:
             "connected": self.state is LinkState.ONLINE,
             "broker": f"{self.config.forward.host}:{self.config.forward.port}",
             "tls": self.config.forward.tls is not None,
-            "last_error": self.last_error,
+            "last_error": None if self.last_error is None else str(self.last_error),
             "last_ack_at": self.last_ack_at,
             "last_ack_age_s": None
             if self._last_ack_mono is None
@@ -206,7 +208,7 @@ class Forwarder:
 
     def _set_state(self, state: LinkState, error: BaseException | None = None) -> None:
         if error is not None:
-            self.last_error = f"{type(error).__name__}: {error}"
+            self.last_error = ErrorInfo.of(error)
         if state is not self.state:
             _logger.info("broker link %s -> %s%s", self.state, state, f" ({self.last_error})" if error else "")
             self.state = state

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from gateway.meters.codec import gls
 from gateway.meters.codec.ieee11073 import Special
-from gateway.meters.transport.ble import to_meter_record
+from gateway.meters.drivers.gls import to_meter_record
 from gateway.records import Meal, Unit
 
 

@@ -21,9 +21,9 @@ from support import degrade
 from web_harness import PASSWORD, CoreThread, ScriptedMeter, add_users, make_config, scripted_records, serve_meter_sync
 
 from gateway.clock import SystemClock
+from gateway.desk import SerialSyncRequest
 from gateway.emulate import camera as emulated_camera
 from gateway.logs import PhiFilter, TextFormatter
-from gateway.meters import SYNC_KIND_SERIAL
 from gateway.records import MeterInfo, Referral
 from gateway.retina.service import RetinaService
 from gateway.runtime import Runtime, open_runtime
@@ -96,8 +96,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     web = WebServer(runtime, services)
     runtime.components.extend([retina, web])
     core = CoreThread(runtime)
-    for kind in (SYNC_KIND_SERIAL, "retina_target", "retina_capture", "retina_upload"):
-        runtime.desk.queue(kind)
+    for request_type in (SerialSyncRequest, *RetinaService.serves):
+        runtime.desk.queue(request_type)
     core.start(lambda: serve_meter_sync(runtime, lambda target: ScriptedMeter(target, scripted_records(), 0.25)))
     core.start(retina.run)
     core.start(web.run)
