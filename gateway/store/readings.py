@@ -80,8 +80,7 @@ def add_readings(store: Store, readings: Sequence[GlucoseReading]) -> AddResult:
                 kind="glucose",
                 topic=contract.TOPIC_GLUCOSE,
                 created_at=now,
-                message_id=message_id,
-                record_ref=f"reading:{reading_id}",
+                message_id=message_id,  # the reading names its message (readings.message_id)
                 payload=contract.glucose_payload(
                     reading,
                     reading_id=reading_id,
