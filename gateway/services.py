@@ -50,6 +50,7 @@ __all__ = [
     "LoginThrottled",
     "OutboxAdmin",
     "OutboxSummary",
+    "ReadingsPage",
     "Role",
     "UserAdmin",
     "UserError",
@@ -67,6 +68,26 @@ RETINA_UPLOAD = "retina_upload"
 
 class DeskUnavailable(GatewayError):
     """No running component serves this desk request (e.g. Bluetooth disabled in config)."""
+
+
+DESK_READINGS_PER_PAGE = 100
+"""Readings on one page of a nurse's session (a first download may bring a meter's whole history)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsPage:
+    """A page of a desk session's readings, with counts over the whole download."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    low: int
+    high: int
+    page: int
+    """1 is the oldest page."""
+    pages: int
+    first: int
+    """Position of the page's first reading in the download (1-based); ``last`` of its last."""
+    last: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,9 +276,25 @@ class GatewayServices:
             result.update(live)
         return result
 
-    def session_readings(self, session_id: str) -> list[dict[str, Any]]:
-        """Readings a session stored (patient data: behind login)."""
-        return store_readings.readings_of_session(self.store, session_id)
+    def session_readings(
+        self,
+        session_id: str,
+        *,
+        page: int | None = None,
+        low_below: float,
+        high_above: float,
+        per_page: int = DESK_READINGS_PER_PAGE,
+    ) -> ReadingsPage:
+        """One page of the readings a session stored, in meter order (patient data: behind login); the last
+        page (the newest readings) unless ``page`` (1 = the oldest) says otherwise. The page also counts the
+        whole download's readings below ``low_below`` and above ``high_above`` mmol/L."""
+        counts = store_readings.session_counts(self.store, session_id, low_below=low_below, high_above=high_above)
+        pages = max(1, -(-counts.total // per_page))
+        number = pages if page is None else min(max(1, page), pages)
+        offset = (number - 1) * per_page
+        rows = store_readings.readings_of_session(self.store, session_id, limit=per_page, offset=offset)
+        return ReadingsPage(rows, counts.total, counts.low, counts.high, page=number, pages=pages, first=offset + 1,
+                            last=offset + len(rows))  # fmt: skip
 
     def sessions_today(self, kind: store_sessions.SessionKind | None = None) -> list[dict[str, Any]]:
         """Desk sessions started since midnight in the clinic's time zone."""
