@@ -1,8 +1,10 @@
-"""The retention task: a daemon component that applies the disk policy (:func:`gateway.store.retention.prune`)
-every few hours.
+"""The retention task: a daemon component that applies the disk policy (:mod:`gateway.store.retention`) every
+few hours.
 
-It does not prune on an unsynchronised clock (the clock may be years off) unless free space is below the
-low-disk warning level. The pruning itself (what goes, in which order, in bounded batches) is the store's.
+It does not prune by age on an unsynchronised clock (the clock may be years off) unless free space is below
+the low-disk warning level; the bodies of acked messages, which need no clock, go either way. The pruning
+itself (what goes, in which order, in bounded passes) is the store's; the task runs the passes one at a
+time in a worker thread until none is left, so the event loop (watchdog, forwarder) runs between them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from gateway.errors import GatewayError
 from gateway.runtime import Component, Runtime
 from gateway.store import Store
-from gateway.store.retention import PruneResult, prune
+from gateway.store.retention import Pruner, PruneResult
 
 _logger = logging.getLogger(__name__)
 
@@ -52,23 +54,36 @@ class RetentionTask:
         """Free space below the low-disk warning level (pruning then goes ahead even on an untrusted clock)."""
         return bool(self.low_disk_warn_mb) and self.store.free_bytes() < self.low_disk_warn_mb * 1024 * 1024
 
+    def pruner(self) -> Pruner:
+        """The next run, honouring the clock rule (by age only on a trusted clock or a low disk)."""
+        by_age = self.store.clock.is_synchronised() or self.disk_low()
+        if not by_age:
+            _logger.info("retention: the clock is not synchronised; only acked message bodies are dropped")
+        pruner = Pruner(self.store, self.retention_days, by_age=by_age)
+        if not by_age:
+            pruner.result.skipped = "clock not synchronised"
+        return pruner
+
     def run_once(self) -> PruneResult:
-        """One pass, honouring the clock rule."""
-        if not self.store.clock.is_synchronised() and not self.disk_low():
-            result = PruneResult(cutoff="", skipped="clock not synchronised")
-            _logger.info("retention: skipped, the clock is not synchronised")
-        else:
-            result = prune(self.store, self.retention_days)
-        self.last = result
-        return result
+        """One whole run, all its passes at once (tests, tools)."""
+        self.last = self.pruner().run()
+        return self.last
+
+    async def run_passes(self) -> PruneResult:
+        """One whole run, a pass at a time in a worker thread: the loop runs between passes."""
+        pruner = self.pruner()
+        # The store's lock serialises each pass with the loop's writes; each pass is a few short transactions.
+        while await asyncio.to_thread(pruner.run_pass):
+            pass
+        pruner.log()
+        self.last = pruner.result
+        return pruner.result
 
     async def run(self) -> None:
         await asyncio.sleep(self.first_delay_s)
         while True:
             try:
-                # In a worker thread: the store's lock serialises it with the loop's writes, and the loop
-                # (watchdog, forwarder) keeps running while a large prune works through its batches.
-                await asyncio.to_thread(self.run_once)
+                await self.run_passes()
                 self.last_error = None
             except GatewayError as exc:
                 self.last_error = type(exc).__name__

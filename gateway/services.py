@@ -1,7 +1,12 @@
 """The service facade: everything the pages and the CLI may ask of the gateway.
 
-``web/`` and ``cli`` call only this; it reads the store and the runtime boards, and hands desk requests
-to the asyncio core through the DeskBus. It never touches a device, the broker or the model itself.
+``web/`` and the ``gateway`` subcommands call only this (the CLI also opens the runtime); it reads the store
+and the runtime boards, and hands desk requests to the asyncio core through the DeskBus. It never touches a
+device, the broker or the model itself. :class:`GatewayServices` is the facade; its cohesive parts hang off
+it: ``services.users`` (:class:`UserAdmin`: the pages' users, every change audited) and ``services.outbox``
+(:class:`OutboxAdmin`: counts, parked messages, retry, dead letters). The records and errors the callers
+need (:class:`UserRow`, :class:`LoginThrottled`, ...) are re-exported here, so that nothing above the
+facade imports the store.
 """
 
 from __future__ import annotations
@@ -10,10 +15,12 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway import __version__
+from gateway.config import GatewayConfig
 from gateway.desk import (
     DeskKind,
     DeskProgress,
@@ -30,16 +37,39 @@ from gateway.meters import sync_request_type
 from gateway.records import Eye, Field
 from gateway.runtime import Component, Runtime
 from gateway.store import audit
+from gateway.store import backup as store_backup
 from gateway.store import dead_letters as store_dead_letters
 from gateway.store import logins as store_logins
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
 from gateway.store.audit import AuditEntry
-from gateway.store.db import new_id
+from gateway.store.db import Store, new_id
 from gateway.store.events import recent_events
-from gateway.store.outbox import Outbox
+from gateway.store.logins import LoginThrottled
+from gateway.store.outbox import Outbox, OutboxStats
+from gateway.store.retention import PruneResult, prune
 from gateway.store.startup import QUARANTINE_KEY
+from gateway.store.users import ROLES, Role, UserError, UserRow
+
+__all__ = [
+    "ROLES",
+    "DeskUnavailable",
+    "GatewayServices",
+    "HealthCheck",
+    "LoginThrottled",
+    "OutboxAdmin",
+    "OutboxSummary",
+    "ReadingsPage",
+    "Role",
+    "UserAdmin",
+    "UserError",
+    "UserRow",
+    "export_backup",
+    "import_backup",
+]
+"""The facade and what its callers need; LoginThrottled, ROLES, Role, UserError and UserRow are the store's,
+re-exported here so that nothing above the facade imports the store."""
 
 __all__ = ["DeskSession", "DeskUnavailable", "DeviceView", "GatewayServices", "HealthCheck"]
 
@@ -125,6 +155,26 @@ def _live_device(device_id: str, entry: DeviceEntry, stored: DeviceView | None) 
     )
 
 
+DESK_READINGS_PER_PAGE = 100
+"""Readings on one page of a nurse's session (a first download may bring a meter's whole history)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsPage:
+    """A page of a desk session's readings, with counts over the whole download."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    low: int
+    high: int
+    page: int
+    """1 is the oldest page."""
+    pages: int
+    first: int
+    """Position of the page's first reading in the download (1-based); ``last`` of its last."""
+    last: int
+
+
 @dataclass(frozen=True, slots=True)
 class HealthCheck:
     """``/healthz``: ok, and the reasons when not."""
@@ -139,7 +189,28 @@ class GatewayServices:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.store = runtime.store
-        self.outbox = Outbox(runtime.store)
+        self.outbox = OutboxAdmin(runtime.store)
+        self.users = UserAdmin(runtime.store)
+
+    def close(self) -> None:
+        """Close the store (CLI commands, when done)."""
+        self.store.close()
+
+    # -- the audit trail ------------------------------------------------------------------------
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target_kind: str | None = None,
+        target_id: str | None = None,
+        patient_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a desk action that stores nothing else (a refused page, a refused session) in the audit
+        trail; actions that store something are audited by the call that stores it, in its transaction."""
+        audit.add(self.store, actor=actor, action=action, target_kind=target_kind, target_id=target_id,
+                  patient_id=patient_id, detail=detail)  # fmt: skip
 
     # -- IT status ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -200,7 +271,7 @@ class GatewayServices:
 
     def dead_letters(self, limit: int = 10) -> dict[str, Any]:
         """Downlink messages that failed the contract: how many, and the newest reasons (never payloads)."""
-        found = store_dead_letters.summary(self.store, limit=limit)
+        found = self.outbox.dead_letters(limit=limit)
         return {
             "dead_letters": found.total,
             "dead_letters_kept": found.kept,
@@ -291,9 +362,25 @@ class GatewayServices:
         return DeskSession(session_id, live, patient_id=stored["patient_id"], meter_id=meter_id,
                            stored_error=stored["error"])  # fmt: skip
 
-    def session_readings(self, session_id: str) -> list[dict[str, Any]]:
-        """Readings a session stored (patient data: behind login)."""
-        return store_readings.readings_of_session(self.store, session_id)
+    def session_readings(
+        self,
+        session_id: str,
+        *,
+        page: int | None = None,
+        low_below: float,
+        high_above: float,
+        per_page: int = DESK_READINGS_PER_PAGE,
+    ) -> ReadingsPage:
+        """One page of the readings a session stored, in meter order (patient data: behind login); the last
+        page (the newest readings) unless ``page`` (1 = the oldest) says otherwise. The page also counts the
+        whole download's readings below ``low_below`` and above ``high_above`` mmol/L."""
+        counts = store_readings.session_counts(self.store, session_id, low_below=low_below, high_above=high_above)
+        pages = max(1, -(-counts.total // per_page))
+        number = pages if page is None else min(max(1, page), pages)
+        offset = (number - 1) * per_page
+        rows = store_readings.readings_of_session(self.store, session_id, limit=per_page, offset=offset)
+        return ReadingsPage(rows, counts.total, counts.low, counts.high, page=number, pages=pages, first=offset + 1,
+                            last=offset + len(rows))  # fmt: skip
 
     def sessions_today(self, kind: store_sessions.SessionKind | None = None) -> list[dict[str, Any]]:
         """Desk sessions started since midnight in the clinic's time zone."""
@@ -321,9 +408,9 @@ class GatewayServices:
             idle=timedelta(minutes=web.session_idle_minutes), absolute=timedelta(hours=web.session_max_hours)
         )
 
-    def user(self, username: str) -> store_users.UserRow | None:
+    def user(self, username: str) -> UserRow | None:
         """A local user of the pages (disabled ones included), or None."""
-        return store_users.get_user(self.store, username) if username else None
+        return self.users.get(username)
 
     def begin_login(self, username: str, address: str) -> store_logins.LoginAttempt:
         """Check and record a login attempt atomically; raises LoginThrottled (audited) past a limit."""
@@ -359,6 +446,12 @@ class GatewayServices:
     def retry_parked(self, kind: str | None = None) -> int:
         """Put parked messages back in the queue."""
         return self.outbox.retry_parked(kind)
+
+    def prune(self, retention_days: int | None = None) -> PruneResult:
+        """Apply the disk policy now, all passes at once (``gateway prune``); ``store.retention_days`` by
+        default."""
+        days = self.runtime.config.store.retention_days if retention_days is None else retention_days
+        return prune(self.store, days)
 
     # -- status page: queue history (web area) --------------------------------------------------
     def sample_queue(self, keep_hours: float = 24.0) -> None:
@@ -568,3 +661,118 @@ def _stored_progress(row: dict[str, Any]) -> DeskProgress:
         return RetinaProgress(state=state)
     return MeterProgress(state=state, done=row["records_new"] or 0, total=row["records_total"],
                          meter_id=row["meter_id"], added=row["records_new"] or 0)  # fmt: skip
+
+
+# -- the facade's parts ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class OutboxSummary:
+    """The outbox as IT sees it (``gateway outbox stats``): counts, the last ack, parked reasons; no payloads."""
+
+    unsent: int
+    parked: int
+    acked_kept: int
+    last_ack_at: str | None
+    oldest_unsent_created_at: str | None
+    by_kind: dict[str, dict[str, int]]
+    parked_messages: list[dict[str, Any]]
+
+
+class OutboxAdmin:
+    """``services.outbox``: what IT may see and do with the outbox (maintained counts: cheap at any size)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._outbox = Outbox(store)
+
+    def stats(self) -> OutboxStats:
+        """Counts per kind and state, the unsent and parked totals, the oldest unsent message's time."""
+        return self._outbox.stats()
+
+    def ack_activity(self) -> tuple[int, str | None]:
+        """Acked messages still kept, and when the newest platform ack arrived."""
+        return self._outbox.ack_activity()
+
+    def parked(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Parked messages with their reasons, oldest first (no payloads)."""
+        return self._outbox.parked(limit=limit)
+
+    def summary(self, parked_limit: int = 20) -> OutboxSummary:
+        """Everything ``gateway outbox stats`` prints."""
+        stats = self.stats()
+        acked, last_ack = self.ack_activity()
+        return OutboxSummary(
+            unsent=stats.total_unsent,
+            parked=stats.parked,
+            acked_kept=acked,
+            last_ack_at=last_ack,
+            oldest_unsent_created_at=stats.oldest_unsent_created_at,
+            by_kind=stats.counts,
+            parked_messages=self.parked(limit=parked_limit),
+        )
+
+    def retry_parked(self, kind: str | None = None) -> int:
+        """Put parked messages (of one kind) back in the queue, after IT fixed the cause."""
+        return self._outbox.retry_parked(kind)
+
+    def dead_letters(self, limit: int = 10) -> store_dead_letters.DeadLetterSummary:
+        """Downlink messages that failed the contract: how many, and the newest (never payloads)."""
+        return store_dead_letters.summary(self.store, limit=limit)
+
+    def dead_letter_payload(self, dead_letter_id: int) -> tuple[bytes, int] | None:
+        """The kept bytes of one dead letter and its full size, for IT's terminal (never for logs or pages)."""
+        return store_dead_letters.payload_of(self.store, dead_letter_id)
+
+
+class UserAdmin:
+    """``services.users``: the pages' local users. Every change is audited with its actor, in the transaction
+    of the change; disabling a user or changing their password ends their sessions in it too."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, username: str) -> UserRow | None:
+        """A user (disabled ones included), or None."""
+        return store_users.get_user(self.store, username) if username else None
+
+    def list(self) -> list[UserRow]:
+        """Every user, by name."""
+        return store_users.list_users(self.store)
+
+    def add(self, username: str, password_hash: str, role: str, *, language: str | None = None, actor: str) -> None:
+        """Create a user (UserError when the name is taken or the role unknown)."""
+        with self.store.transaction() as db:
+            store_users.add_user(self.store, username, password_hash, role, language=language)
+            audit.record(db, self.store, actor=actor, action="user_add", target_kind="user", target_id=username,
+                         detail={"role": role})  # fmt: skip
+
+    def set_disabled(self, username: str, disabled: bool, *, actor: str) -> None:
+        """Disable (ending every session of the user) or re-enable a user."""
+        with self.store.transaction() as db:
+            store_users.set_disabled(self.store, username, disabled)
+            audit.record(db, self.store, actor=actor, action="user_disable" if disabled else "user_enable",
+                         target_kind="user", target_id=username)  # fmt: skip
+
+    def set_password(self, username: str, password_hash: str, *, actor: str) -> None:
+        """Replace a user's password hash (ending every session of the user)."""
+        with self.store.transaction() as db:
+            store_users.set_password_hash(self.store, username, password_hash)
+            audit.record(db, self.store, actor=actor, action="user_passwd", target_kind="user", target_id=username)
+
+    def set_language(self, username: str, language: str | None, *, actor: str) -> None:
+        """Remember a user's page language (None: follow the browser)."""
+        with self.store.transaction() as db:
+            store_users.set_language(self.store, username, language)
+            audit.record(db, self.store, actor=actor, action="set_language", detail={"language": language})
+
+
+def export_backup(config: GatewayConfig, to: Path) -> store_backup.BackupSummary:
+    """``gateway export``: a consistent backup of the store named by ``config`` (safe while the daemon runs)."""
+    gw = config.gateway
+    return store_backup.export_backup(
+        config.db_path, config.image_dir, to, identity={"site_id": gw.site_id, "gateway_id": gw.gateway_id}
+    )
+
+
+def import_backup(config: GatewayConfig, source: Path, *, force: bool = False) -> store_backup.BackupSummary:
+    """``gateway import``: restore a backup into the store named by ``config`` (refused while the daemon runs)."""
+    return store_backup.import_backup(source, config.db_path, config.image_dir, force=force)

@@ -85,7 +85,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from gateway.meters.discovery import PortWatcher
     from gateway.runtime import open_runtime
-    from gateway.store import readings
+    from gateway.services import GatewayServices
 
     config = config_from(args)
     ports = PortWatcher(config.meters.serial.ports).scan()
@@ -95,14 +95,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"  {port.path}  {port.description or ''}  [{families}]")
     if not ports:
         print("  (none)")
-    runtime = open_runtime(config)
+    services = GatewayServices(open_runtime(config))
     try:
-        meters: list[dict[str, Any]] = readings.list_meters(runtime.store)
+        meters = [d for d in services.devices() if d.kind == "meter"]
     finally:
-        runtime.store.close()
+        services.close()
     print("known meters:")
     for m in meters:
-        print(f"  {m['meter_id']}  {m['model'] or m['family']}  last sync {m['last_sync'] or 'never'}")
+        print(f"  {m.device_id}  {m.model or m.family}  last sync {m.last_sync or 'never'}")
     if not meters:
         print("  (none)")
     return EXIT_OK

@@ -11,72 +11,56 @@ hold patient data: the terminal, never a log).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
 from gateway.commands.common import EXIT_OK, EXIT_PROBLEMS, add_config_argument, config_from
+from gateway.services import GatewayServices
 
 
-def _open(args: argparse.Namespace) -> Any:
+def _open(args: argparse.Namespace) -> GatewayServices:
     from gateway.runtime import open_runtime
 
-    return open_runtime(config_from(args))
+    return GatewayServices(open_runtime(config_from(args)))
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from gateway.store.outbox import Outbox
-
-    runtime = _open(args)
+    services = _open(args)
     try:
-        outbox = Outbox(runtime.store)
-        stats = outbox.stats()
-        acked, last_ack = outbox.ack_activity()
-        outbox_rows = outbox.parked(limit=args.limit)
-        summary: dict[str, Any] = {
-            "unsent": stats.total_unsent,
-            "parked": stats.parked,
-            "acked_kept": acked,
-            "last_ack_at": last_ack,
-            "oldest_unsent_created_at": stats.oldest_unsent_created_at,
-            "by_kind": stats.counts,
-            "parked_messages": outbox_rows,
-        }
+        summary = services.outbox.summary(parked_limit=args.limit)
     finally:
-        runtime.store.close()
+        services.close()
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json.dumps(dataclasses.asdict(summary), indent=2, sort_keys=True))
         return EXIT_OK
-    print(f"unsent {summary['unsent']}, parked {summary['parked']}, acked (kept) {acked}, last ack {last_ack or '-'}")
-    for kind, by_state in sorted(stats.counts.items()):
+    print(f"unsent {summary.unsent}, parked {summary.parked}, acked (kept) {summary.acked_kept}, "
+          f"last ack {summary.last_ack_at or '-'}")  # fmt: skip
+    for kind, by_state in sorted(summary.by_kind.items()):
         print(f"  {kind:<12} " + ", ".join(f"{state} {n}" for state, n in sorted(by_state.items())))
-    for row in outbox_rows:
+    for row in summary.parked_messages:
         print(f"  parked {row['message_id']} ({row['kind']}): {row['parked_reason']}")
     return EXIT_OK
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
-    from gateway.store.outbox import Outbox
-
-    runtime = _open(args)
+    services = _open(args)
     try:
-        count = Outbox(runtime.store).retry_parked(args.kind)
+        count = services.outbox.retry_parked(args.kind)
     finally:
-        runtime.store.close()
+        services.close()
     what = f"{args.kind} " if args.kind else ""
     print(f"{count} parked {what}message(s) put back in the queue")
     return EXIT_OK
 
 
 def _cmd_dead_letters(args: argparse.Namespace) -> int:
-    from gateway.services import GatewayServices
-    from gateway.store.dead_letters import payload_of
-
-    runtime = _open(args)
+    services = _open(args)
     try:
-        summary = GatewayServices(runtime).dead_letters(limit=args.limit)
-        shown = None if args.show is None else payload_of(runtime.store, args.show)
+        summary = services.dead_letters(limit=args.limit)
+        shown = None if args.show is None else services.outbox.dead_letter_payload(args.show)
     finally:
-        runtime.store.close()
+        services.close()
     if args.show is not None:
         if shown is None:
             print(f"no dead letter {args.show}")

@@ -74,9 +74,10 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
 
 
 def _cmd_refer(args: argparse.Namespace) -> int:
+    import uuid
+
     from gateway.emulate.platform import send_referral_once
     from gateway.records import Referral
-    from gateway.store.db import new_id
 
     if args.capture_id is None and args.patient_id is None:
         print("gateway receiver refer: give --capture-id or --patient-id")
@@ -88,7 +89,7 @@ def _cmd_refer(args: argparse.Namespace) -> int:
         print("gateway receiver refer: give --config FILE or --site-id and --gateway-id")
         return EXIT_ERROR
     referral = Referral(
-        referral_id=args.referral_id or new_id(),
+        referral_id=args.referral_id or uuid.uuid4().hex,
         decision=args.decision,
         capture_id=args.capture_id,
         patient_id=args.patient_id,

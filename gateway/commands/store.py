@@ -27,25 +27,18 @@ def _print(summary: dict[str, Any]) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from gateway.store.backup import export_backup
+    from gateway.services import export_backup
 
-    config = config_from(args)
-    summary = export_backup(
-        config.db_path,
-        config.image_dir,
-        args.to,
-        identity={"site_id": config.gateway.site_id, "gateway_id": config.gateway.gateway_id},
-    )
+    summary = export_backup(config_from(args), args.to)
     print(f"backup written to {summary.path}")
     _print({"counts": summary.counts, "images": summary.images, "missing_images": summary.missing_images})
     return EXIT_OK
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from gateway.store.backup import import_backup
+    from gateway.services import import_backup
 
-    config = config_from(args)
-    summary = import_backup(args.source, config.db_path, config.image_dir, force=args.force)
+    summary = import_backup(config_from(args), args.source, force=args.force)
     print(f"backup restored into {summary.path}")
     for path in summary.set_aside:
         print(f"previous store kept as {path}")
@@ -54,22 +47,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from gateway.clock import SystemClock
-    from gateway.store import open_store
-    from gateway.store.db import Origin
-    from gateway.store.retention import prune
+    from gateway.runtime import open_runtime
+    from gateway.services import GatewayServices
 
-    config = config_from(args)
-    store = open_store(
-        config.db_path,
-        config.image_dir,
-        clock=SystemClock(config.clock.sync_check, config.clock.sync_file),
-        origin=Origin(config.gateway.site_id, config.gateway.gateway_id, config.forward.payload_format),
-    )
+    services = GatewayServices(open_runtime(config_from(args)))
     try:
-        result = prune(store, args.days if args.days is not None else config.store.retention_days)
+        result = services.prune(args.days)
     finally:
-        store.close()
+        services.close()
     _print(result.as_dict())
     return EXIT_OK
 

@@ -1,8 +1,8 @@
 """``gateway user add | list | disable | enable | passwd``: local users of the pages.
 
 Passwords come from ``--password-file`` (a 0600 secret file, for provisioning scripts) or are asked twice
-on the terminal; they are stored only as hashes. Every change is audited with the actor
-``cli:<login name>``.
+on the terminal; they are stored only as hashes. Every change goes through the service facade
+(``services.users``), which audits it with the actor ``cli:<login name>`` in the change's transaction.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Any
 from gateway.commands.common import EXIT_OK, add_config_argument, config_from
 from gateway.config import read_secret
 from gateway.errors import GatewayError
-from gateway.store import Store, audit
-from gateway.store import users as store_users
+from gateway.services import ROLES, GatewayServices, UserError
 
 MIN_PASSWORD_LENGTH = 8
 
@@ -34,10 +33,10 @@ def _actor() -> str:
         return f"cli:uid{os.getuid()}"
 
 
-def _open_store(args: argparse.Namespace) -> Store:
+def _services(args: argparse.Namespace) -> GatewayServices:
     from gateway.runtime import open_runtime
 
-    return open_runtime(config_from(args)).store
+    return GatewayServices(open_runtime(config_from(args)))
 
 
 def _new_password(password_file: Path | None) -> str:
@@ -58,23 +57,21 @@ def _cmd_add(args: argparse.Namespace) -> int:
     from gateway.web.auth import hash_password
 
     password = _new_password(args.password_file)
-    store = _open_store(args)
+    services = _services(args)
     try:
-        store_users.add_user(store, args.name, hash_password(password), args.role, language=args.language)
-        audit.add(store, actor=_actor(), action="user_add", target_kind="user", target_id=args.name,
-                  detail={"role": args.role})  # fmt: skip
+        services.users.add(args.name, hash_password(password), args.role, language=args.language, actor=_actor())
     finally:
-        store.close()
+        services.close()
     print(f"user {args.name} added ({args.role})")
     return EXIT_OK
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    services = _services(args)
     try:
-        rows = store_users.list_users(store)
+        rows = services.users.list()
     finally:
-        store.close()
+        services.close()
     print(f"{'USER':<20} {'ROLE':<11} {'LANG':<5} {'STATE':<9} CREATED")
     for row in rows:
         state = "disabled" if row.disabled else "active"
@@ -83,13 +80,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
-    store = _open_store(args)
+    services = _services(args)
     try:
-        store_users.set_disabled(store, args.name, disabled)
-        audit.add(store, actor=_actor(), action="user_disable" if disabled else "user_enable", target_kind="user",
-                  target_id=args.name)  # fmt: skip
+        services.users.set_disabled(args.name, disabled, actor=_actor())
     finally:
-        store.close()
+        services.close()
     print(f"user {args.name} {'disabled: their sessions end now' if disabled else 'enabled'}")
     return EXIT_OK
 
@@ -97,15 +92,14 @@ def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
 def _cmd_passwd(args: argparse.Namespace) -> int:
     from gateway.web.auth import hash_password
 
-    store = _open_store(args)
+    services = _services(args)
     try:
-        if store_users.get_user(store, args.name) is None:
-            raise store_users.UserError(f"no user {args.name!r}")
+        if services.users.get(args.name) is None:
+            raise UserError(f"no user {args.name!r}")
         password = _new_password(args.password_file)
-        store_users.set_password_hash(store, args.name, hash_password(password))
-        audit.add(store, actor=_actor(), action="user_passwd", target_kind="user", target_id=args.name)
+        services.users.set_password(args.name, hash_password(password), actor=_actor())
     finally:
-        store.close()
+        services.close()
     print(f"password of {args.name} changed: their sessions end now")
     return EXIT_OK
 
@@ -118,7 +112,7 @@ def register(subparsers: Any) -> None:
     add = sub.add_parser("add", help="create a user (asks for the password unless --password-file)")
     add_config_argument(add)
     add.add_argument("name")
-    add.add_argument("--role", required=True, choices=store_users.ROLES)
+    add.add_argument("--role", required=True, choices=ROLES)
     add.add_argument("--password-file", type=Path, default=None, help="read the password from this 0600 file")
     add.add_argument("--language", choices=("en", "zh"), default=None, help="page language (default: the browser's)")
     add.set_defaults(func=_cmd_add)

@@ -24,7 +24,7 @@ def add_event(
     message_id = new_id()
     detail = dict(detail or {})
     with store.transaction(durable=False) as db:
-        db.execute(
+        cur = db.execute(
             "INSERT INTO events (at, level, kind, message, detail) VALUES (?, ?, ?, ?, ?)",
             [iso(now), level, kind, message, json.dumps(detail)],
         )
@@ -34,6 +34,7 @@ def add_event(
             topic=contract.TOPIC_EVENTS,
             created_at=now,
             message_id=message_id,
+            record_ref=f"event:{cur.lastrowid}",  # the prune finds event messages by it (outbox_records)
             payload=contract.event_payload(
                 kind=kind,
                 level=level,

@@ -265,3 +265,90 @@ def _web_sessions_login_limits(db: Database) -> None:
         CREATE INDEX web_login_attempts_scope_key_at ON web_login_attempts (scope, key, at);
         """
     )
+
+
+OUTBOX_COUNT_TRIGGERS = """
+    CREATE TRIGGER outbox_counts_insert AFTER INSERT ON outbox BEGIN
+        INSERT INTO outbox_counts (kind, state, n) VALUES (new.kind, new.state, 1)
+            ON CONFLICT (kind, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER outbox_counts_update AFTER UPDATE OF state ON outbox WHEN old.state IS NOT new.state BEGIN
+        UPDATE outbox_counts SET n = n - 1 WHERE kind = old.kind AND state = old.state;
+        INSERT INTO outbox_counts (kind, state, n) VALUES (new.kind, new.state, 1)
+            ON CONFLICT (kind, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER outbox_counts_delete AFTER DELETE ON outbox BEGIN
+        UPDATE outbox_counts SET n = n - 1 WHERE kind = old.kind AND state = old.state;
+    END;
+"""
+"""Keep ``outbox_counts`` equal to ``SELECT kind, state, count(*) FROM outbox GROUP BY kind, state`` in the
+transaction of every write, whoever writes (the outbox, the prune, a restored backup's requeue)."""
+
+
+@MIGRATIONS(name="0007_outbox_state_apart")
+def _outbox_state_apart(db: Database) -> None:
+    # Issue 17: the outbox's state apart from its payloads, and a store that stays quick at 10^6 readings.
+    # - ``outbox`` keeps a message's identity and lifecycle (state, attempts, times): the narrow row that claim,
+    #   ack, requeue and park rewrite. ``outbox_bodies`` keeps what is sent (topic, payload or body_ref,
+    #   properties), written once by enqueue and never updated; the prune deletes the bodies of acked messages
+    #   (nothing sends an acked message again), so those of already acked messages are not copied here.
+    # - A glucose message's record is found by ``readings.message_id``: its ``record_ref`` ('reading:<id>') is
+    #   dropped. Event messages name their events row ('event:<id>', 'event:' for older ones), so that every
+    #   message without a reading has a record_ref and the partial index finds them without the readings'.
+    # - ``outbox_counts``: the counts per (kind, state), maintained by triggers (the status page and the queue
+    #   sampler read a few rows instead of scanning every message ever sent).
+    # - ``readings_stored_at``: the prune finds readings past retention without reading every reading.
+    # ``seq`` keeps its values, and AUTOINCREMENT's high-water mark survives the table's re-creation (a message
+    # pruned earlier never has its seq handed out again).
+    high_water = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    db.executescript(
+        """
+        CREATE TABLE outbox_bodies (
+            seq INTEGER PRIMARY KEY,            -- outbox.seq of the message
+            topic TEXT NOT NULL,
+            payload BLOB,
+            body_ref TEXT,
+            properties TEXT NOT NULL DEFAULT '{}',
+            CHECK (payload IS NOT NULL OR body_ref IS NOT NULL)
+        );
+        INSERT INTO outbox_bodies (seq, topic, payload, body_ref, properties)
+            SELECT seq, topic, payload, body_ref, properties FROM outbox WHERE state != 'acked';
+        -- Outbox row lifecycle (see outbox.TRANSITIONS): pending -> sent -> acked; sent -> pending on
+        -- timeout or restart; pending|sent -> parked when the broker refuses the message; parked -> pending.
+        CREATE TABLE outbox_next (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            record_ref TEXT,                    -- 'capture:<id>' (capture and its image chunks), 'event:<id>'
+            created_at TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'sent', 'acked', 'parked')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            sent_at TEXT,
+            acked_at TEXT,
+            parked_reason TEXT
+        );
+        INSERT INTO outbox_next (seq, message_id, kind, record_ref, created_at, state, attempts, sent_at, acked_at,
+                                 parked_reason)
+            SELECT seq, message_id, kind,
+                   CASE kind WHEN 'glucose' THEN NULL WHEN 'event' THEN coalesce(record_ref, 'event:')
+                        ELSE record_ref END,
+                   created_at, state, attempts, sent_at, acked_at, parked_reason
+            FROM outbox ORDER BY seq;
+        DROP TABLE outbox;
+        ALTER TABLE outbox_next RENAME TO outbox;
+        CREATE INDEX outbox_state_seq ON outbox (state, seq);
+        CREATE INDEX outbox_records ON outbox (record_ref) WHERE record_ref IS NOT NULL;
+        CREATE TABLE outbox_counts (
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (kind, state)
+        ) WITHOUT ROWID;
+        INSERT INTO outbox_counts (kind, state, n) SELECT kind, state, count(*) FROM outbox GROUP BY kind, state;
+        CREATE INDEX readings_stored_at ON readings (stored_at);
+        """
+    )
+    db.executescript(OUTBOX_COUNT_TRIGGERS)
+    if high_water is not None:
+        db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'outbox'", [high_water[0]])

@@ -10,6 +10,19 @@ Row lifecycle, the one table of it (``TRANSITIONS``, with ``GUARDS`` on guarded 
                                       already requeued. An ack naming a message never sent is a platform
                                       bug or a forged ack; it is not applied (Outbox.ack reports it).
 
+Storage (migration ``0007_outbox_state_apart``): ``outbox`` holds a message's identity and lifecycle, the
+narrow row every transition rewrites; ``outbox_bodies`` holds what is sent (topic, payload or body_ref,
+properties), written once by :func:`enqueue` and never updated: claim, ack, requeue, park and retry touch
+only ``outbox``. Once the platform has acked a message its body is no longer needed (nothing sends an acked
+message again); the prune deletes it (:func:`drop_acked_bodies`). ``outbox_counts`` holds the counts per
+(kind, state), maintained by triggers in the transaction of every write, so :meth:`Outbox.stats` reads a
+few rows whatever the history's size.
+
+``sent`` is a stored state, not only the forwarder's memory: every ``sent`` row is requeued at start, but a
+platform ack for a message sent before a restart arrives after it (the broker keeps it for our persistent
+session), and the guard on ``pending --ack--> acked`` needs to know the message went out (``sent_at``); the
+write is one narrow row per message in a non-durable transaction.
+
 All outbox SQL lives here.
 """
 
@@ -93,43 +106,45 @@ def enqueue(
     record_ref: str | None = None,
     message_id: str | None = None,
 ) -> str:
-    """Add one message; call inside the same ``store.transaction()`` as the record it carries."""
+    """Add one message (its narrow row and its body); call inside the ``store.transaction()`` of its record."""
+    if payload is None and body_ref is None:
+        raise ValueError("a message needs a payload or a body_ref")
     message_id = message_id or new_id()
+    cur = db.execute(
+        "INSERT INTO outbox (message_id, kind, record_ref, created_at) VALUES (?, ?, ?, ?)",
+        [message_id, kind, record_ref, iso(created_at)],
+    )
     db.execute(
-        "INSERT INTO outbox (message_id, kind, topic, payload, body_ref, properties, record_ref, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            message_id,
-            kind,
-            topic,
-            payload,
-            body_ref,
-            json.dumps(dict(properties or {}), sort_keys=True),
-            record_ref,
-            iso(created_at),
-        ],
+        "INSERT INTO outbox_bodies (seq, topic, payload, body_ref, properties) VALUES (?, ?, ?, ?, ?)",
+        [cur.lastrowid, topic, payload, body_ref, json.dumps(dict(properties or {}), sort_keys=True)],
     )
     return message_id
 
 
-_MESSAGE_COLUMNS = "seq, message_id, kind, topic, payload, body_ref, properties, attempts, created_at"
+_MESSAGE_COLUMNS = "o.seq, o.message_id, o.kind, b.topic, b.payload, b.body_ref, b.properties, o.attempts, o.created_at"
 """What an :class:`OutboxMessage` needs, nothing more: the claim runs once per message drained."""
 
 
-def _row_to_message(row: Mapping[str, Any]) -> OutboxMessage:
-    properties = row["properties"]
+def _row_to_message(row: Sequence[Any], attempts: int) -> OutboxMessage:
+    seq, message_id, kind, topic, payload, body_ref, properties, _attempts, created_at = row
     return OutboxMessage(
-        seq=row["seq"],
-        message_id=row["message_id"],
-        kind=row["kind"],
-        topic=row["topic"],
-        payload=row["payload"],
-        body_ref=row["body_ref"],
+        seq=seq,
+        message_id=message_id,
+        kind=kind,
+        # a pending message always has its body (bodies go only once acked); a missing one is sent as
+        # nothing to send: the forwarder parks it ("message body cannot be read")
+        topic=topic or "",
+        payload=payload,
+        body_ref=body_ref,
         # most rows (JSON payloads) carry none: skip the parse on the drain's hot path
-        properties={} if properties == "{}" else json.loads(properties),
-        attempts=row["attempts"],
-        created_at=row["created_at"],
+        properties={} if properties in (None, "{}") else json.loads(properties),
+        attempts=attempts,
+        created_at=created_at,
     )
+
+
+LAST_ACK_KEY = "outbox_last_ack_at"
+"""kv key: when the newest platform ack changed a message (the status page's "last ack")."""
 
 
 class Outbox:
@@ -139,24 +154,23 @@ class Outbox:
         self.store = store
 
     def claim_batch(self, limit: int) -> list[OutboxMessage]:
-        """Take up to ``limit`` pending messages in order and mark them sent."""
+        """Take up to ``limit`` pending messages in order and mark them sent (only their narrow rows change)."""
         if limit <= 0:
             return []
         with self.store.transaction(durable=False) as db:
-            rows = list(
-                db.query(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM outbox WHERE {_where_from('claim')} ORDER BY seq LIMIT ?",
-                    [limit],
-                )
-            )
+            rows = db.conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM outbox o LEFT JOIN outbox_bodies b ON b.seq = o.seq "
+                f"WHERE {_where_from('claim', 'o.state')} ORDER BY o.seq LIMIT ?",
+                [limit],
+            ).fetchall()
             if rows:
-                db.execute(
+                db.conn.execute(
                     f"UPDATE outbox SET state = '{_to('claim')}', attempts = attempts + 1, sent_at = ? "
                     f"WHERE seq IN ({', '.join('?' * len(rows))})",
-                    [iso(self.store.clock.utc_now()), *(r["seq"] for r in rows)],
+                    [iso(self.store.clock.utc_now()), *(r[0] for r in rows)],
                 )
         # Report the attempt this claim starts (the row now says the same).
-        return [_row_to_message({**r, "attempts": r["attempts"] + 1}) for r in rows]
+        return [_row_to_message(r, r[7] + 1) for r in rows]
 
     def ack(self, message_ids: Iterable[str]) -> AckResult:
         """Mark messages the platform has durably stored: those sent, or requeued after being sent.
@@ -174,7 +188,7 @@ class Outbox:
             for start in range(0, len(ids), 500):
                 part = ids[start : start + 500]
                 marks = ", ".join("?" * len(part))
-                cur = db.execute(
+                cur = db.conn.execute(
                     f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? "
                     # "+state": look rows up by message_id; the (state, seq) index would scan the whole backlog
                     f"WHERE {_where_from('ack', '+state')} AND message_id IN ({marks})",
@@ -184,12 +198,18 @@ class Outbox:
                 if cur.rowcount < len(part):  # only then can some be never-sent ones
                     never_sent += [
                         row[0]
-                        for row in db.execute(
+                        for row in db.conn.execute(
                             f"SELECT message_id FROM outbox WHERE +state = 'pending' AND sent_at IS NULL "
                             f"AND message_id IN ({marks})",
                             part,
                         )
                     ]
+            if changed:
+                db.conn.execute(
+                    "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+                    "SET value = excluded.value, updated_at = excluded.updated_at",
+                    [LAST_ACK_KEY, now, now],
+                )
         return AckResult(changed, tuple(never_sent))
 
     def requeue(self, message_ids: Iterable[str]) -> int:
@@ -199,7 +219,7 @@ class Outbox:
             return 0
         with self.store.transaction(durable=False) as db:
             cur = db.execute(
-                f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout')} "
+                f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout', '+state')} "
                 f"AND message_id IN ({', '.join('?' * len(ids))})",
                 ids,
             )
@@ -216,7 +236,7 @@ class Outbox:
         with self.store.transaction(durable=True) as db:
             db.execute(
                 f"UPDATE outbox SET state = '{_to('park')}', parked_reason = ? "
-                f"WHERE message_id = ? AND {_where_from('park')}",
+                f"WHERE message_id = ? AND {_where_from('park', '+state')}",
                 [reason, message_id],
             )
 
@@ -231,12 +251,15 @@ class Outbox:
             return cur.rowcount
 
     def stats(self) -> OutboxStats:
-        """Counts per kind and state (one GROUP BY), oldest unsent message time."""
+        """Counts per kind and state (the maintained counts: a few rows, whatever the history's size), and the
+        creation time of the oldest unsent message (the first pending or sent row of the state index)."""
         counts: dict[str, dict[str, int]] = {}
-        for row in self.store.query("SELECT kind, state, count(*) AS n FROM outbox GROUP BY kind, state"):
+        for row in self.store.query("SELECT kind, state, n FROM outbox_counts WHERE n > 0 ORDER BY kind, state"):
             counts.setdefault(row["kind"], {})[row["state"]] = row["n"]
         oldest = self.store.scalar(
-            "SELECT created_at FROM outbox WHERE state IN ('pending', 'sent') ORDER BY seq LIMIT 1"
+            "SELECT created_at FROM outbox WHERE seq = (SELECT min(first) FROM ("
+            "SELECT min(seq) AS first FROM outbox WHERE state = 'pending' "
+            "UNION ALL SELECT min(seq) FROM outbox WHERE state = 'sent'))"
         )
         unsent = sum(n for by_state in counts.values() for s, n in by_state.items() if s in ("pending", "sent"))
         parked = sum(by_state.get("parked", 0) for by_state in counts.values())
@@ -245,16 +268,47 @@ class Outbox:
     def parked(self, limit: int = 50) -> list[dict[str, Any]]:
         """Parked messages with their reasons (no payloads)."""
         return self.store.query(
-            "SELECT seq, message_id, kind, topic, parked_reason, created_at FROM outbox "
-            "WHERE state = 'parked' ORDER BY seq LIMIT ?",
+            "SELECT o.seq, o.message_id, o.kind, b.topic, o.parked_reason, o.created_at FROM outbox o "
+            "LEFT JOIN outbox_bodies b ON b.seq = o.seq WHERE o.state = 'parked' ORDER BY o.seq LIMIT ?",
             [limit],
         )
 
     def state_of(self, message_id: str) -> str | None:
+        """The state of one message (None when unknown, or pruned)."""
         value = self.store.scalar("SELECT state FROM outbox WHERE message_id = ?", [message_id])
         return None if value is None else str(value)
 
     def ack_activity(self) -> tuple[int, str | None]:
         """Acked messages still kept, and when the newest ack arrived (drain rate, 'last ack' on the status page)."""
-        row = self.store.query("SELECT count(*) AS n, max(acked_at) AS last FROM outbox WHERE state = 'acked'")[0]
-        return int(row["n"]), row["last"]
+        acked = self.store.scalar("SELECT coalesce(sum(n), 0) FROM outbox_counts WHERE state = 'acked'")
+        return int(acked), self.store.get_kv(LAST_ACK_KEY)
+
+    def body_of(self, message_id: str) -> bytes | None:
+        """The payload stored for one message (None when it has none: sent by reference, or dropped once
+        acked). For tests and IT tools; the drain reads bodies in :meth:`claim_batch`."""
+        value = self.store.scalar(
+            "SELECT b.payload FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.message_id = ?",
+            [message_id],
+        )
+        return None if value is None else bytes(value)
+
+
+def drop_acked_bodies(store: Store, *, after_seq: int = 0, limit: int = 500) -> tuple[int, int | None]:
+    """Delete the bodies of up to ``limit`` acked messages with ``seq > after_seq`` (one short transaction).
+
+    Returns how many went and the last seq looked at (the next call's ``after_seq``; None when done).
+    """
+    with store.transaction(durable=False) as db:
+        seqs = [
+            row[0]
+            for row in db.conn.execute(
+                "SELECT b.seq FROM outbox_bodies b JOIN outbox o ON o.seq = b.seq "
+                # "+o.state": walk the bodies (few) by seq, never the state index's million acked rows
+                "WHERE b.seq > ? AND +o.state = 'acked' ORDER BY b.seq LIMIT ?",
+                [after_seq, limit],
+            )
+        ]
+        if not seqs:
+            return 0, None
+        db.conn.execute(f"DELETE FROM outbox_bodies WHERE seq IN ({', '.join('?' * len(seqs))})", seqs)
+    return len(seqs), seqs[-1]

@@ -87,8 +87,7 @@ def insert_readings(db: Database, store: Store, readings: Sequence[GlucoseReadin
             kind="glucose",
             topic=contract.TOPIC_GLUCOSE,
             created_at=now,
-            message_id=message_id,
-            record_ref=f"reading:{reading_id}",
+            message_id=message_id,  # the reading names its message (readings.message_id)
             payload=contract.glucose_payload(
                 reading,
                 reading_id=reading_id,
@@ -152,9 +151,32 @@ def count_readings(store: Store, meter_id: str | None = None) -> int:
     return int(store.scalar("SELECT count(*) FROM readings WHERE meter_id = ?", [meter_id]))
 
 
-def readings_of_session(store: Store, session_id: str) -> list[dict[str, Any]]:
-    """Readings stored by one desk session, in meter order."""
-    return store.query("SELECT * FROM readings WHERE session_id = ? ORDER BY meter_time, sequence", [session_id])
+@dataclass(frozen=True, slots=True)
+class SessionCounts:
+    """What one desk session's download holds: how many readings, how many below and above two levels."""
+
+    total: int
+    low: int
+    high: int
+
+
+def session_counts(store: Store, session_id: str, *, low_below: float, high_above: float) -> SessionCounts:
+    """Counts over every reading a desk session stored (``low_below`` / ``high_above`` in mmol/L)."""
+    row = store.query(
+        "SELECT count(*) AS total, coalesce(sum(mmol_l < ?), 0) AS low, coalesce(sum(mmol_l > ?), 0) AS high "
+        "FROM readings WHERE session_id = ?",
+        [low_below, high_above, session_id],
+    )[0]
+    return SessionCounts(int(row["total"]), int(row["low"]), int(row["high"]))
+
+
+def readings_of_session(store: Store, session_id: str, *, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+    """A page of the readings one desk session stored, in meter order (a first download can bring a meter's
+    whole history: the desk shows it a page at a time)."""
+    return store.query(
+        "SELECT * FROM readings WHERE session_id = ? ORDER BY meter_time, sequence LIMIT ? OFFSET ?",
+        [session_id, limit, offset],
+    )
 
 
 def list_meters(store: Store) -> list[dict[str, Any]]:

@@ -1,16 +1,24 @@
 """Disk policy: prune what the platform has confirmed, after the retention period; never anything unsent.
 
-What :func:`prune` removes, all older than ``retention_days`` (by the gateway's ``stored_at``/``acked_at``):
+What the prune removes, all older than ``retention_days`` (by the gateway's ``stored_at``/``created_at``/``at``):
 
 - readings and captures whose outbox messages are **all acked** (a record whose message is pending, sent,
-  parked, or missing stays, whatever its age);
+  parked, or missing stays, whatever its age), each together with its own messages;
 - image files, only once no remaining capture uses the hash and no unconfirmed outbox row (an image
   chunk) still reads from it; rows are deleted first and committed, files after, so a crash in between
   leaves at worst an orphan file, never a row pointing at a missing image;
-- acked outbox rows no remaining record refers to, old operational events, and finished desk sessions left
-  with no records. The audit trail is never pruned.
+- acked event messages, old operational events, and finished desk sessions left with no records. The audit
+  trail is never pruned.
 
-:class:`gateway.retention.RetentionTask` is the daemon component that runs it every few hours.
+And, whatever their age, the bodies of acked messages (``outbox_bodies``): nothing sends an acked message
+again, so its payload is dead weight (~0.7 kB per reading); the message's narrow row stays with its record.
+
+**Bounded work.** A :class:`Pruner` works in passes. A pass runs each step once, and each step is one short
+transaction that deletes at most ``chunk`` rows from any one table, found through an index from where the
+step's previous pass stopped (never a scan of every reading, never ``NOT IN`` over a whole table), so a pass
+costs about the same on a store of 10^6 readings as on a small one. :func:`prune` runs passes until none is
+left (the CLI, tests); :class:`gateway.retention.RetentionTask`, the daemon component, runs them in a worker
+thread and yields to the event loop between passes.
 """
 
 from __future__ import annotations
@@ -23,16 +31,18 @@ from typing import Any
 
 from gateway.errors import StoreError
 from gateway.store.db import Store, iso
+from gateway.store.outbox import drop_acked_bodies
 
 _logger = logging.getLogger(__name__)
 
-BATCH = 500
-"""Rows deleted per transaction: keeps each write short (the daemon's loop and the pages share the store)."""
+CHUNK = 500
+"""Rows deleted from any one table per transaction: keeps each write short (the daemon's loop and the pages
+share the store)."""
 
 
 @dataclass(slots=True)
 class PruneResult:
-    """What one :func:`prune` run removed (counts only: no patient data)."""
+    """What one prune run removed (counts only: no patient data)."""
 
     cutoff: str
     readings: int = 0
@@ -40,29 +50,48 @@ class PruneResult:
     image_files: int = 0
     image_bytes: int = 0
     outbox: int = 0
+    """Outbox messages removed (with their records, or acked event messages)."""
+    bodies: int = 0
+    """Bodies (payloads) of acked messages removed."""
     events: int = 0
     sessions: int = 0
+    passes: int = 0
     skipped: str | None = None
     missing_files: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-able counts (status page, CLI)."""
         return asdict(self)
 
 
-_UNCONFIRMED = "SELECT 1 FROM outbox o WHERE o.state != 'acked' AND (o.message_id = {t}.message_id{extra})"
-_CONFIRMED = "EXISTS (SELECT 1 FROM outbox a WHERE a.message_id = {t}.message_id AND a.state = 'acked')"
+def _marks(values: list[Any]) -> str:
+    return ", ".join("?" * len(values))
 
-_PRUNABLE_READINGS = (
-    "SELECT r.id FROM readings r WHERE r.stored_at < ? "
-    f"AND {_CONFIRMED.format(t='r')} "
-    f"AND NOT EXISTS ({_UNCONFIRMED.format(t='r', extra='')}) LIMIT {BATCH}"
+
+_READINGS = (
+    # Driven by readings_stored_at from the previous pass's last row; "+o.state": the message is looked up by
+    # its message_id, never by the state index (which would list every acked message ever kept).
+    "SELECT r.id, r.stored_at, o.seq FROM readings r JOIN outbox o ON o.message_id = r.message_id "
+    "WHERE r.stored_at < ? AND (r.stored_at, r.id) > (?, ?) AND +o.state = 'acked' "
+    "ORDER BY r.stored_at, r.id LIMIT ?"
 )
-_CAPTURE_ROWS = " OR o.record_ref = 'capture:' || c.capture_id"  # the image chunks of the capture
-_PRUNABLE_CAPTURES = (
-    "SELECT c.capture_id, c.sha256, c.image_path FROM captures c WHERE c.stored_at < ? "
-    f"AND {_CONFIRMED.format(t='c')} "
-    f"AND NOT EXISTS ({_UNCONFIRMED.format(t='c', extra=_CAPTURE_ROWS)}) "
-    f"LIMIT {BATCH}"
+_CAPTURES = (
+    "SELECT c.capture_id, c.sha256, c.image_path, o.seq FROM captures c JOIN outbox o ON o.message_id = c.message_id "
+    "WHERE c.capture_id > ? AND c.stored_at < ? AND +o.state = 'acked' "
+    # every message of the capture (its image chunks) confirmed: outbox_records finds them
+    "AND NOT EXISTS (SELECT 1 FROM outbox u WHERE u.record_ref = 'capture:' || c.capture_id AND u.state != 'acked') "
+    "ORDER BY c.capture_id LIMIT ?"
+)
+_EVENT_MESSAGES = (
+    # event messages name their events row ('event:<id>'): outbox_records holds them apart from the readings'
+    "SELECT seq FROM outbox WHERE record_ref >= 'event:' AND record_ref < 'event;' AND +state = 'acked' "
+    "AND created_at < ? LIMIT ?"
+)
+_SESSIONS = (
+    "SELECT session_id FROM sessions s WHERE session_id > ? AND ended_at IS NOT NULL AND ended_at < ? "
+    "AND NOT EXISTS (SELECT 1 FROM readings r WHERE r.session_id = s.session_id) "
+    "AND session_id NOT IN (SELECT session_id FROM captures WHERE session_id IS NOT NULL) "
+    "ORDER BY session_id LIMIT ?"
 )
 
 
@@ -81,68 +110,178 @@ def _image_in_use(store: Store, sha256: str) -> bool:
         return True
     return bool(
         store.scalar(
-            "SELECT 1 FROM outbox WHERE state != 'acked' AND body_ref LIKE ? LIMIT 1",
+            # bodies are kept only for unsent messages (and acked ones not yet dropped): a short walk
+            "SELECT 1 FROM outbox_bodies b JOIN outbox o ON o.seq = b.seq "
+            "WHERE b.body_ref LIKE ? AND +o.state != 'acked' LIMIT 1",
             [f"image:{sha256}:%"],
         )
     )
 
 
-def prune(store: Store, retention_days: int, *, now: datetime | None = None) -> PruneResult:
-    """Remove confirmed data older than ``retention_days`` (see the module docstring for the rules)."""
-    now = now or store.clock.utc_now()
-    cutoff = iso(now - timedelta(days=retention_days))
-    result = PruneResult(cutoff=cutoff)
+class Pruner:
+    """One prune run, in bounded passes (see the module docstring).
 
-    while ids := [row["id"] for row in store.query(_PRUNABLE_READINGS, [cutoff])]:
-        with store.transaction(durable=False) as db:
-            db.execute(f"DELETE FROM readings WHERE id IN ({', '.join('?' * len(ids))})", ids)
-        result.readings += len(ids)
+    ``by_age=False`` only drops the bodies of acked messages, which needs no clock: the daemon does that
+    much even while the clock is not trusted.
+    """
 
-    while rows := store.query(_PRUNABLE_CAPTURES, [cutoff]):
-        with store.transaction(durable=False) as db:
-            db.execute(
-                f"DELETE FROM captures WHERE capture_id IN ({', '.join('?' * len(rows))})",
-                [r["capture_id"] for r in rows],
+    def __init__(
+        self,
+        store: Store,
+        retention_days: int,
+        *,
+        now: datetime | None = None,
+        chunk: int = CHUNK,
+        by_age: bool = True,
+    ) -> None:
+        if chunk < 1:
+            raise ValueError("chunk must be at least 1")
+        self.store = store
+        self.chunk = chunk
+        now = now or store.clock.utc_now()
+        self.cutoff = iso(now - timedelta(days=retention_days))
+        self.result = PruneResult(cutoff=self.cutoff if by_age else "")
+        self._reading_after: tuple[str, int] = ("", 0)
+        self._capture_after = ""
+        self._body_after: int | None = 0
+        self._session_after = ""
+        self._steps = (
+            [self._readings, self._captures, self._event_messages, self._bodies, self._events, self._sessions]
+            if by_age
+            else [self._bodies]
+        )
+
+    @property
+    def done(self) -> bool:
+        """No step has anything left to do."""
+        return not self._steps
+
+    def run_pass(self) -> bool:
+        """One pass: each unfinished step once (one short transaction each). True while work remains."""
+        self._steps = [step for step in self._steps if step()]
+        self.result.passes += 1
+        return not self.done
+
+    def run(self) -> PruneResult:
+        """Passes until done; the result, logged (counts only)."""
+        while self.run_pass():
+            pass
+        self.log()
+        return self.result
+
+    def log(self) -> None:
+        """The run's counts in the log (no patient data)."""
+        r = self.result
+        _logger.info(
+            "retention: pruned %d readings, %d captures, %d image files (%d bytes), %d outbox messages, "
+            "%d acked bodies, %d events, %d sessions older than %s in %d passes",
+            r.readings, r.captures, r.image_files, r.image_bytes, r.outbox, r.bodies, r.events, r.sessions,
+            r.cutoff or "-", r.passes,
+        )  # fmt: skip
+
+    # -- the steps: each does at most one chunk and says whether it may have more ----------------------------
+    def _delete_messages(self, db: Any, seqs: list[int]) -> None:
+        """Messages (narrow rows and any bodies left) of records going in the same transaction."""
+        if seqs:
+            db.execute(f"DELETE FROM outbox WHERE seq IN ({_marks(seqs)})", seqs)
+            db.execute(f"DELETE FROM outbox_bodies WHERE seq IN ({_marks(seqs)})", seqs)
+            self.result.outbox += len(seqs)
+
+    def _readings(self) -> bool:
+        at, after = self._reading_after
+        rows = self.store.query(_READINGS, [self.cutoff, at, after, self.chunk])
+        if not rows:
+            return False
+        ids = [r["id"] for r in rows]
+        with self.store.transaction(durable=False) as db:
+            db.execute(f"DELETE FROM readings WHERE id IN ({_marks(ids)})", ids)
+            self._delete_messages(db, [r["seq"] for r in rows])
+        self.result.readings += len(ids)
+        # Old readings whose messages are not acked yet were passed over: the next pass starts after them.
+        self._reading_after = (rows[-1]["stored_at"], rows[-1]["id"])
+        return len(rows) == self.chunk
+
+    def _captures(self) -> bool:
+        rows = self.store.query(_CAPTURES, [self._capture_after, self.cutoff, self.chunk])
+        if not rows:
+            return False
+        self._capture_after = rows[-1]["capture_id"]
+        # Image chunk messages first, in chunks (all acked; a crash between leaves a capture still prunable),
+        # then each capture row with its own message, in one transaction.
+        chunk_seqs = [
+            row["seq"]
+            for capture in rows
+            for row in self.store.query(
+                "SELECT seq FROM outbox WHERE record_ref = ? AND seq != ?",
+                [f"capture:{capture['capture_id']}", capture["seq"]],
             )
-        result.captures += len(rows)
+        ]
+        for start in range(0, len(chunk_seqs), self.chunk):
+            with self.store.transaction(durable=False) as db:
+                self._delete_messages(db, chunk_seqs[start : start + self.chunk])
+        ids = [r["capture_id"] for r in rows]
+        with self.store.transaction(durable=False) as db:
+            db.execute(f"DELETE FROM captures WHERE capture_id IN ({_marks(ids)})", ids)
+            self._delete_messages(db, [r["seq"] for r in rows])
+        self.result.captures += len(ids)
         # The rows are gone (committed); now the files nobody needs any more.
         for row in {r["sha256"]: r for r in rows}.values():
-            if _image_in_use(store, row["sha256"]):
-                continue
-            path = _image_path(store, row["image_path"])
-            if path is None:
-                continue
-            try:
-                size = path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                result.missing_files.append(row["sha256"])
-                continue
-            except OSError as exc:
-                raise StoreError(f"pruning image {row['sha256'][:12]}: {exc.strerror}") from exc
-            result.image_files += 1
-            result.image_bytes += size
+            self._delete_image(row["sha256"], row["image_path"])
+        return len(rows) == self.chunk
 
-    with store.transaction(durable=False) as db:
-        result.outbox = db.execute(
-            "DELETE FROM outbox WHERE state = 'acked' AND created_at < ? "
-            "AND message_id NOT IN (SELECT message_id FROM readings) "
-            "AND message_id NOT IN (SELECT message_id FROM captures) "
-            "AND (record_ref IS NULL OR record_ref NOT LIKE 'capture:%' "
-            "     OR substr(record_ref, 9) NOT IN (SELECT capture_id FROM captures))",
-            [cutoff],
-        ).rowcount
-        result.events = db.execute("DELETE FROM events WHERE at < ?", [cutoff]).rowcount
-        result.sessions = db.execute(
-            "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ? "
-            "AND session_id NOT IN (SELECT session_id FROM readings WHERE session_id IS NOT NULL) "
-            "AND session_id NOT IN (SELECT session_id FROM captures WHERE session_id IS NOT NULL)",
-            [cutoff],
-        ).rowcount
-    _logger.info(
-        "retention: pruned %d readings, %d captures, %d image files (%d bytes), %d outbox rows, %d events, "
-        "%d sessions older than %s",
-        result.readings, result.captures, result.image_files, result.image_bytes, result.outbox, result.events,
-        result.sessions, cutoff,
-    )  # fmt: skip
-    return result
+    def _delete_image(self, sha256: str, stored_path: str) -> None:
+        if _image_in_use(self.store, sha256):
+            return
+        path = _image_path(self.store, stored_path)
+        if path is None:
+            return
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            self.result.missing_files.append(sha256)
+            return
+        except OSError as exc:
+            raise StoreError(f"pruning image {sha256[:12]}: {exc.strerror}") from exc
+        self.result.image_files += 1
+        self.result.image_bytes += size
+
+    def _event_messages(self) -> bool:
+        seqs = [r["seq"] for r in self.store.query(_EVENT_MESSAGES, [self.cutoff, self.chunk])]
+        if seqs:
+            with self.store.transaction(durable=False) as db:
+                self._delete_messages(db, seqs)
+        return len(seqs) == self.chunk
+
+    def _bodies(self) -> bool:
+        if self._body_after is None:
+            return False
+        dropped, self._body_after = drop_acked_bodies(self.store, after_seq=self._body_after, limit=self.chunk)
+        self.result.bodies += dropped
+        return self._body_after is not None
+
+    def _events(self) -> bool:
+        with self.store.transaction(durable=False) as db:
+            deleted = db.execute(
+                # rowid order is time order: the old ones come first
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY id LIMIT ?)",
+                [self.cutoff, self.chunk],
+            ).rowcount
+        self.result.events += deleted
+        return deleted == self.chunk
+
+    def _sessions(self) -> bool:
+        ids = [r["session_id"] for r in self.store.query(_SESSIONS, [self._session_after, self.cutoff, self.chunk])]
+        if not ids:
+            return False
+        self._session_after = ids[-1]
+        with self.store.transaction(durable=False) as db:
+            db.execute(f"DELETE FROM sessions WHERE session_id IN ({_marks(ids)})", ids)
+        self.result.sessions += len(ids)
+        return len(ids) == self.chunk
+
+
+def prune(store: Store, retention_days: int, *, now: datetime | None = None, chunk: int = CHUNK) -> PruneResult:
+    """Remove confirmed data older than ``retention_days`` and acked bodies, in passes until done (see the
+    module docstring for the rules)."""
+    return Pruner(store, retention_days, now=now, chunk=chunk).run()

@@ -39,10 +39,7 @@ from flask_babel import gettext as _
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from gateway.services import DeskSession, GatewayServices
-from gateway.store import audit
-from gateway.store.logins import LoginThrottled
-from gateway.store.users import Role, UserRow
+from gateway.services import DeskSession, GatewayServices, LoginThrottled, Role, UserRow
 from gateway.web.context import services
 
 _logger = logging.getLogger(__name__)
@@ -116,12 +113,8 @@ def roles_required(*roles: str) -> Callable[[Callable[P, R]], Callable[P, R | Re
             if not current_user.is_authenticated:
                 return cast(ResponseReturnValue, current_app.login_manager.unauthorized())  # type: ignore[attr-defined]
             if not current_user.has_role(*roles):
-                audit.add(
-                    services().store,
-                    actor=current_user.username,
-                    action="access_refused",
-                    target_kind="page",
-                    target_id=request.path,
+                services().audit(
+                    actor=current_user.username, action="access_refused", target_kind="page", target_id=request.path
                 )
                 abort(403)
             return view(*args, **kwargs)
@@ -140,8 +133,7 @@ def desk_record(row: DeskSession | None, *, kind: str, target_id: str) -> DeskSe
     if row is None:
         abort(404)
     if row.kind != kind:
-        audit.add(
-            services().store,
+        services().audit(
             actor=current_user.username,
             action="access_refused",
             target_kind="session",

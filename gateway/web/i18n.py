@@ -29,8 +29,6 @@ from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 
-from gateway.store import audit
-from gateway.store import users as store_users
 from gateway.web.context import services
 
 TRANSLATIONS_DIR = Path(__file__).parent / "translations"
@@ -114,8 +112,6 @@ def switch_language() -> ResponseReturnValue:
     if lang not in LANGUAGES:
         return {"error": "unknown language"}, 400
     session["lang"] = lang
-    if current_user.is_authenticated:
-        store = services().store
-        store_users.set_language(store, current_user.username, lang)
-        audit.add(store, actor=current_user.username, action="set_language", detail={"language": lang})
+    if current_user.is_authenticated:  # saved and audited in one transaction
+        services().users.set_language(current_user.username, lang, actor=current_user.username)
     return redirect(safe_next(request.form.get("next"), "/"))

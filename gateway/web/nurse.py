@@ -96,7 +96,16 @@ def session(session_id: str) -> ResponseReturnValue:
     """Step 3: progress (polled), then the readings to review and the link to confirm."""
     desk_session = _session_or_404(session_id)
     finished = desk_session.finished
-    readings = services().session_readings(session_id) if finished else []
+    # A page of the download (the newest unless ?page=N), with counts over all of it: a first download may
+    # bring a meter's whole history, thousands of readings.
+    page = (
+        services().session_readings(
+            session_id, page=request.args.get("page", type=int), low_below=HYPO_MMOL_L, high_above=HYPER_MMOL_L
+        )
+        if finished
+        else None
+    )
+    readings = page.rows if page else []
     for row in readings:
         row["band"] = glucose_band(row["mmol_l"])
     return render_template(
@@ -106,6 +115,7 @@ def session(session_id: str) -> ResponseReturnValue:
         progress=desk_session.progress,
         finished=finished,
         readings=readings,
+        page=page,
         hypo=HYPO_MMOL_L,
         hyper=HYPER_MMOL_L,
     )

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.factories import T0, make_store, reading, store_capture
+from support.factories import MESSAGES, T0, make_store, reading, store_capture
 
 from gateway.cli import main
 from gateway.clock import FakeClock
@@ -34,7 +34,7 @@ def snapshot(store: Store) -> dict[str, list[tuple[object, ...]]]:
         "outbox": [
             tuple(r.values())
             for r in store.query(
-                "SELECT seq, message_id, kind, topic, payload, body_ref, state FROM outbox ORDER BY seq"
+                f"SELECT seq, message_id, kind, topic, payload, body_ref, state FROM {MESSAGES} ORDER BY seq"
             )
         ],
         "captures": [tuple(r.values()) for r in store.query("SELECT * FROM captures ORDER BY capture_id")],

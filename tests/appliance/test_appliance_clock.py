@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from support.factories import T0, make_store
+from support.factories import MESSAGES, T0, make_store
 
 from gateway.clock import FakeClock, SystemClock, Timex, kernel_clock_synchronised, read_timex
 from gateway.health import HealthMonitor
@@ -96,7 +96,7 @@ def test_readings_untrusted_while_unsynchronised(tmp_path: Path) -> None:
     assert all(FLAG_GATEWAY_CLOCK_UNSYNCED in json.loads(r["flags"]) for r in rows[:3])
     assert not any(FLAG_GATEWAY_CLOCK_UNSYNCED in json.loads(r["flags"]) for r in rows[3:])
     # The platform sees it too: the glucose payloads carry time_trusted.
-    docs = [json.loads(r["payload"]) for r in store.query("SELECT payload FROM outbox WHERE kind = 'glucose'")]
+    docs = [json.loads(r["payload"]) for r in store.query(f"SELECT payload FROM {MESSAGES} WHERE kind = 'glucose'")]
     assert sorted((d["sequence"], d["time_trusted"]) for d in docs) == [
         (1, False),
         (2, False),
@@ -135,7 +135,7 @@ def test_clock_events_on_transitions_only(tmp_path: Path) -> None:
     asyncio.run(mon2.check())
     assert events(store) == ["clock_untrusted", "clock_synchronised", "clock_untrusted"]
     # Each event is also an up message on the events topic that satisfies the contract.
-    rows = store.query("SELECT topic, payload FROM outbox WHERE kind = 'event' ORDER BY seq")
+    rows = store.query(f"SELECT topic, payload FROM {MESSAGES} WHERE kind = 'event' ORDER BY seq")
     assert [r["topic"] for r in rows] == [contract.TOPIC_EVENTS] * 3
     for row in rows:
         doc = json.loads(row["payload"])

@@ -11,7 +11,8 @@ relative, or ``importlib.import_module("...")`` / ``__import__`` with a literal 
         ->  web, commands, cli, daemon, demo
 
 - the store imports only the wire contract and the base floor (never an area, the runtime or above);
-- web/ never imports the store, only services (xfail until issue 17 step C moves web's store calls);
+- web/ never imports the store, only services; the CLI wing (``gateway/cli.py``, ``gateway/commands``) reaches
+  the store only through services too (it may open it: ``gateway.store`` itself, or ``gateway.runtime``);
 - nothing but ``gateway/cli.py``, ``gateway/__main__.py`` and ``gateway/commands`` imports the CLI wing, and
   commands modules share only ``commands.common``;
 - emulate/ is imported only by the demo, the commands and itself (and by tests and benches);
@@ -115,6 +116,16 @@ def web_imports_of_the_store(modules: dict[str, ModuleImports]) -> list[str]:
     )
 
 
+def cli_imports_of_store_internals(modules: dict[str, ModuleImports]) -> list[str]:
+    return _fmt(
+        [
+            e
+            for e in _internal_edges(modules)
+            if under(e.importer, *CLI_WING) and under(e.imported, "gateway.store") and e.imported != "gateway.store"
+        ]
+    )
+
+
 def imports_of_the_cli_wing(modules: dict[str, ModuleImports]) -> list[str]:
     return _fmt(
         [
@@ -178,11 +189,12 @@ def test_store_imports_only_the_wire_contract_and_the_base() -> None:
     check(store_imports_beyond_wire, "store/ may import only wire/ and records/errors/config/clock/logs/notify")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 step C: web's store calls move behind services")
 def test_web_never_imports_the_store() -> None:
-    """Today's offenders (issue 17 step A): web.auth imports store.audit, store.logins, store.users; web.i18n
-    imports store.audit, store.users. Step C moves those calls behind gateway.services and drops the xfail."""
-    check(web_imports_of_the_store, "web/ talks to the core only through gateway.services; today's offenders")
+    check(web_imports_of_the_store, "web/ talks to the core only through gateway.services")
+
+
+def test_the_cli_reaches_the_store_only_through_services() -> None:
+    check(cli_imports_of_store_internals, "gateway commands use gateway.services (opening the store is fine)")
 
 
 def test_nothing_but_the_cli_imports_the_cli_wing() -> None:
@@ -323,6 +335,11 @@ VIOLATIONS: dict[str, tuple[Rule, dict[str, str], str]] = {
         {"web/auth.py": "from gateway.store import audit\n", "store/audit.py": ""},
         "gateway.web.auth:1 -> gateway.store.audit (top)",
     ),
+    "command imports a store module": (
+        cli_imports_of_store_internals,
+        {"commands/users.py": "def f():\n    from gateway.store import users\n", "store/users.py": ""},
+        "gateway.commands.users:2 -> gateway.store.users (lazy)",
+    ),
     "area imports the CLI": (
         imports_of_the_cli_wing,
         {"meters/session.py": "def f():\n    from gateway.commands.common import EXIT_OK\n",
@@ -398,11 +415,12 @@ def test_a_clean_synthetic_package_passes_every_rule(tmp_path: Path) -> None:
             "errors.py": "",
             "meters/transport/serial.py": "from gateway.errors import DeviceError\nfrom . import common\n",
             "meters/transport/common.py": "",
+            "commands/store.py": "from gateway.store import open_store\nfrom gateway import services\n",
         },
     )
     rules = (modules_without_a_floor, upward_imports, store_imports_beyond_wire, web_imports_of_the_store,
-             imports_of_the_cli_wing, commands_reaching_into_each_other, emulate_importers, import_cycles,
-             imports_by_computed_name, transports_beyond_bytes)  # fmt: skip
+             cli_imports_of_store_internals, imports_of_the_cli_wing, commands_reaching_into_each_other,
+             emulate_importers, import_cycles, imports_by_computed_name, transports_beyond_bytes)  # fmt: skip
     assert {rule.__name__: rule(modules) for rule in rules} == {rule.__name__: [] for rule in rules}
 
 

@@ -52,6 +52,31 @@ def test_outbox_stats_and_retry(tmp_path: Path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["unsent"] == 3
 
 
+def test_outbox_stats_prints_the_facades_summary(tmp_path: Path, capsys) -> None:
+    """Issue 17: the CLI no longer recomputes the outbox stats; it prints what ``services.outbox`` says (the
+    maintained counts, the last ack), the same the status page shows."""
+    import dataclasses
+
+    from gateway.services import GatewayServices
+
+    cfg = _config_file(tmp_path)
+    runtime = open_runtime(gateway_config(tmp_path / "state", port=1883))
+    add_readings(runtime.store, [reading(i) for i in range(1, 6)])
+    outbox = Outbox(runtime.store)
+    sent = outbox.claim_batch(3)
+    outbox.ack([m.message_id for m in sent[:2]])
+    outbox.park(sent[2].message_id, "broker refused the message")
+    services = GatewayServices(runtime)
+    summary = dataclasses.asdict(services.outbox.summary(parked_limit=20))
+    assert (summary["unsent"], summary["parked"], summary["acked_kept"]) == (2, 1, 2)
+    assert summary["last_ack_at"] is not None
+    assert services.status()["outbox"]["by_kind"] == summary["by_kind"]
+    services.close()
+
+    assert main(["outbox", "stats", "-c", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == summary
+
+
 def test_receiver_refer_reaches_the_gateway(tmp_path: Path, broker, capsys) -> None:
     cfg = _config_file(tmp_path, broker.port)
     runtime = open_runtime(gateway_config(tmp_path / "state", port=broker.port))

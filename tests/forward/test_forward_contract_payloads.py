@@ -7,7 +7,7 @@ import json
 
 import pytest
 from support.broker import ForwarderRunner, gateway_config, wait_until
-from support.factories import T0, reading
+from support.factories import MESSAGES, T0, reading
 
 from gateway.clock import Clock, FakeClock, SystemClock
 from gateway.records import Unit
@@ -35,7 +35,7 @@ def test_queued_payloads_validate(tmp_path, fmt: str) -> None:
     store = make_store(tmp_path, origin=Origin("chc-test", "gw-test", fmt))
     add_readings(store, _readings())
     add_event(store, "disk_low", "less than 1000 MB free", level="warning", detail={"free_mb": 800})
-    rows = store.query("SELECT kind, payload FROM outbox ORDER BY seq")
+    rows = store.query(f"SELECT kind, payload FROM {MESSAGES} ORDER BY seq")
     assert [r["kind"] for r in rows] == ["glucose"] * 3 + ["event"]
     for row in rows[:3]:
         doc = json.loads(row["payload"])
@@ -48,7 +48,7 @@ def test_fhir_payloads_parse_as_fhir_observations(tmp_path) -> None:
     observation_r4b = pytest.importorskip("fhir.resources.R4B.observation")
     store = make_store(tmp_path, origin=Origin("chc-test", "gw-test", "fhir"))
     add_readings(store, _readings())
-    for row in store.query("SELECT payload FROM outbox ORDER BY seq"):
+    for row in store.query(f"SELECT payload FROM {MESSAGES} ORDER BY seq"):
         obs = observation_r4b.Observation.model_validate_json(row["payload"])
         assert obs.status == "final"
         assert obs.code.coding[0].system == "http://loinc.org"

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support.factories import T0
+from support.factories import MESSAGES, T0
 from support.retina import build_tiny_model, fundus_jpeg, retina_config
 
 from gateway.clock import FakeClock
@@ -333,7 +333,7 @@ def test_service_without_model_keeps_taking_photos(tmp_path: Path) -> None:
     result = service.intake.take(fundus_jpeg(seed=40), CaptureMeta(eye=Eye.RIGHT, field=Field.DISC, source="upload"))
     row = store_captures.get_capture(runtime.store, result.stored.capture_id)
     assert row is not None and row["decision"] is None and row["quality_ok"] is True
-    (payload,) = runtime.store.query("SELECT payload FROM outbox WHERE kind = 'capture'")
+    (payload,) = runtime.store.query(f"SELECT payload FROM {MESSAGES} WHERE kind = 'capture'")
     doc = json.loads(payload["payload"])
     contract.validate(contract.SCHEMA_CAPTURE, doc)
     assert doc["triage"] is None

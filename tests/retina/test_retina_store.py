@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support.factories import T0, make_store
+from support.factories import MESSAGES, T0, make_store
 from support.retina import build_tiny_model, fundus_jpeg
 
 from gateway.clock import FakeClock
@@ -33,7 +33,7 @@ def model(tmp_path: Path) -> TriageModel:
 
 
 def outbox_rows(store: Store) -> list[dict]:
-    return store.query("SELECT * FROM outbox ORDER BY seq")
+    return store.query(f"SELECT * FROM {MESSAGES} ORDER BY seq")
 
 
 def test_capture_is_stored_with_its_messages(store: Store, model: TriageModel) -> None:

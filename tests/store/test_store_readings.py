@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from support.factories import make_store, reading
+from support.factories import MESSAGES, make_store, reading
 
 from gateway.errors import DiskFull, IntakeRefused, StoreError
 from gateway.records import Unit
@@ -26,7 +26,7 @@ def test_each_new_reading_gets_exactly_one_valid_glucose_message(tmp_path: Path)
     result = add_readings(store, [reading(1), reading(2, unit=Unit.MMOL_L, value=6.1)])
     assert (result.added, result.duplicates) == (2, 0)
     rows = store.query(
-        "SELECT o.payload, r.message_id, o.message_id AS mid FROM outbox o JOIN readings r "
+        f"SELECT o.payload, r.message_id, o.message_id AS mid FROM {MESSAGES} o JOIN readings r "
         "ON r.message_id = o.message_id ORDER BY o.seq"
     )
     assert len(rows) == 2

@@ -15,6 +15,13 @@ from gateway.store.db import Origin, new_id
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
+MESSAGES = (
+    "(SELECT o.*, b.topic, b.payload, b.body_ref, b.properties FROM outbox o "
+    "LEFT JOIN outbox_bodies b ON b.seq = o.seq)"
+)
+"""The outbox's messages with their bodies (a table expression: ``f"SELECT payload FROM {MESSAGES} ..."``)."""
+
+
 def make_store(tmp_path: Path, clock: FakeClock | None = None, **kwargs: object) -> Store:
     """A real SQLite store in ``tmp_path``."""
     return open_store(

@@ -236,3 +236,33 @@ def test_pages_are_served_by_the_daemon(tmp_path: Path) -> None:
         return await daemon
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_big_download_is_shown_a_page_at_a_time_with_counts_over_all_of_it(
+    client: FlaskClient, runtime: Runtime
+) -> None:
+    """Issue 17: a first download may bring a meter's whole history; the session page shows the newest page and
+    counts over the whole download, not thousands of rows."""
+    import dataclasses
+
+    from support.factories import reading
+
+    from gateway.records import Unit
+    from gateway.store.readings import add_readings
+    from gateway.store.sessions import finish_session, start_session
+
+    session_id = start_session(runtime.store, "meter", patient_id=PATIENT, meter_id="gls:BIG", operator="nina")
+    readings = [  # 5 low, 5 high
+        reading(s, meter_id="gls:BIG", value=50.0 if s % 50 == 0 else 300.0 if s % 25 == 0 else 110.0, unit=Unit.MG_DL)
+        for s in range(1, 251)
+    ]
+    add_readings(runtime.store, [dataclasses.replace(r, session_id=session_id) for r in readings])
+    finish_session(runtime.store, session_id, state="done")
+    login(client, "nina")
+    html = client.get(f"/nurse/session/{session_id}").get_data(as_text=True)
+    assert len(re.findall(r'<tr class="band-', html)) == 50  # the newest page: readings 201-250
+    assert "250 readings in this download: 5 low, 5 high. Showing 201 to 250." in html
+    assert 'id="older-readings"' in html and 'id="newer-readings"' not in html
+    first = client.get(f"/nurse/session/{session_id}?page=1").get_data(as_text=True)
+    assert len(re.findall(r'<tr class="band-', first)) == 100 and "Showing 1 to 100." in first
+    assert 'id="newer-readings"' in first and 'id="older-readings"' not in first

@@ -40,10 +40,11 @@ ZH = {"Accept-Language": "zh-CN,zh;q=0.9"}
 
 FILLERS = (
     "INSERT INTO kv (key, value, updated_at) VALUES (hex(randomblob(16)), ?, '')",
-    # The outbox and audit tables' last pages too, so the upload's rows need new pages (queued fillers are
-    # never sent: no forwarder runs here).
-    "INSERT INTO outbox (message_id, kind, topic, payload, created_at) "
-    "VALUES (hex(randomblob(16)), 'filler', 'filler', ?, '')",
+    # The outbox's two tables and the audit table's last pages too, so the upload's rows need new pages
+    # (filler messages are parked and never sent; filler bodies take seqs no message will have).
+    "INSERT INTO outbox (message_id, kind, created_at, state, parked_reason) "
+    "VALUES (hex(randomblob(16)), 'filler', '', 'parked', ?)",
+    "INSERT INTO outbox_bodies (seq, topic, payload) VALUES (-1 - abs(random() % 1000000000000), 'filler', ?)",
     "INSERT INTO audit (at, actor, action, detail) VALUES ('', 'filler', 'filler', ?)",
 )
 
