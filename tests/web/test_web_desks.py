@@ -247,17 +247,18 @@ def test_a_big_download_is_shown_a_page_at_a_time_with_counts_over_all_of_it(
 
     from support.factories import reading
 
-    from gateway.records import Unit
-    from gateway.store.readings import add_readings
-    from gateway.store.sessions import finish_session, start_session
+    from gateway.records import MeterInfo, Unit
+    from gateway.store.downloads import DownloadWriter
 
-    session_id = start_session(runtime.store, "meter", patient_id=PATIENT, meter_id="gls:BIG", operator="nina")
+    writer = DownloadWriter.begin(runtime.store, patient_id=PATIENT, operator="nina")
+    session_id = writer.session_id
+    writer.meter(MeterInfo(meter_id="gls:BIG", family="gls", transport="ble", serial="BIG"), PATIENT)
     readings = [  # 5 low, 5 high
         reading(s, meter_id="gls:BIG", value=50.0 if s % 50 == 0 else 300.0 if s % 25 == 0 else 110.0, unit=Unit.MG_DL)
         for s in range(1, 251)
     ]
-    add_readings(runtime.store, [dataclasses.replace(r, session_id=session_id) for r in readings])
-    finish_session(runtime.store, session_id, state="done")
+    writer.add_batch([dataclasses.replace(r, session_id=session_id) for r in readings])
+    writer.finish("done")
     login(client, "nina")
     html = client.get(f"/nurse/session/{session_id}").get_data(as_text=True)
     assert len(re.findall(r'<tr class="band-', html)) == 50  # the newest page: readings 201-250
