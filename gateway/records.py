@@ -34,6 +34,50 @@ class Meal(StrEnum):
     BEDTIME = "bedtime"
 
 
+class SampleType(StrEnum):
+    """What was measured, as the Bluetooth Glucose Service names it (Glucose Measurement, Type nibble).
+
+    A serial meter records no sample type; its driver names what the meter is labelled for. ``None`` on a
+    record means unknown (``docs/contract.md`` says how each is coded).
+    """
+
+    CAPILLARY_WHOLE_BLOOD = "capillary_whole_blood"
+    CAPILLARY_PLASMA = "capillary_plasma"
+    VENOUS_WHOLE_BLOOD = "venous_whole_blood"
+    VENOUS_PLASMA = "venous_plasma"
+    ARTERIAL_WHOLE_BLOOD = "arterial_whole_blood"
+    ARTERIAL_PLASMA = "arterial_plasma"
+    UNDETERMINED_WHOLE_BLOOD = "undetermined_whole_blood"
+    UNDETERMINED_PLASMA = "undetermined_plasma"
+    INTERSTITIAL_FLUID = "interstitial_fluid"
+    CONTROL_SOLUTION = "control_solution"
+
+
+class Tester(StrEnum):
+    """Who took the sample (Glucose Measurement Context, Tester nibble)."""
+
+    SELF = "self"
+    HEALTH_CARE_PROFESSIONAL = "health_care_professional"
+    LAB_TEST = "lab_test"
+
+
+class Health(StrEnum):
+    """The patient's state of health when the sample was taken (Glucose Measurement Context, Health nibble)."""
+
+    MINOR_HEALTH_ISSUES = "minor_health_issues"
+    MAJOR_HEALTH_ISSUES = "major_health_issues"
+    DURING_MENSES = "during_menses"
+    UNDER_STRESS = "under_stress"
+    NO_HEALTH_ISSUES = "no_health_issues"
+
+
+class QcOutcome(StrEnum):
+    """A control-solution test's verdict, where the meter gives one."""
+
+    PASS = "pass"  # noqa: S105 (a verdict, not a password)
+    FAIL = "fail"
+
+
 class Eye(StrEnum):
     """Laterality of a retinal photo."""
 
@@ -92,8 +136,19 @@ class MeterRecord:
     sample_type: str | None = None
     sample_location: str | None = None
     meal: Meal | None = None
+    tester: Tester | None = None
+    health: Health | None = None
     control_solution: bool = False
+    """A quality-control test with control solution, not the patient's blood: the session stores it as a
+    :class:`ControlResult`, never as a :class:`GlucoseReading`."""
+    control_lot: str | None = None
+    control_outcome: QcOutcome | None = None
     flags: tuple[str, ...] = ()
+
+    @property
+    def is_control(self) -> bool:
+        """A control-solution test, whichever way the meter says so (a flag, or the sample type)."""
+        return self.control_solution or self.sample_type == SampleType.CONTROL_SOLUTION
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,9 +168,38 @@ class GlucoseReading:
     patient_id: str | None = None
     session_id: str | None = None
     sample_type: str | None = None
+    """A :class:`SampleType` value, ``reserved_<n>`` for a code the GLS specification reserves, or None."""
     sample_location: str | None = None
     meal: Meal | None = None
-    control_solution: bool = False
+    tester: Tester | None = None
+    health: Health | None = None
+    flags: tuple[str, ...] = ()
+
+    @property
+    def mmol_l(self) -> float:
+        """The value in canonical mmol/L."""
+        return to_mmol_l(self.value, self.unit)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlResult:
+    """A meter's quality-control test with control solution: never a patient's glucose, never linked to one.
+
+    Kept apart from readings (own table, own message ``cg.qc/1``), shown to the nurse as the meter's QC
+    history. ``lot`` and ``outcome`` only where the meter records them.
+    """
+
+    meter_id: str
+    sequence: int | None
+    meter_time: datetime
+    clock_offset_s: float
+    corrected_time: datetime
+    time_trusted: bool
+    value: float
+    unit: Unit
+    lot: str | None = None
+    outcome: QcOutcome | None = None
+    session_id: str | None = None
     flags: tuple[str, ...] = ()
 
     @property

@@ -20,7 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.desk import DeskState
 from gateway.errors import DeviceDisconnected, DeviceError, ErrorInfo, GatewayError, ProtocolError
 from gateway.meters import MeterDriver
-from gateway.records import GlucoseReading, MeterInfo, MeterRecord
+from gateway.records import ControlResult, GlucoseReading, MeterInfo, MeterRecord
 from gateway.store import Store
 from gateway.store import readings as store_readings
 from gateway.store.downloads import DownloadWriter
@@ -91,12 +91,15 @@ class SessionResult:
     meter: MeterInfo | None
     received: int
     added: int
+    """New patient readings stored."""
     duplicates: int
     state: DeskState
     """``done``, ``interrupted`` (link lost, what arrived is kept) or ``failed``."""
     error: ErrorInfo | None = None
     """The device, protocol or store error that ended the download early (type and message as data)."""
     clock: ClockCorrection | None = None
+    qc_added: int = 0
+    """New control-solution (quality-control) results stored: the meter's, not the patient's."""
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -159,15 +162,34 @@ class DownloadSession:
             return self.patient_id
         return self.registry.get(meter_id) or store_readings.patient_for_meter(self.store, meter_id)
 
-    def _to_reading(
+    def _to_stored(
         self, record: MeterRecord, info: MeterInfo, correction: ClockCorrection, patient_id: str | None
-    ) -> GlucoseReading:
+    ) -> GlucoseReading | ControlResult:
+        """The record as the store keeps it: the patient's reading, or (a control-solution test) the meter's
+        quality-control result, which is never linked to the patient."""
+        flags = tuple(dict.fromkeys((*record.flags, *correction.flags)))
+        corrected = correction.correct(record.meter_time, self.tz)
+        if record.is_control:
+            return ControlResult(
+                meter_id=info.meter_id,
+                sequence=record.sequence,
+                meter_time=record.meter_time,
+                clock_offset_s=correction.offset_s,
+                corrected_time=corrected,
+                time_trusted=correction.trusted,
+                value=record.value,
+                unit=record.unit,
+                lot=record.control_lot,
+                outcome=record.control_outcome,
+                session_id=self.session_id,
+                flags=flags,
+            )
         return GlucoseReading(
             meter_id=info.meter_id,
             sequence=record.sequence,
             meter_time=record.meter_time,
             clock_offset_s=correction.offset_s,
-            corrected_time=correction.correct(record.meter_time, self.tz),
+            corrected_time=corrected,
             time_trusted=correction.trusted,
             value=record.value,
             unit=record.unit,
@@ -176,8 +198,9 @@ class DownloadSession:
             sample_type=record.sample_type,
             sample_location=record.sample_location,
             meal=record.meal,
-            control_solution=record.control_solution,
-            flags=tuple(dict.fromkeys((*record.flags, *correction.flags))),
+            tester=record.tester,
+            health=record.health,
+            flags=flags,
         )
 
     async def run(self) -> SessionResult:
@@ -186,7 +209,7 @@ class DownloadSession:
         correction: ClockCorrection | None = None
         writer = self.writer
         received = 0
-        batch: list[GlucoseReading] = []
+        batch: list[GlucoseReading | ControlResult] = []
         resume_at: str | None = None
         """Identity of the newest record, once a newest-first meter's records were all read."""
 
@@ -227,14 +250,14 @@ class DownloadSession:
                 async for record in records:
                     if since is not None and record.sequence is not None and record.sequence <= since:
                         continue
-                    reading = self._to_reading(record, info, correction, patient_id)
-                    identity = store_readings.reading_identity(reading)
+                    stored = self._to_stored(record, info, correction, patient_id)
+                    identity = store_readings.reading_identity(stored)
                     if identity == stop_at:
                         _logger.info("download %s: reached the previous download's newest record", self.session_id)
                         break
                     newest = newest or identity
                     received += 1
-                    batch.append(reading)
+                    batch.append(stored)
                     if len(batch) >= self.batch_size:
                         flush()
                     self._progress(info.meter_id, received, total, DeskState.RUNNING)
@@ -272,4 +295,5 @@ class DownloadSession:
             state=state,
             error=error,
             clock=correction,
+            qc_added=writer.qc_added,
         )
