@@ -40,6 +40,7 @@ from gateway.store import audit
 from gateway.store import backup as store_backup
 from gateway.store import dead_letters as store_dead_letters
 from gateway.store import logins as store_logins
+from gateway.store import qc as store_qc
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
@@ -157,6 +158,10 @@ def _live_device(device_id: str, entry: DeviceEntry, stored: DeviceView | None) 
 
 DESK_READINGS_PER_PAGE = 100
 """Readings on one page of a nurse's session (a first download may bring a meter's whole history)."""
+
+
+QC_HISTORY_ROWS = 10
+"""Control-solution results in a meter's QC panel (a meter sees a few a month)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +386,15 @@ class GatewayServices:
         rows = store_readings.readings_of_session(self.store, session_id, limit=per_page, offset=offset)
         return ReadingsPage(rows, counts.total, counts.low, counts.high, page=number, pages=pages, first=offset + 1,
                             last=offset + len(rows))  # fmt: skip
+
+    def session_qc(self, session_id: str) -> list[dict[str, Any]]:
+        """The control-solution (quality-control) results a desk download brought, in meter order: the meter's,
+        never the patient's readings (no patient data in them)."""
+        return store_qc.results_of_session(self.store, session_id)
+
+    def meter_qc_history(self, meter_id: str, *, limit: int = QC_HISTORY_ROWS) -> list[dict[str, Any]]:
+        """A meter's quality-control history, newest first (the nurse's QC panel)."""
+        return store_qc.history(self.store, meter_id, limit=limit)
 
     def sessions_today(self, kind: store_sessions.SessionKind | None = None) -> list[dict[str, Any]]:
         """Desk sessions started since midnight in the clinic's time zone."""
