@@ -28,6 +28,12 @@ def test_serial_readings_reach_the_reference_receiver(tmp_path, broker, receiver
     assert sorted((d["meter_time"], d["value"]) for d in docs) == sorted(
         (r.meter_time.isoformat(), float(r.value_mg_dl)) for r in emu.state.readings if not r.control_solution
     )
+    # control-solution tests arrive as the meter's QC (cg.qc/1), with no patient
+    qc_docs = [r["doc"] for r in receiver.qc_results()]
+    assert sorted(d["value"] for d in qc_docs) == sorted(
+        float(r.value_mg_dl) for r in emu.state.readings if r.control_solution
+    )
+    assert all(d["schema"] == "cg.qc/1" and "patient_id" not in d and d["meter_id"] == meter_id for d in qc_docs)
     # the 3-year clock error travels with every reading: not trusted, flagged, corrected time kept
     assert {d["time_trusted"] for d in docs} == {False}
     assert all("meter_clock_implausible" in d["flags"] for d in docs)
