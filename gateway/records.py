@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 MGDL_PER_MMOLL = 18.016
 """mg/dL per mmol/L for glucose (molar mass 180.16 g/mol), as DESIGN §2 fixes it."""
@@ -152,8 +153,9 @@ class MeterRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GlucoseReading:
-    """A reading ready for the store: the meter's record plus clock correction and patient link."""
+class MeterValue:
+    """A glucose value from a meter's memory, clock-corrected, as the store keeps it: what a patient's
+    :class:`GlucoseReading` and a meter's :class:`ControlResult` have in common."""
 
     meter_id: str
     sequence: int | None
@@ -165,47 +167,42 @@ class GlucoseReading:
     time_trusted: bool
     value: float
     unit: Unit
-    patient_id: str | None = None
     session_id: str | None = None
+    flags: tuple[str, ...] = ()
+
+    @property
+    def mmol_l(self) -> float:
+        """The value in canonical mmol/L."""
+        return to_mmol_l(self.value, self.unit)
+
+    def shared_fields(self) -> dict[str, Any]:
+        """This value's :class:`MeterValue` fields by name, to build a reading or a QC result from them."""
+        return {f.name: getattr(self, f.name) for f in fields(MeterValue)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlucoseReading(MeterValue):
+    """A reading ready for the store: the meter's record plus clock correction and patient link."""
+
+    patient_id: str | None = None
     sample_type: str | None = None
     """A :class:`SampleType` value, ``reserved_<n>`` for a code the GLS specification reserves, or None."""
     sample_location: str | None = None
     meal: Meal | None = None
     tester: Tester | None = None
     health: Health | None = None
-    flags: tuple[str, ...] = ()
-
-    @property
-    def mmol_l(self) -> float:
-        """The value in canonical mmol/L."""
-        return to_mmol_l(self.value, self.unit)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ControlResult:
+class ControlResult(MeterValue):
     """A meter's quality-control test with control solution: never a patient's glucose, never linked to one.
 
     Kept apart from readings (own table, own message ``cg.qc/1``), shown to the nurse as the meter's QC
     history. ``lot`` and ``outcome`` only where the meter records them.
     """
 
-    meter_id: str
-    sequence: int | None
-    meter_time: datetime
-    clock_offset_s: float
-    corrected_time: datetime
-    time_trusted: bool
-    value: float
-    unit: Unit
     lot: str | None = None
     outcome: QcOutcome | None = None
-    session_id: str | None = None
-    flags: tuple[str, ...] = ()
-
-    @property
-    def mmol_l(self) -> float:
-        """The value in canonical mmol/L."""
-        return to_mmol_l(self.value, self.unit)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,7 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.desk import DeskState
 from gateway.errors import DeviceDisconnected, DeviceError, ErrorInfo, GatewayError, ProtocolError
 from gateway.meters import MeterDriver
-from gateway.records import ControlResult, GlucoseReading, MeterInfo, MeterRecord
+from gateway.records import ControlResult, GlucoseReading, MeterInfo, MeterRecord, MeterValue
 from gateway.store import Store
 from gateway.store import readings as store_readings
 from gateway.store.downloads import DownloadWriter
@@ -167,40 +167,28 @@ class DownloadSession:
     ) -> GlucoseReading | ControlResult:
         """The record as the store keeps it: the patient's reading, or (a control-solution test) the meter's
         quality-control result, which is never linked to the patient."""
-        flags = tuple(dict.fromkeys((*record.flags, *correction.flags)))
-        corrected = correction.correct(record.meter_time, self.tz)
-        if record.is_control:
-            return ControlResult(
-                meter_id=info.meter_id,
-                sequence=record.sequence,
-                meter_time=record.meter_time,
-                clock_offset_s=correction.offset_s,
-                corrected_time=corrected,
-                time_trusted=correction.trusted,
-                value=record.value,
-                unit=record.unit,
-                lot=record.control_lot,
-                outcome=record.control_outcome,
-                session_id=self.session_id,
-                flags=flags,
-            )
-        return GlucoseReading(
+        value = MeterValue(
             meter_id=info.meter_id,
             sequence=record.sequence,
             meter_time=record.meter_time,
             clock_offset_s=correction.offset_s,
-            corrected_time=corrected,
+            corrected_time=correction.correct(record.meter_time, self.tz),
             time_trusted=correction.trusted,
             value=record.value,
             unit=record.unit,
-            patient_id=patient_id,
             session_id=self.session_id,
+            flags=tuple(dict.fromkeys((*record.flags, *correction.flags))),
+        )
+        if record.is_control:
+            return ControlResult(**value.shared_fields(), lot=record.control_lot, outcome=record.control_outcome)
+        return GlucoseReading(
+            **value.shared_fields(),
+            patient_id=patient_id,
             sample_type=record.sample_type,
             sample_location=record.sample_location,
             meal=record.meal,
             tester=record.tester,
             health=record.health,
-            flags=flags,
         )
 
     async def run(self) -> SessionResult:

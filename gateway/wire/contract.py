@@ -17,7 +17,7 @@ from typing import Any, Literal
 import jsonschema
 
 from gateway.errors import ContractError
-from gateway.records import Capture, ControlResult, GlucoseReading, Referral
+from gateway.records import Capture, ControlResult, GlucoseReading, MeterValue, Referral
 from gateway.wire import fhir
 from gateway.wire.fhir import MESSAGE_ID_SYSTEM
 
@@ -141,6 +141,23 @@ def _envelope(schema_id: str, message_id: str, site_id: str, gateway_id: str, cr
     }
 
 
+def _meter_value(value: MeterValue) -> dict[str, Any]:
+    """The fields a reading and a QC result share: the meter's record, its times and its value."""
+    return {
+        "meter_id": value.meter_id,
+        "sequence": value.sequence,
+        "meter_time": value.meter_time.isoformat(timespec="seconds"),
+        "clock_offset_s": round(value.clock_offset_s, 3),
+        "corrected_time": value.corrected_time.isoformat(timespec="seconds"),
+        "time_trusted": value.time_trusted,
+        "value": value.value,
+        "unit": str(value.unit),
+        "mmol_l": value.mmol_l,
+        "session_id": value.session_id,
+        "flags": list(value.flags),
+    }
+
+
 def glucose_document(
     reading: GlucoseReading,
     *,
@@ -154,17 +171,8 @@ def glucose_document(
     doc = _envelope(SCHEMA_GLUCOSE, message_id, site_id, gateway_id, created_at)
     doc.update(
         reading_id=reading_id,
-        meter_id=reading.meter_id,
-        sequence=reading.sequence,
-        meter_time=reading.meter_time.isoformat(timespec="seconds"),
-        clock_offset_s=round(reading.clock_offset_s, 3),
-        corrected_time=reading.corrected_time.isoformat(timespec="seconds"),
-        time_trusted=reading.time_trusted,
-        value=reading.value,
-        unit=str(reading.unit),
-        mmol_l=reading.mmol_l,
+        **_meter_value(reading),
         patient_id=reading.patient_id,
-        session_id=reading.session_id,
         sample_type=reading.sample_type,
         sample_location=reading.sample_location,
         meal=None if reading.meal is None else str(reading.meal),
@@ -173,7 +181,6 @@ def glucose_document(
         # a control-solution result is a cg.qc/1 message, never a reading: the field stays for consumers of
         # the first version of this schema, and is always false
         control_solution=False,
-        flags=list(reading.flags),
     )
     return doc
 
@@ -230,19 +237,9 @@ def qc_document(
     doc = _envelope(SCHEMA_QC, message_id, site_id, gateway_id, created_at)
     doc.update(
         qc_id=qc_id,
-        meter_id=result.meter_id,
-        sequence=result.sequence,
-        meter_time=result.meter_time.isoformat(timespec="seconds"),
-        clock_offset_s=round(result.clock_offset_s, 3),
-        corrected_time=result.corrected_time.isoformat(timespec="seconds"),
-        time_trusted=result.time_trusted,
-        value=result.value,
-        unit=str(result.unit),
-        mmol_l=result.mmol_l,
+        **_meter_value(result),
         lot=result.lot,
         outcome=None if result.outcome is None else str(result.outcome),
-        session_id=result.session_id,
-        flags=list(result.flags),
     )
     return doc
 

@@ -85,11 +85,8 @@ def _native(r) -> dict:
 
 
 def _control(unit: Unit = Unit.MG_DL, **kw: object) -> ControlResult:
-    r = reading(9, unit=unit, value=5.6 if unit is Unit.MMOL_L else 101.0)
-    return ControlResult(
-        meter_id=r.meter_id, sequence=r.sequence, meter_time=r.meter_time, clock_offset_s=r.clock_offset_s,
-        corrected_time=r.corrected_time, time_trusted=r.time_trusted, value=r.value, unit=r.unit, **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
+    value = 5.6 if unit is Unit.MMOL_L else 101.0
+    return ControlResult(**{**reading(9, unit=unit, value=value).shared_fields(), **kw})
 
 
 def _qc_fhir(result: ControlResult) -> dict:

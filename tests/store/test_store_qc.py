@@ -23,11 +23,7 @@ from gateway.wire import contract
 
 
 def control(seq: int | None, **kw: object) -> ControlResult:
-    r = reading(seq)
-    return ControlResult(
-        meter_id=r.meter_id, sequence=r.sequence, meter_time=r.meter_time, clock_offset_s=r.clock_offset_s,
-        corrected_time=r.corrected_time, time_trusted=r.time_trusted, value=118.0, unit=r.unit, **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
+    return ControlResult(**{**reading(seq).shared_fields(), "value": 118.0, **kw})
 
 
 # -- migration 0008 ------------------------------------------------------------------------------------------
