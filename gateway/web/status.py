@@ -102,7 +102,7 @@ def _bearer_ok() -> bool:
 def page() -> ResponseReturnValue:
     """The IT status page (rendered once, then refreshed from ``/api/status`` by status.js)."""
     refresh_s = current_app.config.get("CG_STATUS_REFRESH_S", REFRESH_S)
-    stale_s = web_context().config.health.page_stale_s
+    stale_s = current_app.config.get("CG_STATUS_STALE_S", web_context().config.health.page_stale_s)
     return render_template(
         "status.html", status=status_document(), status_texts=status_texts(), refresh_s=refresh_s, stale_s=stale_s
     )

@@ -1,7 +1,8 @@
 // Shared helpers of every page (loaded by base.html before the page's own script): window.CG.
 //
 //   CG.time(iso, {date: false, empty: "–"})  the clinic's time, labelled: "2026-11-23 10:40 UTC+8"; the same
-//                                           text as gateway.clock.clinic_time (the templates' |localtime)
+//                                           text as gateway.clock.clinic_time (the templates' |localtime);
+//                                           {tz: "Europe/Berlin"} for another zone (tests)
 //   CG.duration(seconds)                    "2 min 16 s" / "2分16秒" (units from the page's language)
 //   CG.gb(bytes)                            "74.2 GB"
 //   CG.text(key)                            a shared word in the page's language ("none", "never", ...)
@@ -9,7 +10,8 @@
 //                                           status.js); an unknown code comes back as itself
 //   CG.labelCells(table)                    give each cell of a table.cards its column's heading, which the
 //                                           stacked (phone) layout shows above the value
-//   CG.cell(row, text, opts)                append a <td> (text or "–"; opts.code: an id, translate="no")
+//   CG.cell(row, text, opts)                append a <td> (text or "–"; opts.code: an id, translate="no";
+//                                           opts.className; opts.detail: the raw code/message, kept as data)
 //
 // The clinic's zone comes from <html data-tz>, the words from <script id="cg-texts"> (base.html).
 (function () {
@@ -22,18 +24,29 @@
   if (node) {
     try { texts = JSON.parse(node.textContent); } catch (e) { texts = {}; }
   }
-  var clock = new Intl.DateTimeFormat("en-GB", {
-    timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
-    hourCycle: "h23"
-  });
-  var offset = new Intl.DateTimeFormat("en-US", { timeZone: tz, timeZoneName: "shortOffset" });
+  var formats = {};
+  function formatsFor(zone) {
+    if (!formats[zone]) {
+      formats[zone] = {
+        clock: new Intl.DateTimeFormat("en-GB", {
+          timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+          hourCycle: "h23"
+        }),
+        offset: new Intl.DateTimeFormat("en-US", { timeZone: zone, timeZoneName: "shortOffset" })
+      };
+    }
+    return formats[zone];
+  }
 
   function text(key) { return texts[key] == null ? key : texts[key]; }
 
-  function zoneLabel(date) {
+  function zoneLabel(date, zone) {
     // "GMT+8", "GMT-2:30", "GMT" -> the offset label gateway.clock.zone_label writes
-    var part = offset.formatToParts(date).filter(function (p) { return p.type === "timeZoneName"; })[0];
-    return part ? part.value.replace(/^GMT/, "UTC") || "UTC" : "UTC";
+    var part = formatsFor(zone).offset.formatToParts(date).filter(function (p) {
+      return p.type === "timeZoneName";
+    })[0];
+    var label = part ? part.value.replace(/^GMT/, "UTC") : "UTC";
+    return /^UTC([+-]0+(:00)?)?$/.test(label) ? "UTC" : label;
   }
 
   function time(value, opts) {
@@ -41,11 +54,12 @@
     if (value == null || value === "") { return opts.empty == null ? "\u2013" : opts.empty; }
     var date = new Date(value);
     if (isNaN(date.getTime())) { return String(value); }
+    var zone = opts.tz || tz;
     var p = {};
-    clock.formatToParts(date).forEach(function (x) { p[x.type] = x.value; });
+    formatsFor(zone).clock.formatToParts(date).forEach(function (x) { p[x.type] = x.value; });
     var hhmm = p.hour + ":" + p.minute;
     var day = p.year + "-" + p.month + "-" + p.day;
-    return (opts.date === false ? hhmm : day + " " + hhmm) + " " + zoneLabel(date);
+    return (opts.date === false ? hhmm : day + " " + hhmm) + " " + zoneLabel(date, zone);
   }
 
   function duration(seconds) {
@@ -92,7 +106,9 @@
       td.textContent = shown;
     }
     if (opts.className) { td.className = opts.className; }
-    if (opts.title) { td.title = opts.title; }
+    // The raw text behind a translated cell (an English message, an error type) is kept as data for IT's
+    // developer tools, not shown: a Chinese page shows no English.
+    if (opts.detail) { td.setAttribute("data-detail", opts.detail); }
     row.appendChild(td);
     return td;
   }

@@ -215,7 +215,7 @@
       function (d) { return CG.time(d.received_at); },
       function (d) { return code(d.topic); },
       function (d) { return code(d.field); },
-      function (d) { return { text: T.contractReason, title: d.reason }; },
+      function (d) { return { text: T.contractReason, detail: d.reason }; },
       function (d) { return d.size_bytes; }]);
     fillTable("errors-table", s.recent_errors || [], [
       function (e) { return CG.time(e.at); },
@@ -227,7 +227,7 @@
     if (!type) { return ""; }
     var known = T.errorTypes[type];
     // An error type the page has no words for is shown as what it is: a code.
-    return known ? { text: known, title: type } : code(type);
+    return known ? { text: known, detail: type } : code(type);
   }
   function eventText(e) {
     var text = T.events[e.kind];
@@ -235,10 +235,10 @@
     var d = e.detail || {};
     if (e.kind === "broker_link") {
       var err = T.errorTypes[d.error] || d.error;
-      return { text: text + ": " + err, title: e.message };
+      return { text: text + ": " + err, detail: e.message };
     }
     if (d.component) { text += ": " + CG.name(T.components, d.component); }
-    return { text: text, title: e.message };
+    return { text: text, detail: e.message };
   }
   function staleCheck() {
     var stale = Date.now() - lastGood > staleMs;
