@@ -92,7 +92,12 @@
     var version = document.getElementById("model-version");
     var detail = document.getElementById("model-detail");
     detail.textContent = "";
-    if (!model || !model.model_version) {
+    if (!model) {  // no retina component: no model is needed
+      version.textContent = CG.text("none");
+      detail.className = "muted";
+      return;
+    }
+    if (!model.model_version) {
       version.textContent = "";
       detail.textContent = T.modelMissing;
       detail.className = "amber";
