@@ -250,6 +250,9 @@ class ReferralHold(StrEnum):
 
     PATIENT_MISMATCH = "patient_mismatch"
     """It names a photo taken here of one patient, and the id of another patient."""
+    UNKNOWN_PATIENT = "unknown_patient"
+    """It names a patient this gateway never saw (no reading, photo, desk session or meter link), and no photo
+    taken here: a decision sent to the wrong clinic, or a mistyped id."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

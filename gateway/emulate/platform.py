@@ -157,6 +157,11 @@ class Receiver:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def alive(self) -> bool:
+        """True while started and its worker still runs (the demo says so loudly when it stops)."""
+        return self._client is not None and self._worker is not None and self._worker.is_alive()
+
     # -- paho callbacks (network thread) ---------------------------------------------------------
     def _on_connect(
         self, client: Client, _u: Any, _flags: ConnectFlags, rc: ReasonCode, _props: Properties | None
