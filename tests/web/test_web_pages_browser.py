@@ -10,6 +10,7 @@ asyncio core thread, a real store. One browser for the module (browser_kit.launc
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -236,6 +237,11 @@ def test_model_row_reads_the_field_the_api_sends(browser: Any, gateway: Gateway)
         expect(page.locator("#model-detail")).to_contain_text("转诊阈值 0.20")
         assert "{" not in page.locator("#model-row").inner_text()
         kit.assert_fits_width(page)
+        # Durations in the page's language ("2m 16s" was left in English): CG.duration and the uptime field.
+        assert page.evaluate("() => window.CG.duration(136)") == "2分16秒"
+        assert page.evaluate("() => window.CG.duration(7500)") == "2小时5分"
+        uptime = page.locator("[data-field='gateway.uptime_s']").inner_text()
+        assert re.fullmatch(r"\d+(天|小时|分|秒)(\d+(小时|分|秒))?", uptime), uptime
     finally:
         page.context.close()
         gateway.runtime.components.remove(holder)
@@ -328,11 +334,11 @@ def test_walker_catches_english_and_lets_ids_pass(browser: Any, gateway: Gateway
         assert kit.english_words(page) == []
         page.evaluate(
             "document.querySelector('main').insertAdjacentHTML('beforeend', "
-            "'<p>网关 unreachable 330106-GLU-8812 serial:TM0042 74.2 GB UTC+8 DeviceNotFound</p>"
+            "'<p>网关 unreachable 330106-GLU-8812 serial:TM0042 74.2 GB UTC+8 DeviceNotFound 2m 16s</p>"
             '<p translate="no">Dr Wang</p>\')'
         )
         leaked = " ".join(kit.english_words(page))
-        assert "'unreachable'" in leaked and "'DeviceNotFound'" in leaked
+        assert "'unreachable'" in leaked and "'DeviceNotFound'" in leaked and "'2m'" in leaked and "'16s'" in leaked
         for fine in ("330106", "serial", "GB", "UTC", "Wang"):
             assert f"'{fine}'" not in leaked
     finally:
