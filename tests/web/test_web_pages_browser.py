@@ -291,6 +291,14 @@ def test_badge_and_healthz_turn_red_when_the_broker_stops_and_green_when_it_retu
         assert [p["kind"] for p in doc["problems"]] == ["broker_down"]
         assert doc["problems"][0]["value"] >= BROKER_DOWN_S
         kit.screenshot(page, "status-broker-down-en-390")
+        # The same outage on a Chinese phone: link states, the problem, the link's error, the drain rate.
+        zh = _open(browser, gateway, "status", "zh", 390)
+        try:
+            expect(zh.locator("#overall")).to_have_attribute("data-level", "red")
+            expect(zh.locator("#errors-table tbody tr")).not_to_have_count(0)
+            kit.check_page(zh, "status-broker-down", lang="zh", width=390)
+        finally:
+            zh.context.close()
         gateway.broker.start()
         expect(badge).to_have_attribute("data-level", "green", timeout=30_000)
         kit.wait_for(lambda: _healthz(gateway)[0] == 200, what="/healthz 200 again")
