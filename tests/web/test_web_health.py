@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from web_harness import add_users, login, make_config
+from web_harness import RetinaStub, add_users, login, make_config
 
 from gateway.clock import FakeClock
 from gateway.forward.forwarder import Forwarder
@@ -119,29 +119,11 @@ def test_an_untrusted_clock_is_amber(make_client: Make, fake_clock: FakeClock) -
     assert ("clock_untrusted", "amber", "") in raised
 
 
-class Retina:
-    """A retina component running without its triage model (what the real one reports then)."""
-
-    name = "retina"
-
-    async def run(self) -> None:  # pragma: no cover - not started
-        return None
-
-    def healthy(self) -> bool:
-        return True
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"model": None}
-
-    def model_problem(self) -> str | None:
-        return "ModelNotFound"
-
-
 def test_a_restarted_component_is_amber_a_failing_one_red_and_a_missing_model_amber(
     make_client: Make, fake_clock: FakeClock
 ) -> None:
     client, runtime = make_client(low_disk_warn_mb=0, min_free_mb=0)
-    runtime.components.append(Retina())
+    runtime.components.append(RetinaStub(problem="ModelNotFound"))  # running without its model
     runtime.supervision.failed("retina", OSError("camera gone"), fake_clock.utc_now(), bug=False)
     status, doc, raised, badge = _answers(client)
     assert (status, doc["level"], badge) == (200, "amber", "amber")

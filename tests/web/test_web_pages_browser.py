@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import browser_kit as kit
 import pytest
 from support.broker import MosquittoBroker, mosquitto_available, start_broker
-from web_harness import PASSWORD, CoreThread, add_users, make_config
+from web_harness import PASSWORD, CoreThread, RetinaStub, add_users, make_config
 
 from gateway.clock import SystemClock, clinic_time
 from gateway.forward.forwarder import Forwarder
@@ -205,30 +205,14 @@ def test_status_page_shows_the_truth(browser: Any, gateway: Gateway) -> None:
 
 def test_model_row_reads_the_field_the_api_sends(browser: Any, gateway: Gateway) -> None:
     """The retina component reports ``model_version`` and ``thresholds``: the row shows both, readably."""
-
-    class ModelHolder:
-        name = "retina"
-
-        async def run(self) -> None:  # pragma: no cover - not started
-            return None
-
-        def healthy(self) -> bool:
-            return True
-
-        def snapshot(self) -> dict[str, Any]:
-            return {
-                "model": {
-                    "model_version": "referable-dr-lite0-2026.11.0",
-                    "file": "referable_dr.onnx",
-                    "input_size": 256,
-                    "thresholds": {"refer": 0.197, "high_specificity": 0.3207},
-                }
-            }
-
-        def model_problem(self) -> str | None:
-            return None
-
-    holder = ModelHolder()
+    holder = RetinaStub(
+        {
+            "model_version": "referable-dr-lite0-2026.11.0",
+            "file": "referable_dr.onnx",
+            "input_size": 256,
+            "thresholds": {"refer": 0.197, "high_specificity": 0.3207},
+        }
+    )
     gateway.runtime.components.append(holder)
     page = _open(browser, gateway, "status", "zh", 390)
     try:
