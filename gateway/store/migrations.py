@@ -337,8 +337,7 @@ def _outbox_state_apart(db: Database) -> None:
             FROM outbox ORDER BY seq;
         DROP TABLE outbox;
         ALTER TABLE outbox_next RENAME TO outbox;
-        -- the messages not yet acked (a few thousand), not the million acked ones: claim, parked, oldest unsent
-        CREATE INDEX outbox_unacked ON outbox (state, seq) WHERE state != 'acked';
+        CREATE INDEX outbox_state_seq ON outbox (state, seq);
         CREATE INDEX outbox_records ON outbox (record_ref) WHERE record_ref IS NOT NULL;
         CREATE TABLE outbox_counts (
             kind TEXT NOT NULL,
