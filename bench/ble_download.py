@@ -29,8 +29,8 @@ from zoneinfo import ZoneInfo
 from gateway.clock import FakeClock
 from gateway.config import parse_config
 from gateway.emulate.bluez_env import BluezEnv
+from gateway.meters.drivers.gls import GlsDriver, open_driver
 from gateway.meters.session import DownloadSession
-from gateway.meters.transport.ble import BleGlsDriver, open_driver
 from gateway.records import MeterRecord
 from gateway.store import open_store
 
@@ -38,7 +38,7 @@ from gateway.store import open_store
 class TimedDriver:
     """Wraps the real driver; times ``records()`` from its first write to its last record."""
 
-    def __init__(self, driver: BleGlsDriver) -> None:
+    def __init__(self, driver: GlsDriver) -> None:
         self.driver = driver
         self.started: float | None = None
         self.finished: float | None = None

@@ -3,7 +3,8 @@
 depend on. The last line (stdout) is one JSON object; progress goes to stderr.
 
 The store is built as the daemon would fill it: one meter download of ``--download`` readings per desk session
-(``add_readings``, one transaction per download), the clock moving so that the downloads spread over a year,
+(``store.downloads.DownloadWriter`` as the download session uses it, one batch per download), the clock moving
+so that the downloads spread over a year,
 the forwarder's claim and the platform's acks confirming all but the newest ``--unsent`` messages, and the
 retention task's run every ``--retention-every`` readings (nothing is old enough yet: it only does its
 housekeeping, such as dropping the bodies of acked messages where the code does that).
@@ -50,14 +51,13 @@ from werkzeug.security import generate_password_hash
 from gateway.clock import FakeClock
 from gateway.config import parse_config
 from gateway.errors import StoreError
-from gateway.records import GlucoseReading, Meal, Unit
+from gateway.records import GlucoseReading, Meal, MeterInfo, Unit
 from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.store import retention
-from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
+from gateway.store.downloads import DownloadWriter
 from gateway.store.outbox import Outbox
-from gateway.store.readings import add_readings
 from gateway.web.app import create_app
 
 START = datetime(2025, 11, 1, 8, 0, tzinfo=UTC)
@@ -122,12 +122,14 @@ def build(runtime: Runtime, clock: FakeClock, args: argparse.Namespace) -> dict[
     started = time.perf_counter()
     for d in range(downloads):
         clock.now = START + step * d
-        session_id = store_sessions.start_session(
-            store, "meter", patient_id=f"P-{d:05d}", meter_id=f"bench:{d:05d}", operator="nurse"
-        )
-        result = add_readings(store, download(d, args.download, session_id, clock.now))
-        store_sessions.update_session(store, session_id, records_total=args.download, records_new=result.added)
-        store_sessions.finish_session(store, session_id, state="done")
+        # One visit, written as the download session writes it (store.downloads, the unit of work).
+        writer = DownloadWriter.begin(store, patient_id=f"P-{d:05d}", operator="nurse")
+        session_id = writer.session_id
+        writer.meter(MeterInfo(meter_id=f"bench:{d:05d}", family="bench", transport="serial", serial=f"{d:05d}"),
+                     f"P-{d:05d}")  # fmt: skip
+        writer.total = args.download
+        result = writer.add_batch(download(d, args.download, session_id, clock.now))
+        writer.finish("done")
         added += result.added
         since_retention += result.added
         target = max(0, added - args.unsent)

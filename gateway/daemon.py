@@ -20,9 +20,9 @@ from gateway import __version__, health, notify, retention
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.forward import forwarder
-from gateway.meters import ble_source, serial_source
+from gateway.meters import source as meter_source
 from gateway.retina import service as retina_service
-from gateway.runtime import Component, ComponentFactory, Runtime, open_runtime
+from gateway.runtime import Component, ComponentFactory, DeskServer, Runtime, open_runtime
 from gateway.store.events import add_event
 from gateway.store.instance import exclusive_store
 from gateway.store.outbox import Outbox
@@ -34,8 +34,7 @@ COMPONENT_FACTORIES: tuple[ComponentFactory, ...] = (
     forwarder.components,
     health.components,
     retention.components,
-    serial_source.components,
-    ble_source.components,
+    meter_source.components,
     retina_service.components,
     web_component.components,
 )
@@ -46,10 +45,15 @@ RESTART_BACKOFF_MAX_S = 30.0
 
 
 def build_components(runtime: Runtime, factories: Iterable[ComponentFactory] = COMPONENT_FACTORIES) -> list[Component]:
-    """Ask each area's ``components(runtime)`` for its parts."""
+    """Ask each area's ``components(runtime)`` for its parts, and open the desk queue of every request type a
+    part declares it serves (so the pages can ask from the first moment, before the part's loop runs)."""
     built: list[Component] = []
     for factory in factories:
         built.extend(factory(runtime))
+    for component in built:
+        if isinstance(component, DeskServer):
+            for request_type in component.serves:
+                runtime.desk.queue(request_type)
     return built
 
 

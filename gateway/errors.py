@@ -15,6 +15,7 @@ Callers branch on the type and on attributes, never on message text::
     │   └── DeviceDisconnected   .records_kept
     ├── CaptureError         unreadable / oversize / unsupported image
     ├── ModelError           model missing, wrong version or input shape
+    ├── DeskUnavailable      no running component serves this desk request   .request_type
     ├── StoreError           SQLite or image directory
     │   ├── DiskFull
     │   ├── IntakeRefused    intake stopped before the disk fills
@@ -26,13 +27,35 @@ Callers branch on the type and on attributes, never on message text::
         └── MessageRejected      the broker refused one message (e.g. too large)
 
 Adapters translate foreign exceptions (BleakError, SerialException, sqlite3.Error, paho reason codes) into
-this tree exactly once, with ``raise ... from exc``.
+this tree exactly once, with ``raise ... from exc``. Where an error outlives its ``except`` block (a download's
+result, a progress board, a status snapshot) it travels as :class:`ErrorInfo`: its type's name and its message
+as data, never a ``"Type: message"`` string to be split apart again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An exception kept as data once it has been handled: ``type`` is its class name, ``message`` its text.
+
+    ``str()`` gives ``"Type: message"``, the form logs and the stored ``last_error`` / ``error`` columns use.
+    """
+
+    type: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        """The type name and message of ``exc``."""
+        return cls(type(exc).__name__, str(exc))
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
 
 
 class GatewayError(Exception):
@@ -128,6 +151,17 @@ class CaptureError(GatewayError):
 
 class ModelError(GatewayError):
     """The triage model is missing, of the wrong version or has the wrong input shape."""
+
+
+class DeskUnavailable(GatewayError):
+    """No running component serves this kind of desk request (e.g. Bluetooth meters disabled in config).
+
+    ``request_type``: the request's class name (``BleSyncRequest``, ``RetinaCaptureRequest`` ...).
+    """
+
+    def __init__(self, message: str, *, request_type: str) -> None:
+        self.request_type = request_type
+        super().__init__(message)
 
 
 class StoreError(GatewayError):

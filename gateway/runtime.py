@@ -2,8 +2,10 @@
 
 The asyncio core (meters, retina, forwarder, health) and the web threads meet only here:
 
-- ``DeskBus``: requests from the pages (a thread) to the core (the event loop), thread-safe.
-- ``Board``: small thread-safe snapshots the core publishes for the pages (download progress, devices seen).
+- ``DeskBus``: typed requests (:mod:`gateway.desk`) from the pages (a thread) to the core (the event loop),
+  routed by their type, thread-safe.
+- ``Board``: small thread-safe boards of typed records the core publishes for the pages (download and photo
+  progress, devices seen), and the camera preview the retina component offers.
 
 Nothing here touches a device or the network; :func:`open_runtime` opens the store for the daemon and the
 ``gateway`` subcommands alike.
@@ -17,10 +19,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
+from gateway.desk import CameraPreview, DeskProgress, DeskRequest, DeviceEntry
+from gateway.errors import DeskUnavailable
 from gateway.notify import Notifier
 from gateway.store import Store, open_store
 from gateway.store.db import Origin
@@ -50,78 +54,99 @@ class Snapshotting(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class DeskRequest:
-    """A request from a desk page to the core. ``kind`` routes it (``meter_sync``, ``capture`` ...)."""
+@runtime_checkable
+class DeskServer(Protocol):
+    """A component that serves desk requests: it declares their types, and consumes
+    ``runtime.desk.queue(t)`` for each."""
 
-    kind: str
-    request_id: str
-    params: dict[str, Any]
-    operator: str | None = None
+    @property
+    def serves(self) -> tuple[type[DeskRequest], ...]:
+        """The request types this component serves (as configured)."""
+        ...
+
+
+R = TypeVar("R", bound=DeskRequest)
+V = TypeVar("V")
 
 
 class DeskBus:
-    """Thread-safe hand-over of desk requests from the web threads to components on the event loop."""
+    """Thread-safe hand-over of desk requests from the web threads to components on the event loop.
+
+    Requests are routed by their type: one queue per request class, created by the component that serves it
+    (or by the daemon from the component's declared :attr:`DeskServer.serves`).
+    """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queues: dict[str, asyncio.Queue[DeskRequest]] = {}
+        self._queues: dict[type[DeskRequest], asyncio.Queue[Any]] = {}
         self._lock = threading.Lock()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the running event loop (the daemon does this once)."""
         self._loop = loop
 
-    def queue(self, kind: str) -> asyncio.Queue[DeskRequest]:
-        """The queue a component consumes for ``kind`` (created on first use, on the loop)."""
+    def queue(self, request_type: type[R]) -> asyncio.Queue[R]:
+        """The queue a component consumes for ``request_type`` (created on first use)."""
         with self._lock:
-            return self._queues.setdefault(kind, asyncio.Queue())
+            queue: asyncio.Queue[R] = self._queues.setdefault(request_type, asyncio.Queue())
+            return queue
 
-    def handles(self, kind: str) -> bool:
-        """True when some component consumes ``kind`` requests."""
+    def handles(self, request_type: type[DeskRequest]) -> bool:
+        """True when some component consumes requests of exactly ``request_type``."""
         with self._lock:
-            return kind in self._queues
+            return request_type in self._queues
 
-    def submit(self, request: DeskRequest) -> bool:
-        """Hand a request to the core from any thread; False when nobody serves that kind."""
+    def submit(self, request: DeskRequest) -> None:
+        """Hand a request to the core from any thread.
+
+        Raises:
+            DeskUnavailable: nobody serves requests of this type (or the core is not running).
+        """
         loop = self._loop
         with self._lock:
-            q = self._queues.get(request.kind)
+            q = self._queues.get(type(request))
         if loop is None or q is None or loop.is_closed():
-            return False
+            name = type(request).__name__
+            raise DeskUnavailable(f"no running component serves {name}", request_type=name)
         loop.call_soon_threadsafe(q.put_nowait, request)
-        return True
 
 
-class Board:
-    """A small thread-safe keyed store of JSON-able snapshots (progress of sessions, devices seen)."""
+class Board(Generic[V]):
+    """A small thread-safe keyed store of typed records (progress of desk requests, devices seen), oldest first.
+
+    Records are frozen: a change is a new record, made from the old one with :meth:`update`.
+    """
 
     def __init__(self, keep: int = 200) -> None:
-        self._items: dict[str, dict[str, Any]] = {}
+        self._items: dict[str, V] = {}
         self._lock = threading.Lock()
         self._keep = keep
 
-    def put(self, key: str, **values: Any) -> None:
-        """Merge ``values`` into the entry for ``key`` (stamped with ``updated`` monotonic seconds)."""
+    def put(self, key: str, value: V) -> None:
+        """Set the record for ``key`` (it becomes the newest)."""
+        self.update(key, lambda _: value)
+
+    def update(self, key: str, change: Callable[[V | None], V]) -> V:
+        """Replace the record for ``key`` with ``change(old)`` (old is None when absent), atomically."""
         with self._lock:
-            entry = self._items.pop(key, {})
-            entry.update(values)
-            entry["updated"] = time.monotonic()
-            self._items[key] = entry
+            value = change(self._items.pop(key, None))
+            self._items[key] = value
             while len(self._items) > self._keep:
                 self._items.pop(next(iter(self._items)))
+            return value
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> V | None:
+        """The record for ``key``, if any."""
         with self._lock:
-            entry = self._items.get(key)
-            return None if entry is None else dict(entry)
+            return self._items.get(key)
 
-    def items(self) -> list[tuple[str, dict[str, Any]]]:
+    def items(self) -> list[tuple[str, V]]:
         """Entries, oldest first."""
         with self._lock:
-            return [(k, dict(v)) for k, v in self._items.items()]
+            return list(self._items.items())
 
     def remove(self, key: str) -> None:
+        """Forget ``key``."""
         with self._lock:
             self._items.pop(key, None)
 
@@ -170,10 +195,12 @@ class Runtime:
     store: Store
     clock: Clock
     desk: DeskBus = field(default_factory=DeskBus)
-    progress: Board = field(default_factory=Board)
-    """session_id -> {kind, meter_id, done, total, state, patient_id?...} (patient data: pages behind login only)."""
-    devices: Board = field(default_factory=Board)
-    """device_id -> {kind: meter|camera, transport, state, last_sync, last_error} (no patient data)."""
+    progress: Board[DeskProgress] = field(default_factory=Board)
+    """request id -> MeterProgress | RetinaProgress (a download's target and meter, a photo's outcome)."""
+    devices: Board[DeviceEntry] = field(default_factory=Board)
+    """device id -> DeviceEntry (no patient data)."""
+    camera_preview: CameraPreview | None = None
+    """The live camera preview, offered by the retina component when it runs."""
     components: list[Component] = field(default_factory=list)
     notifier: Notifier = field(default_factory=lambda: Notifier({}))
     """systemd notifications (the daemon sets its own; the default sends nothing)."""

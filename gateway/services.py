@@ -11,9 +11,10 @@ facade imports the store.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,39 @@ from zoneinfo import ZoneInfo
 
 from gateway import __version__
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError
-from gateway.meters import sync_kind_for
-from gateway.runtime import Component, DeskRequest, Runtime
+from gateway.desk import (
+    DeskKind,
+    DeskProgress,
+    DeskState,
+    DeviceEntry,
+    MeterProgress,
+    RetinaCaptureRequest,
+    RetinaPhotoRequest,
+    RetinaProgress,
+    RetinaUploadRequest,
+)
+from gateway.errors import CaptureError, DeskUnavailable, GatewayError
+from gateway.health import (
+    ComponentFacts,
+    Health,
+    HealthFacts,
+    HealthMonitor,
+    HealthThresholds,
+    Level,
+    LinkFacts,
+    ProblemKind,
+    ReportsLink,
+    ReportsModel,
+    assess,
+)
+from gateway.meters import sync_request_type
+from gateway.records import Eye, Field
+from gateway.runtime import Component, Runtime
 from gateway.store import audit
 from gateway.store import backup as store_backup
 from gateway.store import dead_letters as store_dead_letters
 from gateway.store import logins as store_logins
+from gateway.store import qc as store_qc
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
@@ -41,15 +68,15 @@ from gateway.store.startup import QUARANTINE_KEY
 from gateway.store.users import ROLES, Role, UserError, UserRow
 
 __all__ = [
-    "RETINA_CAPTURE",
-    "RETINA_UPLOAD",
     "ROLES",
     "DeskUnavailable",
     "GatewayServices",
-    "HealthCheck",
+    "Health",
+    "Level",
     "LoginThrottled",
     "OutboxAdmin",
     "OutboxSummary",
+    "ProblemKind",
     "ReadingsPage",
     "Role",
     "UserAdmin",
@@ -61,17 +88,118 @@ __all__ = [
 """The facade and what its callers need; LoginThrottled, ROLES, Role, UserError and UserRow are the store's,
 re-exported here so that nothing above the facade imports the store."""
 
-RETINA_CAPTURE = "retina_capture"
-RETINA_UPLOAD = "retina_upload"
-"""DeskBus kinds the retina service (gateway.retina.service) consumes."""
+__all__ = ["DeskSession", "DeskUnavailable", "DeviceView", "GatewayServices", "Health", "Level", "ProblemKind"]
 
 
-class DeskUnavailable(GatewayError):
-    """No running component serves this desk request (e.g. Bluetooth disabled in config)."""
+@dataclass(frozen=True, slots=True)
+class DeskSession:
+    """A desk session or request as a desk page shows it: the core's live progress (or, once the core has
+    forgotten it, the stored session's), with the stored session's patient.
+
+    ``stored_error`` is the stored session's error text, shown when no live progress says more.
+    """
+
+    session_id: str
+    progress: DeskProgress
+    patient_id: str | None = None
+    meter_id: str | None = None
+    stored_error: str | None = None
+
+    @property
+    def kind(self) -> DeskKind:
+        """Which desk the session belongs to."""
+        return self.progress.kind
+
+    @property
+    def state(self) -> DeskState:
+        """Where it stands."""
+        return self.progress.state
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will happen."""
+        return self.progress.state.finished
+
+    @property
+    def error_text(self) -> str | None:
+        """What went wrong, for the page."""
+        return str(self.progress.error) if self.progress.error is not None else self.stored_error
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """A device for the pages: what the store knows of a meter, with the core's live state over it (no patient
+    data). ``last_error`` is what the page shows: the live error's type, or the stored reason."""
+
+    device_id: str
+    kind: str
+    transport: str | None = None
+    family: str | None = None
+    model: str | None = None
+    state: str | None = None
+    port: str | None = None
+    last_seen: str | None = None
+    last_sync: str | None = None
+    last_error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The status endpoint's JSON for this device."""
+        return {
+            "device_id": self.device_id,
+            "kind": self.kind,
+            "transport": self.transport,
+            "family": self.family,
+            "model": self.model,
+            "state": self.state,
+            "port": self.port,
+            "last_seen": self.last_seen,
+            "last_sync": self.last_sync,
+            "last_error": self.last_error,
+        }
+
+
+def _live_device(device_id: str, entry: DeviceEntry, stored: DeviceView | None) -> DeviceView:
+    """``stored`` (or a bare view) with the live entry's state, connection and last error over it."""
+    base = stored or DeviceView(device_id=device_id, kind=str(entry.kind), transport=entry.transport)
+    return replace(
+        base,
+        state=str(entry.state),
+        transport=entry.transport or base.transport,
+        family=entry.family or base.family,
+        port=entry.port,
+        # The live board keeps the error as data; the page shows its type (a message may quote the device).
+        last_error=None if entry.last_error is None else entry.last_error.type,
+    )
+
+
+QUEUE_WINDOWS_H = (0.25, 1.0, 3.0, 6.0, 24.0)
+"""The queue chart's windows (hours); the samples are kept for the longest."""
+
+
+def auto_window(samples: list[dict[str, Any]], now: datetime) -> float:
+    """The smallest chart window (of :data:`QUEUE_WINDOWS_H`) that shows all recent activity, so that a
+    backlog is not a sliver at the edge of a mostly empty chart.
+
+    Activity is a sample with messages waiting or parked; the window reaches back to the sample before
+    the oldest such one (the rise is seen) with a tenth to spare. Without activity it covers the samples
+    there are (a gateway started ten minutes ago shows its ten minutes), at most 6 hours.
+    """
+    if not samples:
+        return QUEUE_WINDOWS_H[0]
+    busy = [i for i, s in enumerate(samples) if s["unsent"] or s["parked"]]
+    start = samples[max(0, busy[0] - 1)] if busy else samples[0]
+    needed = (now - datetime.fromisoformat(start["at"])).total_seconds() / 3600 * 1.1
+    if not busy:
+        needed = min(needed, 6.0)
+    return next((h for h in QUEUE_WINDOWS_H if h >= needed), QUEUE_WINDOWS_H[-1])
 
 
 DESK_READINGS_PER_PAGE = 100
 """Readings on one page of a nurse's session (a first download may bring a meter's whole history)."""
+
+
+QC_HISTORY_ROWS = 10
+"""Control-solution results in a meter's QC panel (a meter sees a few a month)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +216,6 @@ class ReadingsPage:
     first: int
     """Position of the page's first reading in the download (1-based); ``last`` of its last."""
     last: int
-
-
-@dataclass(frozen=True, slots=True)
-class HealthCheck:
-    """``/healthz``: ok, and the reasons when not."""
-
-    ok: bool
-    problems: tuple[str, ...]
 
 
 class GatewayServices:
@@ -134,12 +254,13 @@ class GatewayServices:
         clock = self.runtime.clock
         now = clock.utc_now()
         stats = self.outbox.stats()
-        oldest_age = None
-        if stats.oldest_unsent_created_at:
-            oldest_age = max(0.0, (now - datetime.fromisoformat(stats.oldest_unsent_created_at)).total_seconds())
+        oldest_age = self._oldest_unsent_age(stats)
         usage = shutil.disk_usage(self.store.image_dir)
         components = self.runtime.snapshots()
+        health = self._assess(oldest_age, usage.free)
+        link = self._link()
         return {
+            "health": health.as_json(),
             "gateway": {
                 "site_id": cfg.gateway.site_id,
                 "gateway_id": cfg.gateway.gateway_id,
@@ -160,16 +281,19 @@ class GatewayServices:
             "disk": {
                 "free_mb": round(usage.free / 1024 / 1024, 1),
                 "total_mb": round(usage.total / 1024 / 1024, 1),
+                "free_bytes": usage.free,
+                "total_bytes": usage.total,
                 "intake_floor_mb": cfg.store.min_free_mb,
                 "low": usage.free < cfg.store.low_disk_warn_mb * 1024 * 1024,
             },
-            "devices": self.devices(),
+            "devices": [d.as_json() for d in self.devices()],
             "components": {c.name: self._component_status(c, components) for c in self.runtime.components},
             "downlink": self.dead_letters(),
             "model": components.get("retina", {}).get("model"),
             "store": {"quarantined_file": self.store.get_kv(QUARANTINE_KEY)},
             "systemd_notify": self.runtime.notifier.snapshot(),
-            "recent_errors": recent_events(self.store, limit=10, min_level="warning"),
+            "recent_errors": _with_link_error(recent_events(self.store, limit=10, min_level="warning"), link),
+            "thresholds": {"page_stale_s": cfg.health.page_stale_s, "broker_down_s": cfg.health.broker_down_s},
         }
 
     def _component_status(self, component: Component, snapshots: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -204,38 +328,78 @@ class GatewayServices:
             ],
         }
 
-    def health(self) -> HealthCheck:
-        """Liveness for monitors: store readable and every component healthy."""
-        problems: list[str] = []
+    def health(self) -> Health:
+        """The one health model's answer (:func:`gateway.health.assess`) for the badge, ``/healthz`` and
+        ``/metrics``: green, amber or red, with the named problems (no patient data)."""
+        oldest_age: float | None = None
+        free: int | None = None
+        with contextlib.suppress(GatewayError):  # the store's own problem is reported by _assess
+            oldest_age = self._oldest_unsent_age(self.outbox.stats())
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(self.store.image_dir).free
+        return self._assess(oldest_age, free)
+
+    def _oldest_unsent_age(self, stats: OutboxStats) -> float | None:
+        if not stats.oldest_unsent_created_at:
+            return None
+        created = datetime.fromisoformat(stats.oldest_unsent_created_at)
+        return max(0.0, (self.runtime.clock.utc_now() - created).total_seconds())
+
+    def _link(self) -> LinkFacts | None:
+        forwarder = self.runtime.component("forwarder")
+        return forwarder.link_status() if isinstance(forwarder, ReportsLink) else None
+
+    def _assess(self, oldest_unsent_age_s: float | None, disk_free_bytes: int | None) -> Health:
+        """Gather the facts the health model looks at and ask it."""
+        store_error: str | None = None
         try:
             self.store.scalar("SELECT 1")
         except GatewayError as exc:
-            problems.append(f"store: {exc}")
-        problems.extend(f"{c.name}: unhealthy" for c in self.runtime.components if not c.healthy())
-        return HealthCheck(ok=not problems, problems=tuple(problems))
+            store_error = type(exc).__name__
+        writable, model_error = True, None
+        now = self.runtime.clock.utc_now()
+        facts: list[ComponentFacts] = []
+        for component in self.runtime.components:
+            if isinstance(component, HealthMonitor):
+                writable = component.writable
+            if isinstance(component, ReportsModel):
+                model_error = component.model_problem() or model_error
+            record = self.runtime.supervision.of(component.name)
+            age = None if record.last_failure_at is None else (now - record.last_failure_at).total_seconds()
+            facts.append(ComponentFacts(component.name, component.healthy(), record.restarts, record.last_failure,
+                                        age))  # fmt: skip
+        snapshot = HealthFacts(
+            store_error=store_error,
+            store_writable=writable,
+            link=self._link(),
+            oldest_unsent_age_s=oldest_unsent_age_s,
+            disk_free_bytes=disk_free_bytes,
+            clock_synchronised=self.runtime.clock.is_synchronised(),
+            components=tuple(facts),
+            model_error=model_error,
+        )
+        return assess(snapshot, HealthThresholds.from_config(self.runtime.config))
 
-    def devices(self) -> list[dict[str, Any]]:
-        """Devices seen: live ones from the core, plus meters known to the store (no patient data)."""
-        live = {key: value for key, value in self.runtime.devices.items()}
-        rows: list[dict[str, Any]] = []
+    def devices(self) -> list[DeviceView]:
+        """Devices seen: meters known to the store with the core's live state over them, then live devices the
+        store does not know (a camera, a Bluetooth meter that could not be reached). No patient data."""
+        live = dict(self.runtime.devices.items())
+        views: list[DeviceView] = []
         for meter in store_readings.list_meters(self.store):
-            entry = {
-                "device_id": meter["meter_id"],
-                "kind": "meter",
-                "transport": meter["transport"],
-                "family": meter["family"],
-                "model": meter["model"],
-                "last_seen": meter["last_seen"],
-                "last_sync": meter["last_sync"],
-                "last_error": meter["last_error"],
-            }
-            entry.update(live.pop(meter["meter_id"], {}))
-            rows.append(entry)
-        for key, value in live.items():
-            rows.append({"device_id": key, **value})
-        for row in rows:
-            row.pop("updated", None)
-        return rows
+            stored = DeviceView(
+                device_id=meter["meter_id"],
+                kind="meter",
+                transport=meter["transport"],
+                family=meter["family"],
+                model=meter["model"],
+                last_seen=meter["last_seen"],
+                last_sync=meter["last_sync"],
+                last_error=meter["last_error"],
+            )
+            entry = live.pop(stored.device_id, None)
+            views.append(stored if entry is None else _live_device(stored.device_id, entry, stored))
+        views.extend(_live_device(device_id, entry, None) for device_id, entry in live.items())
+        return views
 
     # -- desk: meters ---------------------------------------------------------------------------
     def request_meter_sync(self, target: str, *, patient_id: str | None, operator: str) -> str:
@@ -246,35 +410,38 @@ class GatewayServices:
             IntakeRefused / DiskFull: the store cannot take readings now (nothing asked, nothing audited).
         """
         session_id = new_id()
-        kind = sync_kind_for(target)  # Bluetooth targets to the BLE component, the rest to serial
-        if not self.runtime.desk.handles(kind):
-            raise DeskUnavailable("no meter service is running to serve this request")
+        request_type = sync_request_type(target)  # Bluetooth targets are BLE downloads, the rest serial
+        if not self.runtime.desk.handles(request_type):
+            name = request_type.__name__
+            raise DeskUnavailable("no meter service is running to serve this request", request_type=name)
         self.store.check_intake()  # a full store is said now, not after the nurse has waited for the meter
         audit.add(self.store, actor=operator, action="meter_sync_requested", target_kind="meter", target_id=target,
                   patient_id=patient_id, detail={"session_id": session_id})  # fmt: skip
-        request = DeskRequest(
-            kind=kind,
-            request_id=session_id,
-            params={"target": target, "patient_id": patient_id, "session_id": session_id},
-            operator=operator,
-        )
-        self.runtime.progress.put(session_id, kind="meter", target=target, state="queued", done=0, total=None)
-        if not self.runtime.desk.submit(request):
+        request = request_type(request_id=session_id, target=target, patient_id=patient_id, operator=operator)
+        self.runtime.progress.put(session_id, MeterProgress(state=DeskState.QUEUED, target=target))
+        try:
+            self.runtime.desk.submit(request)
+        except DeskUnavailable:
             self.runtime.progress.remove(session_id)
-            raise DeskUnavailable("no meter service is running to serve this request")
+            raise
         return session_id
 
-    def progress(self, session_id: str) -> dict[str, Any] | None:
-        """Live progress of a desk session (n of N), or the stored session when it has finished."""
+    def progress(self, session_id: str) -> DeskSession | None:
+        """A desk session or request: its live progress (n of N), or the stored session once the core has
+        forgotten it; None when neither knows the id."""
         live = self.runtime.progress.get(session_id)
         stored = store_sessions.get_session(self.store, session_id)
         if live is None and stored is None:
             return None
-        result: dict[str, Any] = dict(stored or {})
-        if live:
-            live.pop("updated", None)
-            result.update(live)
-        return result
+        if stored is None:
+            assert live is not None
+            meter_id = live.meter_id if isinstance(live, MeterProgress) else None
+            return DeskSession(session_id, live, meter_id=meter_id)
+        if live is None:
+            live = _stored_progress(stored)
+        meter_id = stored["meter_id"] or (live.meter_id if isinstance(live, MeterProgress) else None)
+        return DeskSession(session_id, live, patient_id=stored["patient_id"], meter_id=meter_id,
+                           stored_error=stored["error"])  # fmt: skip
 
     def session_readings(
         self,
@@ -295,6 +462,15 @@ class GatewayServices:
         rows = store_readings.readings_of_session(self.store, session_id, limit=per_page, offset=offset)
         return ReadingsPage(rows, counts.total, counts.low, counts.high, page=number, pages=pages, first=offset + 1,
                             last=offset + len(rows))  # fmt: skip
+
+    def session_qc(self, session_id: str) -> list[dict[str, Any]]:
+        """The control-solution (quality-control) results a desk download brought, in meter order: the meter's,
+        never the patient's readings (no patient data in them)."""
+        return store_qc.results_of_session(self.store, session_id)
+
+    def meter_qc_history(self, meter_id: str, *, limit: int = QC_HISTORY_ROWS) -> list[dict[str, Any]]:
+        """A meter's quality-control history, newest first (the nurse's QC panel)."""
+        return store_qc.history(self.store, meter_id, limit=limit)
 
     def sessions_today(self, kind: store_sessions.SessionKind | None = None) -> list[dict[str, Any]]:
         """Desk sessions started since midnight in the clinic's time zone."""
@@ -382,32 +558,55 @@ class GatewayServices:
             keep_since=self.runtime.clock.utc_now() - timedelta(hours=keep_hours),
         )
 
-    def queue_history(self, hours: float = 6.0) -> dict[str, Any]:
-        """Outbox depth samples of the last ``hours``, the drain rate and the last ack (no patient data).
+    def queue_history(self, hours: float | None = None) -> dict[str, Any]:
+        """Outbox depth samples, the drain rate and the last ack (no patient data).
 
-        The drain rate is acked messages per minute between the two newest samples (None with fewer
-        than two); a retention prune between them would make the difference negative, which reads as 0.
+        ``hours`` picks the chart's window; None picks it from the data (:func:`auto_window`), so that the
+        recent activity fills the chart instead of being a sliver at its edge.
+
+        The drain rate is truthful: 0 while the link to the broker is down, whatever the samples say;
+        otherwise acked messages per minute between the two newest samples (None with fewer than two; a
+        retention prune between them would make the difference negative, which reads as 0). ``drain_state``
+        says which: ``offline``, ``idle`` (nothing to send), ``draining`` or ``measuring``.
         """
         from gateway.store import queue_samples
 
-        samples = queue_samples.samples_since(self.store, self.runtime.clock.utc_now() - timedelta(hours=hours))
+        now = self.runtime.clock.utc_now()
+        kept = queue_samples.samples_since(self.store, now - timedelta(hours=max(QUEUE_WINDOWS_H)))
+        window = auto_window(kept, now) if hours is None else hours
+        since = now - timedelta(hours=window)
+        if window <= max(QUEUE_WINDOWS_H):
+            samples = [s for s in kept if datetime.fromisoformat(s["at"]) >= since]
+        else:  # a longer window than the chart offers (the CLI, a script)
+            samples = queue_samples.samples_since(self.store, since)
         drain = None
         if len(samples) >= 2:
             a, b = samples[-2], samples[-1]
             minutes = (datetime.fromisoformat(b["at"]) - datetime.fromisoformat(a["at"])).total_seconds() / 60
             if minutes > 0:
                 drain = round(max(0, b["acked_total"] - a["acked_total"]) / minutes, 2)
+        link = self._link()
+        unsent = self.outbox.stats().total_unsent
+        if link is not None and not link.online:
+            drain, state = 0.0, "offline"
+        elif unsent == 0:
+            state = "idle"
+        else:
+            state = "measuring" if drain is None else "draining"
         _, last_ack = self.outbox.ack_activity()
         return {
             "samples": [{"at": s["at"], "unsent": s["unsent"], "parked": s["parked"]} for s in samples],
+            "window_hours": window,
+            "windows_hours": list(QUEUE_WINDOWS_H),
             "drain_per_min": drain,
+            "drain_state": state,
             "last_ack_at": last_ack,
         }
 
     # -- desk: retina (web area; served by gateway.retina.service on the DeskBus) -----------------
     def retina_available(self) -> bool:
         """True while the retina component is serving desk requests."""
-        return self.runtime.desk.handles(RETINA_CAPTURE)
+        return self.runtime.desk.handles(RetinaCaptureRequest)
 
     def start_retina_session(self, patient_id: str, *, operator: str) -> str:
         """Open a retinal capture session for a patient at the technician's desk (audited, same transaction)."""
@@ -420,32 +619,26 @@ class GatewayServices:
                       target_id=session_id, patient_id=patient_id)  # fmt: skip
         return session_id
 
-    def _submit_retina(
-        self,
-        kind: str,
-        params: dict[str, Any],
-        operator: str,
-        *,
-        action: str,
-        nbytes: int = 0,
-        retake_of: str | None = None,
-    ) -> str:
+    def _submit_retina(self, request: RetinaPhotoRequest, *, action: str, nbytes: int = 0,
+                       retake_of: str | None = None) -> str:  # fmt: skip
         self.store.check_intake(nbytes)  # a full store is said at once, before the photo is handed over
-        request_id = new_id()
-        params["audit"] = AuditEntry(
-            actor=operator,
+        entry = AuditEntry(
+            actor=request.operator or "",
             action=action,
             target_kind="session",
-            target_id=params.get("session_id"),
-            patient_id=params.get("patient_id"),
-            detail={"request_id": request_id, "eye": params["eye"], "field": params["field"], "retake_of": retake_of},
-        )
-        self.runtime.progress.put(request_id, kind="retina", state="queued")
-        request = DeskRequest(kind=kind, request_id=request_id, params=params, operator=operator)
-        if not self.runtime.desk.submit(request):
-            self.runtime.progress.remove(request_id)
-            raise DeskUnavailable("the retina service is not running")
-        return request_id
+            target_id=request.session_id,
+            patient_id=request.patient_id,
+            detail={"request_id": request.request_id, "eye": str(request.eye), "field": str(request.field),
+                    "retake_of": retake_of},
+        )  # fmt: skip
+        request = replace(request, audit=entry)
+        self.runtime.progress.put(request.request_id, RetinaProgress(state=DeskState.QUEUED))
+        try:
+            self.runtime.desk.submit(request)
+        except DeskUnavailable:
+            self.runtime.progress.remove(request.request_id)
+            raise DeskUnavailable("the retina service is not running", request_type=type(request).__name__) from None
+        return request.request_id
 
     def request_capture(
         self,
@@ -460,11 +653,14 @@ class GatewayServices:
         """Ask the core to take a photo with the camera now; poll :meth:`progress` with the returned id.
 
         The photo is audited (``retina_capture``, or ``retina_retake`` with ``retake_of``) in the transaction
-        that stores it. Raises IntakeRefused / DiskFull when the store cannot take a photo now.
+        that stores it. Raises CaptureError for an eye or field that is not one; IntakeRefused / DiskFull when
+        the store cannot take a photo now; DeskUnavailable when the retina service is not running.
         """
         action = "retina_retake" if retake_of else "retina_capture"
-        params = {"patient_id": patient_id, "eye": eye, "field": field, "session_id": session_id}
-        return self._submit_retina(RETINA_CAPTURE, params, operator, action=action, retake_of=retake_of)
+        eye_, field_ = _eye_field(eye, field)
+        request = RetinaCaptureRequest(request_id=new_id(), operator=operator, patient_id=patient_id, eye=eye_,
+                                       field=field_, session_id=session_id)  # fmt: skip
+        return self._submit_retina(request, action=action, retake_of=retake_of)
 
     def upload_capture(
         self,
@@ -478,25 +674,24 @@ class GatewayServices:
     ) -> str:
         """Hand a photo uploaded at the desk to the core; poll :meth:`progress` with the returned id.
 
-        Audited (``retina_upload``) in the transaction that stores it. Raises IntakeRefused / DiskFull when
-        the store cannot take ``data`` now.
+        Audited (``retina_upload``) in the transaction that stores it. Raises CaptureError for an eye or field
+        that is not one; IntakeRefused / DiskFull when the store cannot take ``data`` now; DeskUnavailable
+        when the retina service is not running.
         """
-        params = {"data": data, "patient_id": patient_id, "eye": eye, "field": field, "session_id": session_id}
-        return self._submit_retina(RETINA_UPLOAD, params, operator, action="retina_upload", nbytes=len(data))
+        eye_, field_ = _eye_field(eye, field)
+        request = RetinaUploadRequest(request_id=new_id(), operator=operator, patient_id=patient_id, eye=eye_,
+                                      field=field_, session_id=session_id, data=data)  # fmt: skip
+        return self._submit_retina(request, action="retina_upload", nbytes=len(data))
 
     def preview_stream(self, max_frames: int | None = None) -> tuple[str, Iterator[bytes]] | None:
         """The camera's live preview as (content type, MJPEG parts), or None when no retina component runs.
 
         The stream never raises: a camera that goes away ends it with a frame saying so.
         """
-        retina = self.runtime.component("retina")
-        preview = getattr(retina, "preview", None)
-        if retina is None or not callable(preview):
+        preview = self.runtime.camera_preview
+        if preview is None:
             return None
-        from gateway.retina.source import MJPEG_CONTENT_TYPE  # loaded already: the retina component runs
-
-        stream: Iterator[bytes] = preview(max_frames)
-        return MJPEG_CONTENT_TYPE, stream
+        return preview.preview_type, preview.preview(max_frames)
 
     def captures(self, *, session_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Stored captures, newest first (patient data: behind login)."""
@@ -562,6 +757,44 @@ class GatewayServices:
                 detail={"decision": row["decision"], "capture_id": row["capture_id"]},
             )
         return True
+
+
+def _with_link_error(events: list[dict[str, Any]], link: LinkFacts | None) -> list[dict[str, Any]]:
+    """Recent warnings and errors with the broker link's last error among them, newest first.
+
+    The link's errors are not events (a flapping link would flood the events topic); the forwarder keeps
+    the last one, and IT must see it with the rest ("Recent errors: none" during an outage was a lie).
+    """
+    if link is None or link.last_error is None or link.last_error_at is None:
+        return events
+    entry = {
+        "id": None,
+        "at": link.last_error_at,
+        "level": "warning" if link.online else "error",
+        "kind": "broker_link",
+        "message": str(link.last_error),
+        "detail": {"state": link.state, "error": link.last_error.type},
+    }
+    merged = [*events, entry]
+    merged.sort(key=lambda e: datetime.fromisoformat(e["at"]), reverse=True)
+    return merged[: max(len(events), 1)]
+
+
+def _eye_field(eye: str, field: str) -> tuple[Eye, Field]:
+    """The desk's eye and field choice as values; CaptureError when they are not one."""
+    try:
+        return Eye(eye), Field(field)
+    except ValueError:
+        raise CaptureError("eye must be L or R and field disc or macula") from None
+
+
+def _stored_progress(row: dict[str, Any]) -> DeskProgress:
+    """A stored session's progress, for a session the core no longer reports (after a restart)."""
+    state = DeskState(row["state"])
+    if row["kind"] == DeskKind.RETINA:
+        return RetinaProgress(state=state)
+    return MeterProgress(state=state, done=row["records_new"] or 0, total=row["records_total"],
+                         meter_id=row["meter_id"], added=row["records_new"] or 0)  # fmt: skip
 
 
 # -- the facade's parts ------------------------------------------------------------------------------------------

@@ -54,24 +54,15 @@ async def sync_target(
     config: GatewayConfig, target: str, *, patient_id: str | None, bar: ProgressBar | None
 ) -> SessionResult:
     """Open ``target``, run one DownloadSession into the configured store, close everything."""
-    from gateway.meters.discovery import open_driver
-    from gateway.meters.session import DownloadSession
+    from gateway.meters.source import sync_meter
     from gateway.runtime import open_runtime
 
     runtime = open_runtime(config)
     try:
-        driver = await open_driver(target, config)
-        session = DownloadSession.from_config(
-            runtime.store,
-            runtime.clock,
-            driver,
-            config,
-            patient_id=patient_id,
-            operator="cli",
-            set_meter_clock=config.meters.serial.set_meter_clock,
+        return await sync_meter(
+            target, config=config, store=runtime.store, clock=runtime.clock, patient_id=patient_id, operator="cli",
             on_progress=bar,
-        )
-        return await session.run()
+        )  # fmt: skip
     finally:
         runtime.store.close()
 
@@ -106,19 +97,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("  (none)")
     services = GatewayServices(open_runtime(config))
     try:
-        meters: list[dict[str, Any]] = [d for d in services.devices() if d.get("kind") == "meter"]
+        meters = [d for d in services.devices() if d.kind == "meter"]
     finally:
         services.close()
     print("known meters:")
     for m in meters:
-        print(f"  {m['device_id']}  {m['model'] or m['family']}  last sync {m['last_sync'] or 'never'}")
+        print(f"  {m.device_id}  {m.model or m.family}  last sync {m.last_sync or 'never'}")
     if not meters:
         print("  (none)")
     return EXIT_OK
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from gateway.meters.transport.ble import scan
+    from gateway.meters.drivers.gls import scan
 
     config = config_from(args)
     found = asyncio.run(scan(config, timeout=args.timeout))

@@ -1,8 +1,9 @@
 """The reference receiver: the hospital platform's stand-in for the demo and the tests.
 
-It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``retina/#``, ``events``, ``status``),
-validates each payload against the contract's JSON Schemas (a glucose message may be ``cg.glucose/1`` or a
-FHIR Observation), deduplicates on ``message_id``, stores everything in its own SQLite database
+It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``qc``, ``retina/#``, ``events``,
+``status``), validates each payload against the contract's JSON Schemas (a glucose message may be
+``cg.glucose/1`` or a FHIR Observation, a meter's quality-control result ``cg.qc/1`` or its FHIR form, kept
+apart from every patient's readings), deduplicates on ``message_id``, stores everything in its own SQLite database
 (:class:`~gateway.emulate.platform_store.PlatformStore`), reassembles image chunks and checks their SHA-256,
 and acknowledges on ``<prefix>ack`` in batches, *only after its own durable commit*. It can send a
 referral decision down to a gateway (``cmd/referral``).
@@ -42,7 +43,7 @@ from gateway.wire import chunks, contract
 _logger = logging.getLogger(__name__)
 
 
-UP_TOPICS = ("cg/v1/+/+/glucose", "cg/v1/+/+/retina/#", "cg/v1/+/+/events", "cg/v1/+/+/status")
+UP_TOPICS = ("cg/v1/+/+/glucose", "cg/v1/+/+/qc", "cg/v1/+/+/retina/#", "cg/v1/+/+/events", "cg/v1/+/+/status")
 ACK_MAX_IDS = 10_000  # cg.ack/1 maxItems
 
 
@@ -156,6 +157,11 @@ class Receiver:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def alive(self) -> bool:
+        """True while started and its worker still runs (the demo says so loudly when it stops)."""
+        return self._client is not None and self._worker is not None and self._worker.is_alive()
+
     # -- paho callbacks (network thread) ---------------------------------------------------------
     def _on_connect(
         self, client: Client, _u: Any, _flags: ConnectFlags, rc: ReasonCode, _props: Properties | None
@@ -258,6 +264,11 @@ class Receiver:
                 contract.validate(contract.SCHEMA_FHIR if fhir else contract.SCHEMA_GLUCOSE, doc)
                 if db.add_message(str(message_id), item.topic, **ids, kind="glucose", payload=item.payload):
                     db.add_reading(str(message_id), doc, "fhir" if fhir else "json")
+            elif relative == contract.TOPIC_QC:
+                fhir = doc.get("resourceType") == "Observation"
+                contract.validate(contract.SCHEMA_FHIR_QC if fhir else contract.SCHEMA_QC, doc)
+                if db.add_message(str(message_id), item.topic, **ids, kind="qc", payload=item.payload):
+                    db.add_qc(str(message_id), doc, "fhir" if fhir else "json")
             elif relative == contract.TOPIC_CAPTURE:
                 contract.validate(contract.SCHEMA_CAPTURE, doc)
                 if db.add_message(str(message_id), item.topic, **ids, kind="capture", payload=item.payload):
@@ -311,6 +322,13 @@ class Receiver:
     def readings(self) -> list[dict[str, Any]]:
         """Stored readings in arrival order, with their documents parsed."""
         rows = self.store.query("SELECT * FROM readings ORDER BY id")
+        for row in rows:
+            row["doc"] = json.loads(row["doc"])
+        return rows
+
+    def qc_results(self) -> list[dict[str, Any]]:
+        """Stored quality-control results (the meters', apart from the readings), documents parsed."""
+        rows = self.store.query("SELECT * FROM qc_results ORDER BY id")
         for row in rows:
             row["doc"] = json.loads(row["doc"])
         return rows

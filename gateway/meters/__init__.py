@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Protocol
 
+from gateway.desk import BleSyncRequest, MeterSyncRequest, SerialSyncRequest
 from gateway.records import MeterInfo, MeterRecord
 
 
@@ -54,15 +55,12 @@ class MeterDriver(Protocol):
 BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 """A Bluetooth device address as BlueZ writes it."""
 
-SYNC_KIND_BLE = "meter_sync.ble"
-SYNC_KIND_SERIAL = "meter_sync.serial"
-
 
 def is_ble_target(target: str) -> bool:
     """True for a Bluetooth address or a GLS meter id (``gls:<serial>``)."""
     return bool(BLE_ADDRESS.match(target)) or target.startswith("gls:")
 
 
-def sync_kind_for(target: str) -> str:
-    """The DeskBus request kind of the component that downloads ``target``."""
-    return SYNC_KIND_BLE if is_ble_target(target) else SYNC_KIND_SERIAL
+def sync_request_type(target: str) -> type[MeterSyncRequest]:
+    """The desk request that downloads ``target``: Bluetooth targets are BLE downloads, the rest serial."""
+    return BleSyncRequest if is_ble_target(target) else SerialSyncRequest

@@ -10,7 +10,7 @@ Supports:
 - :func:`identify`: tries each candidate family's handshake on a port and returns the open driver of the
   first that answers, or raises DeviceNotFound when none does;
 - :func:`open_driver`: the one entry point for "download this target": a Bluetooth address goes to the
-  BLE transport, anything else is a serial port whose families are probed.
+  GLS driver (:mod:`gateway.meters.drivers.gls`), anything else is a serial port whose families are probed.
 """
 
 from __future__ import annotations
@@ -152,9 +152,9 @@ def families_for_port(path: str, lister: Callable[[], list[PortInfo]] = list_met
 async def open_driver(target: str, config: GatewayConfig) -> MeterDriver:
     """Open the meter at ``target``: a Bluetooth address (BLE GLS) or a serial port (families probed)."""
     if BLE_ADDRESS.match(target):
-        from gateway.meters.transport import ble  # lazy: bleak and D-Bus only when a BLE meter is asked for
+        from gateway.meters.drivers import gls  # lazy: bleak and D-Bus only when a BLE meter is asked for
 
-        return await ble.open_driver(target, config)
+        return await gls.open_driver(target, config)
     if not is_url(target) and not Path(target).exists():
         raise DeviceNotFound(f"{target}: no such serial port", device_id=target)
     return await identify(target, families_for_port(target), timeouts_from(config))

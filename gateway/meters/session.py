@@ -1,8 +1,9 @@
 """One meter download, whatever the transport: cursor, clock correction, patient link, dedupe, progress.
 
-The session drives a :class:`~gateway.meters.MeterDriver` and writes through the store in batches, so a
-link that drops part way keeps everything that arrived; the next download resumes after the highest
-stored sequence (the store's unique reading identity makes any overlap harmless).
+The session drives a :class:`~gateway.meters.MeterDriver` and writes through the store's unit of work for a
+download (:class:`~gateway.store.downloads.DownloadWriter`: a transaction to begin, one per batch, one to
+finish), so a link that drops part way keeps everything that arrived; the next download resumes after the
+highest stored sequence (the store's unique reading identity makes any overlap harmless).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from zoneinfo import ZoneInfo
 
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
-from gateway.errors import DeviceDisconnected, DeviceError, GatewayError, ProtocolError
+from gateway.desk import DeskState
+from gateway.errors import DeviceDisconnected, DeviceError, ErrorInfo, GatewayError, ProtocolError
 from gateway.meters import MeterDriver
-from gateway.records import GlucoseReading, MeterInfo, MeterRecord
-from gateway.runtime import Runtime
+from gateway.records import ControlResult, GlucoseReading, MeterInfo, MeterRecord, MeterValue
 from gateway.store import Store
 from gateway.store import readings as store_readings
-from gateway.store import sessions as store_sessions
+from gateway.store.downloads import DownloadWriter
 
 _logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class Progress:
     meter_id: str | None
     done: int
     total: int | None
-    state: str
+    state: DeskState
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,32 +91,18 @@ class SessionResult:
     meter: MeterInfo | None
     received: int
     added: int
+    """New patient readings stored."""
     duplicates: int
-    state: str
+    state: DeskState
     """``done``, ``interrupted`` (link lost, what arrived is kept) or ``failed``."""
-    error: str | None = None
+    error: ErrorInfo | None = None
+    """The device, protocol or store error that ended the download early (type and message as data)."""
     clock: ClockCorrection | None = None
+    qc_added: int = 0
+    """New control-solution (quality-control) results stored: the meter's, not the patient's."""
 
 
 ProgressCallback = Callable[[Progress], None]
-
-
-def board_progress(runtime: Runtime, *, target: str, transport: str, **device_fields: Any) -> ProgressCallback:
-    """A progress callback that publishes n of N on the runtime's progress board and the meter on its devices board."""
-
-    def on_progress(p: Progress) -> None:
-        runtime.progress.put(p.session_id, kind="meter", target=target, meter_id=p.meter_id, done=p.done,
-                             total=p.total, state=p.state)  # fmt: skip
-        if p.meter_id:
-            runtime.devices.put(p.meter_id, kind="meter", transport=transport, state=p.state, **device_fields)
-
-    return on_progress
-
-
-def post_result(runtime: Runtime, result: SessionResult, *, target: str) -> None:
-    """Publish a finished download's outcome on the progress board."""
-    runtime.progress.put(result.session_id, kind="meter", target=target, state=result.state, error=result.error,
-                         added=result.added, duplicates=result.duplicates)  # fmt: skip
 
 
 class DownloadSession:
@@ -148,9 +135,8 @@ class DownloadSession:
         self.set_meter_clock = set_meter_clock
         self.on_progress = on_progress
         self.batch_size = batch_size
-        self.session_id = store_sessions.start_session(
-            store, "meter", patient_id=patient_id, operator=operator, session_id=session_id
-        )
+        self.writer = DownloadWriter.begin(store, patient_id=patient_id, operator=operator, session_id=session_id)
+        self.session_id = self.writer.session_id
 
     @classmethod
     def from_config(
@@ -167,7 +153,7 @@ class DownloadSession:
             **options,
         )
 
-    def _progress(self, meter_id: str | None, done: int, total: int | None, state: str) -> None:
+    def _progress(self, meter_id: str | None, done: int, total: int | None, state: DeskState) -> None:
         if self.on_progress is not None:
             self.on_progress(Progress(self.session_id, meter_id, done, total, state))
 
@@ -176,10 +162,12 @@ class DownloadSession:
             return self.patient_id
         return self.registry.get(meter_id) or store_readings.patient_for_meter(self.store, meter_id)
 
-    def _to_reading(
+    def _to_stored(
         self, record: MeterRecord, info: MeterInfo, correction: ClockCorrection, patient_id: str | None
-    ) -> GlucoseReading:
-        return GlucoseReading(
+    ) -> GlucoseReading | ControlResult:
+        """The record as the store keeps it: the patient's reading, or (a control-solution test) the meter's
+        quality-control result, which is never linked to the patient."""
+        value = MeterValue(
             meter_id=info.meter_id,
             sequence=record.sequence,
             meter_time=record.meter_time,
@@ -188,36 +176,40 @@ class DownloadSession:
             time_trusted=correction.trusted,
             value=record.value,
             unit=record.unit,
-            patient_id=patient_id,
             session_id=self.session_id,
+            flags=tuple(dict.fromkeys((*record.flags, *correction.flags))),
+        )
+        if record.is_control:
+            return ControlResult(**value.shared_fields(), lot=record.control_lot, outcome=record.control_outcome)
+        return GlucoseReading(
+            **value.shared_fields(),
+            patient_id=patient_id,
             sample_type=record.sample_type,
             sample_location=record.sample_location,
             meal=record.meal,
-            control_solution=record.control_solution,
-            flags=tuple(dict.fromkeys((*record.flags, *correction.flags))),
+            tester=record.tester,
+            health=record.health,
         )
 
     async def run(self) -> SessionResult:
         """Download everything new. Never raises for device or protocol trouble: the result says what happened."""
         info: MeterInfo | None = None
         correction: ClockCorrection | None = None
-        received = added = duplicates = 0
-        batch: list[GlucoseReading] = []
+        writer = self.writer
+        received = 0
+        batch: list[GlucoseReading | ControlResult] = []
+        resume_at: str | None = None
+        """Identity of the newest record, once a newest-first meter's records were all read."""
 
         def flush() -> None:
-            nonlocal added, duplicates
             if batch:
-                outcome = store_readings.add_readings(self.store, batch)
-                added += outcome.added
-                duplicates += outcome.duplicates
+                writer.add_batch(batch)
                 batch.clear()
-                store_sessions.update_session(self.store, self.session_id, records_new=added)
 
         try:
             info = await self.driver.read_info()
-            store_readings.upsert_meter(self.store, info)
             patient_id = self._resolve_patient(info.meter_id)
-            store_sessions.update_session(self.store, self.session_id, meter_id=info.meter_id, patient_id=patient_id)
+            writer.meter(info, patient_id)
             correction = measure_clock(
                 await self.driver.read_clock(),
                 self.clock.utc_now(),
@@ -226,8 +218,7 @@ class DownloadSession:
                 max_skew=self.max_clock_skew,
             )
             since = store_readings.last_sequence(self.store, info.meter_id)
-            total = await self.driver.count_records(since)
-            store_sessions.update_session(self.store, self.session_id, records_total=total)
+            total = writer.total = await self.driver.count_records(since)
             _logger.info(
                 "download %s: meter %s since sequence %s, %s records announced, clock offset %.0f s (trusted %s)",
                 self.session_id,
@@ -237,7 +228,7 @@ class DownloadSession:
                 correction.offset_s,
                 correction.trusted,
             )
-            self._progress(info.meter_id, 0, total, "running")
+            self._progress(info.meter_id, 0, total, DeskState.RUNNING)
             # A newest-first meter without record numbers: stop at the newest record of the last complete
             # download; everything older came then. Only a complete download moves the mark (below).
             stop_at = store_readings.resume_identity(self.store, info.meter_id) if self.driver.newest_first else None
@@ -247,51 +238,50 @@ class DownloadSession:
                 async for record in records:
                     if since is not None and record.sequence is not None and record.sequence <= since:
                         continue
-                    reading = self._to_reading(record, info, correction, patient_id)
-                    identity = store_readings.reading_identity(reading)
+                    stored = self._to_stored(record, info, correction, patient_id)
+                    identity = store_readings.reading_identity(stored)
                     if identity == stop_at:
                         _logger.info("download %s: reached the previous download's newest record", self.session_id)
                         break
                     newest = newest or identity
                     received += 1
-                    batch.append(reading)
+                    batch.append(stored)
                     if len(batch) >= self.batch_size:
                         flush()
-                    self._progress(info.meter_id, received, total, "running")
+                    self._progress(info.meter_id, received, total, DeskState.RUNNING)
             finally:
                 if isinstance(records, AsyncGenerator):
                     await records.aclose()  # also when we stopped early: the driver is between requests
             flush()
-            if self.driver.newest_first and newest is not None:
-                store_readings.set_resume_identity(self.store, info.meter_id, newest)
+            if self.driver.newest_first:
+                resume_at = newest
             if self.set_meter_clock and self.clock.is_synchronised() and not correction.trusted:
                 await self.driver.set_clock(self.clock.utc_now().astimezone(self.tz).replace(tzinfo=None))
-            state, error = "done", None
+            state, error = DeskState.DONE, None
         except (DeviceError, ProtocolError) as exc:
             flush()
-            state = "interrupted" if isinstance(exc, DeviceDisconnected) or received else "failed"
-            error = f"{type(exc).__name__}: {exc}"
+            state = DeskState.INTERRUPTED if isinstance(exc, DeviceDisconnected) or received else DeskState.FAILED
+            error = ErrorInfo.of(exc)
             _logger.warning("download %s %s after %d records: %s", self.session_id, state, received, error)
         except GatewayError as exc:  # store refused (disk) or similar: keep what was flushed
-            state, error = "failed", f"{type(exc).__name__}: {exc}"
+            state, error = DeskState.FAILED, ErrorInfo.of(exc)
             _logger.error("download %s failed after %d records: %s", self.session_id, received, error)
         finally:
             try:
                 await self.driver.close()
             except GatewayError as exc:
                 _logger.debug("closing meter link: %s", exc)
-        if info is not None:
-            store_readings.record_meter_sync(self.store, info.meter_id, error=error)
-        store_sessions.update_session(self.store, self.session_id, records_new=added)
-        store_sessions.finish_session(self.store, self.session_id, state=state, error=error)
-        self._progress(None if info is None else info.meter_id, received, received if state == "done" else None, state)
+        writer.finish(state, error, resume_identity=resume_at)
+        final_total = received if state is DeskState.DONE else None
+        self._progress(None if info is None else info.meter_id, received, final_total, state)
         return SessionResult(
             session_id=self.session_id,
             meter=info,
             received=received,
-            added=added,
-            duplicates=duplicates,
+            added=writer.added,
+            duplicates=writer.duplicates,
             state=state,
             error=error,
             clock=correction,
+            qc_added=writer.qc_added,
         )

@@ -1,27 +1,27 @@
 """The daemon's retina component: export-folder watcher, camera captures and uploads from the desk.
 
 One component, ``retina``, owns the loaded triage model (one onnxruntime session for the daemon's life),
-the camera and the folder watcher. Desk requests arrive on the DeskBus; results go to
-``runtime.progress[request_id]`` for the page to poll:
+the camera and the folder watcher. It serves the desk requests of :mod:`gateway.desk`, routed to it by type:
 
-=================  ==============================================================================
-request kind       params
-=================  ==============================================================================
-``retina_target``  ``patient_id``, ``eye`` (L/R), ``field`` (disc/macula), ``session_id``: who and what
-                   the next camera/folder photos are (an empty dict clears it)
-``retina_capture`` ``patient_id``, ``eye``, ``field``, ``session_id`` (optional; default: the target):
-                   take a photo with the camera now
-``retina_upload``  ``data`` (bytes), ``patient_id``, ``eye``, ``field``, ``session_id``: a photo from the page
-=================  ==============================================================================
+=========================  ==========================================================================
+request                    what it does
+=========================  ==========================================================================
+``RetinaTargetRequest``    who and what the next camera/folder photos are (patient, eye, field, session;
+                           all None clears it)
+``RetinaCaptureRequest``   take a photo with the camera now (eye, field, patient, session: None falls back
+                           to the target)
+``RetinaUploadRequest``    a photo from the page (``data``), as for a capture
+=========================  ==========================================================================
 
 Capture and upload requests may carry ``audit`` (an :class:`~gateway.store.audit.AuditEntry`): the desk action,
 recorded in the transaction that stores the photo.
 
-Progress entries: ``{kind: "retina", state: "working"|"done"|"failed", capture_id, quality_ok, reasons,
-decision, referable_probability, model_version, duplicate, eye, eye_suggested, eye_differs, error,
-storage_full}`` (``storage_full``: failed because the store is full or below its free-space floor)
-(``eye_differs``: the photo looks like the other eye, from where the optic disc is; show it as a check).
-The live preview for the page is :meth:`RetinaService.preview` (thread-safe, never raises).
+Results go to ``runtime.progress[request_id]`` as :class:`~gateway.desk.RetinaProgress` for the page to poll:
+``working``, then ``done`` with the :class:`~gateway.desk.RetinaOutcome` (quality verdict and reasons, advisory
+triage, duplicate, the eye the photo looks like) or ``failed`` with the error as data (``storage_full`` when the
+store is full or below its free-space floor). The live preview for the page is offered on the runtime
+(``runtime.camera_preview``, :class:`~gateway.desk.CameraPreview`): :meth:`RetinaService.preview`, thread-safe,
+never raises.
 
 Nothing here crashes the daemon on bad input: a bad photo is a ``failed`` entry (and, for a folder file,
 a ledger row and an event so it is not retried forever); a missing model leaves intake running without
@@ -38,23 +38,40 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import CaptureError, DeviceError, DiskFull, GatewayError, IntakeRefused, ModelError, StoreError
+from gateway.desk import (
+    DeskRequest,
+    DeskState,
+    DeviceEntry,
+    DeviceKind,
+    DeviceState,
+    RetinaCaptureRequest,
+    RetinaOutcome,
+    RetinaPhotoRequest,
+    RetinaProgress,
+    RetinaTargetRequest,
+    RetinaUploadRequest,
+)
+from gateway.errors import (
+    CaptureError,
+    DeviceError,
+    DiskFull,
+    ErrorInfo,
+    GatewayError,
+    IntakeRefused,
+    ModelError,
+    StoreError,
+)
 from gateway.records import Eye, Field
 from gateway.retina import imaging, quality
 from gateway.retina.imaging import MIB
 from gateway.retina.intake import CaptureMeta, IntakeResult, RetinaIntake, Source
-from gateway.retina.source import Camera, ExportFolder, ReadyFile, eye_field_from_name
+from gateway.retina.source import MJPEG_CONTENT_TYPE, Camera, ExportFolder, ReadyFile, eye_field_from_name
 from gateway.retina.triage import TriageModel
-from gateway.runtime import Component, DeskRequest, Runtime
+from gateway.runtime import Component, Runtime
 from gateway.store import captures as store_captures
-from gateway.store.audit import AuditEntry
 from gateway.store.events import add_event
 
 _logger = logging.getLogger(__name__)
-
-TARGET_KIND = "retina_target"
-CAPTURE_KIND = "retina_capture"
-UPLOAD_KIND = "retina_upload"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +104,10 @@ class RetinaService:
     """Component ``retina``: folder watching, desk captures and uploads, the camera preview."""
 
     name = "retina"
+    serves = (RetinaTargetRequest, RetinaCaptureRequest, RetinaUploadRequest)
+    """The desk requests this component serves."""
+    preview_type = MJPEG_CONTENT_TYPE
+    """What :meth:`preview` yields (the camera preview the component offers on the runtime)."""
 
     def __init__(self, runtime: Runtime, *, model: TriageModel | None = None, load: bool = True) -> None:
         self.runtime = runtime
@@ -126,6 +147,11 @@ class RetinaService:
         self.folder_taken = 0
         self.folder_refused = 0
         self._beat = runtime.clock.monotonic()
+        runtime.camera_preview = self  # the pages reach the preview through this typed interface only
+
+    def model_problem(self) -> str | None:
+        """Why the triage model is not loaded (photos then go without triage), or None (the health model)."""
+        return None if self.model is not None else (self.model_error or "not loaded")
 
     # -- component ----------------------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -155,7 +181,7 @@ class RetinaService:
     async def run(self) -> None:
         """Serve desk requests and poll the export folder until cancelled."""
         desk = self.runtime.desk
-        queues = [desk.queue(TARGET_KIND), desk.queue(CAPTURE_KIND), desk.queue(UPLOAD_KIND)]
+        queues = [desk.queue(t) for t in self.serves]
         try:
             async with asyncio.TaskGroup() as group:
                 for queue in queues:
@@ -173,67 +199,60 @@ class RetinaService:
             self._beat = self.runtime.clock.monotonic()
             await asyncio.sleep(5.0)
 
-    async def _serve_queue(self, queue: asyncio.Queue[DeskRequest]) -> None:
+    async def _serve_queue(self, queue: asyncio.Queue[Any]) -> None:
         while True:
-            request = await queue.get()
+            request: DeskRequest = await queue.get()
             try:
                 await self.handle(request)
             except Exception:  # a bug in one request must not stop the desk for everyone
-                _logger.exception("retina request %s failed (bug)", request.kind)
-                self.runtime.progress.put(request.request_id, kind="retina", state="failed", error="internal error")
+                _logger.exception("retina request %s failed (bug)", type(request).__name__)
+                failed = RetinaProgress(state=DeskState.FAILED, error=ErrorInfo("InternalError", "internal error"))
+                self.runtime.progress.put(request.request_id, failed)
 
     # -- desk ---------------------------------------------------------------------------------------
     async def handle(self, request: DeskRequest) -> None:
         """Serve one desk request; the outcome goes to ``runtime.progress[request.request_id]``."""
         progress = self.runtime.progress
-        params = request.params
-        if request.kind == TARGET_KIND:
-            self.target = _target(params, request.operator)
-            progress.put(request.request_id, kind="retina", state="done")
+        if isinstance(request, RetinaTargetRequest):
+            self.target = Target(request.patient_id, request.eye, request.field, request.session_id, request.operator)
+            progress.put(request.request_id, RetinaProgress(state=DeskState.DONE))
             return
-        progress.put(request.request_id, kind="retina", state="working")
+        progress.put(request.request_id, RetinaProgress(state=DeskState.WORKING))
         try:
-            meta = self._meta(params, request.operator, "camera" if request.kind == CAPTURE_KIND else "upload")
-            if request.kind == CAPTURE_KIND:
-                result = await asyncio.to_thread(self.capture, meta)
-            elif request.kind == UPLOAD_KIND:
-                data = params.get("data")
-                if not isinstance(data, bytes | bytearray):
+            if isinstance(request, RetinaCaptureRequest):
+                result = await asyncio.to_thread(self.capture, self._meta(request, "camera"))
+            elif isinstance(request, RetinaUploadRequest):
+                meta = self._meta(request, "upload")
+                if not request.data:
                     raise CaptureError("no image in the upload")
-                result = await asyncio.to_thread(self.intake.take, bytes(data), meta)
+                result = await asyncio.to_thread(self.intake.take, request.data, meta)
             else:
-                raise CaptureError(f"unknown retina request {request.kind!r}")
+                raise CaptureError(f"not a retina request: {type(request).__name__}")
         except GatewayError as exc:
-            _logger.warning("retina %s failed: %s: %s", request.kind, type(exc).__name__, exc)
-            progress.put(
-                request.request_id,
-                kind="retina",
-                state="failed",
-                error=str(exc),
-                error_kind=type(exc).__name__,
+            _logger.warning("retina %s failed: %s: %s", type(request).__name__, type(exc).__name__, exc)
+            failed = RetinaProgress(
+                state=DeskState.FAILED,
+                error=ErrorInfo.of(exc),
                 storage_full=isinstance(exc, DiskFull | IntakeRefused),  # the page says so in its language
             )
+            progress.put(request.request_id, failed)
             return
-        progress.put(request.request_id, kind="retina", state="done", **describe_result(result))
+        progress.put(request.request_id, RetinaProgress(state=DeskState.DONE, outcome=describe_result(result)))
 
-    def _meta(self, params: dict[str, Any], operator: str | None, source: Source) -> CaptureMeta:
+    def _meta(self, request: RetinaPhotoRequest, source: Source) -> CaptureMeta:
         target = self.target
-        try:
-            eye = Eye(params["eye"]) if params.get("eye") else target.eye
-            field = Field(params["field"]) if params.get("field") else target.field
-        except ValueError:
-            raise CaptureError("eye must be L or R and field disc or macula") from None
+        eye = request.eye or target.eye
+        field = request.field or target.field
         if eye is None or field is None:
             raise CaptureError("choose the eye (L/R) and the field (disc/macula) before taking the photo")
-        entry = params.get("audit")
         return CaptureMeta(
             eye=eye,
             field=field,
             source=source,
-            patient_id=params.get("patient_id", target.patient_id),
-            session_id=params.get("session_id", target.session_id),
-            operator=operator or target.operator,
-            audit=entry if isinstance(entry, AuditEntry) else None,
+            patient_id=request.patient_id or target.patient_id,
+            session_id=request.session_id or target.session_id,
+            operator=request.operator or target.operator,
+            audit=request.audit,
         )
 
     def capture(self, meta: CaptureMeta) -> IntakeResult:
@@ -241,7 +260,7 @@ class RetinaService:
         if self.camera is None:
             raise DeviceError("no camera is configured (retina.camera.enabled)")
         frame = self.camera.capture()
-        self.runtime.devices.put(self.camera.device_id, kind="camera", state="ok", last_error=None)
+        self.runtime.devices.put(self.camera.device_id, DeviceEntry(kind=DeviceKind.CAMERA, state=DeviceState.OK))
         return self.intake.take_frame(frame, meta, jpeg_quality=self.runtime.config.retina.camera.jpeg_quality)
 
     def preview(self, max_frames: int | None = None) -> Iterator[bytes]:
@@ -333,33 +352,21 @@ class RetinaService:
                       detail={"file": digest, "source": "folder"})  # fmt: skip
 
 
-def _target(params: dict[str, Any], operator: str | None) -> Target:
-    try:
-        eye = Eye(params["eye"]) if params.get("eye") else None
-        field = Field(params["field"]) if params.get("field") else None
-    except ValueError:
-        return Target()
-    return Target(patient_id=params.get("patient_id"), eye=eye, field=field,
-                  session_id=params.get("session_id"), operator=operator)  # fmt: skip
-
-
-def describe_result(result: IntakeResult) -> dict[str, Any]:
-    """A stored capture as a progress entry for the page."""
+def describe_result(result: IntakeResult) -> RetinaOutcome:
+    """A stored capture as the page shows it."""
     capture, triage = result.capture, result.capture.triage
-    suggested = quality.suggest_eye(capture.quality.metrics)
-    return {
-        "eye": str(capture.eye),
-        "eye_suggested": None if suggested is None else str(suggested),
-        "eye_differs": suggested is not None and suggested is not capture.eye,
-        "capture_id": result.stored.capture_id,
-        "duplicate": result.stored.duplicate,
-        "quality_ok": capture.quality.ok,
-        "reasons": list(capture.quality.reasons),
-        "decision": None if triage is None else str(triage.decision),
-        "referable_probability": None if triage is None else triage.referable_probability,
-        "model_version": None if triage is None else triage.model_version,
-        "triage_error": result.triage_error,
-    }
+    return RetinaOutcome(
+        capture_id=result.stored.capture_id,
+        duplicate=result.stored.duplicate,
+        eye=capture.eye,
+        eye_suggested=quality.suggest_eye(capture.quality.metrics),
+        quality_ok=capture.quality.ok,
+        reasons=tuple(capture.quality.reasons),
+        decision=None if triage is None else triage.decision,
+        referable_probability=None if triage is None else triage.referable_probability,
+        model_version=None if triage is None else triage.model_version,
+        triage_error=result.triage_error,
+    )
 
 
 def components(runtime: Runtime) -> list[Component]:

@@ -7,17 +7,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.records import GlucoseReading, MeterInfo
+from sqlite_utils import Database
+
+from gateway.records import ControlResult, GlucoseReading, MeterInfo
 from gateway.store.db import Store, iso, new_id
 from gateway.store.outbox import enqueue
 from gateway.wire import contract
 
 
-def reading_identity(reading: GlucoseReading) -> str:
-    """DESIGN §2: ``(meter_id, sequence)`` when the meter numbers records, else ``(meter_id, time, value)``."""
-    if reading.sequence is not None:
-        return f"{reading.meter_id}#seq={reading.sequence}"
-    return f"{reading.meter_id}#t={reading.meter_time.isoformat()}#v={reading.value:g}{reading.unit}"
+def reading_identity(record: GlucoseReading | ControlResult) -> str:
+    """DESIGN §2: ``(meter_id, sequence)`` when the meter numbers records, else ``(meter_id, time, value)``.
+
+    The same for a reading and for a control-solution result: both are records of the meter's memory (the
+    resume mark of a newest-first meter may be either).
+    """
+    if record.sequence is not None:
+        return f"{record.meter_id}#seq={record.sequence}"
+    return f"{record.meter_id}#t={record.meter_time.isoformat()}#v={record.value:g}{record.unit}"
 
 
 @dataclass(slots=True)
@@ -35,117 +41,117 @@ def add_readings(store: Store, readings: Sequence[GlucoseReading]) -> AddResult:
     A reading whose identity is already stored is counted as a duplicate and adds nothing, so a second
     download of the same meter is harmless. Raises IntakeRefused when the disk is nearly full.
     """
-    result = AddResult()
     if not readings:
-        return result
+        return AddResult()
     store.check_intake()
+    with store.transaction(durable=True) as db:
+        return insert_readings(db, store, readings)
+
+
+def insert_readings(db: Database, store: Store, readings: Sequence[GlucoseReading]) -> AddResult:
+    """The inserts of :func:`add_readings`, inside the caller's transaction (the caller checks intake)."""
+    result = AddResult()
     origin = store.origin
     now = store.clock.utc_now()
-    with store.transaction(durable=True) as db:
-        for reading in readings:
-            reading_id, message_id = new_id(), new_id()
-            cur = db.execute(
-                "INSERT OR IGNORE INTO readings (reading_id, identity, meter_id, sequence, meter_time, clock_offset_s, "
-                "corrected_time, time_trusted, value, unit, mmol_l, patient_id, session_id, sample_type, "
-                "sample_location, meal, control_solution, flags, stored_at, message_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    reading_id,
-                    reading_identity(reading),
-                    reading.meter_id,
-                    reading.sequence,
-                    reading.meter_time.isoformat(),
-                    reading.clock_offset_s,
-                    iso(reading.corrected_time),
-                    int(reading.time_trusted),
-                    reading.value,
-                    str(reading.unit),
-                    reading.mmol_l,
-                    reading.patient_id,
-                    reading.session_id,
-                    reading.sample_type,
-                    reading.sample_location,
-                    None if reading.meal is None else str(reading.meal),
-                    int(reading.control_solution),
-                    json.dumps(list(reading.flags)),
-                    iso(now),
-                    message_id,
-                ],
-            )
-            if cur.rowcount == 0:
-                result.duplicates += 1
-                continue
-            enqueue(
-                db,
-                kind="glucose",
-                topic=contract.TOPIC_GLUCOSE,
+    for reading in readings:
+        reading_id, message_id = new_id(), new_id()
+        cur = db.execute(
+            "INSERT OR IGNORE INTO readings (reading_id, identity, meter_id, sequence, meter_time, clock_offset_s, "
+            "corrected_time, time_trusted, value, unit, mmol_l, patient_id, session_id, sample_type, "
+            "sample_location, meal, tester, health, flags, stored_at, message_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                reading_id,
+                reading_identity(reading),
+                reading.meter_id,
+                reading.sequence,
+                reading.meter_time.isoformat(),
+                reading.clock_offset_s,
+                iso(reading.corrected_time),
+                int(reading.time_trusted),
+                reading.value,
+                str(reading.unit),
+                reading.mmol_l,
+                reading.patient_id,
+                reading.session_id,
+                reading.sample_type,
+                reading.sample_location,
+                None if reading.meal is None else str(reading.meal),
+                None if reading.tester is None else str(reading.tester),
+                None if reading.health is None else str(reading.health),
+                json.dumps(list(reading.flags)),
+                iso(now),
+                message_id,
+            ],
+        )
+        if cur.rowcount == 0:
+            result.duplicates += 1
+            continue
+        enqueue(
+            db,
+            kind="glucose",
+            topic=contract.TOPIC_GLUCOSE,
+            created_at=now,
+            message_id=message_id,  # the reading names its message (readings.message_id)
+            payload=contract.glucose_payload(
+                reading,
+                reading_id=reading_id,
+                message_id=message_id,
+                site_id=origin.site_id,
+                gateway_id=origin.gateway_id,
                 created_at=now,
-                message_id=message_id,  # the reading names its message (readings.message_id)
-                payload=contract.glucose_payload(
-                    reading,
-                    reading_id=reading_id,
-                    message_id=message_id,
-                    site_id=origin.site_id,
-                    gateway_id=origin.gateway_id,
-                    created_at=now,
-                    payload_format=origin.payload_format,
-                ),
-            )
-            result.added += 1
-            result.reading_ids.append(reading_id)
+                payload_format=origin.payload_format,
+            ),
+        )
+        result.added += 1
+        result.reading_ids.append(reading_id)
     return result
 
 
 def upsert_meter(store: Store, info: MeterInfo) -> None:
     """Remember a meter (first and last seen, model, firmware)."""
-    now = iso(store.clock.utc_now())
     with store.transaction(durable=False) as db:
-        db.execute(
-            "INSERT INTO meters (meter_id, family, transport, serial, model, firmware, address, first_seen, last_seen) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (meter_id) DO UPDATE SET "
-            "model = coalesce(excluded.model, model), firmware = coalesce(excluded.firmware, firmware), "
-            "address = coalesce(excluded.address, address), last_seen = excluded.last_seen",
-            [
-                info.meter_id,
-                info.family,
-                info.transport,
-                info.serial,
-                info.model,
-                info.firmware,
-                info.address,
-                now,
-                now,
-            ],
-        )
+        write_meter(db, store, info)
 
 
-def record_meter_sync(store: Store, meter_id: str, *, error: str | None = None) -> None:
-    """Note the end of a download attempt (``error`` is a short reason, never patient data)."""
+def write_meter(db: Database, store: Store, info: MeterInfo) -> None:
+    """The write of :func:`upsert_meter`, inside the caller's transaction."""
     now = iso(store.clock.utc_now())
-    with store.transaction(durable=False) as db:
-        if error is None:
-            db.execute("UPDATE meters SET last_sync = ?, last_error = NULL WHERE meter_id = ?", [now, meter_id])
-        else:
-            db.execute("UPDATE meters SET last_error = ? WHERE meter_id = ?", [error, meter_id])
+    db.execute(
+        "INSERT INTO meters (meter_id, family, transport, serial, model, firmware, address, first_seen, last_seen) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (meter_id) DO UPDATE SET "
+        "model = coalesce(excluded.model, model), firmware = coalesce(excluded.firmware, firmware), "
+        "address = coalesce(excluded.address, address), last_seen = excluded.last_seen",
+        [
+            info.meter_id,
+            info.family,
+            info.transport,
+            info.serial,
+            info.model,
+            info.firmware,
+            info.address,
+            now,
+            now,
+        ],
+    )
 
 
 def last_sequence(store: Store, meter_id: str) -> int | None:
-    """Highest record sequence stored for this meter: the resume cursor for the next download."""
-    value = store.scalar("SELECT max(sequence) FROM readings WHERE meter_id = ?", [meter_id])
+    """Highest record sequence stored for this meter, readings and control-solution results alike: the resume
+    cursor for the next download."""
+    value = store.scalar(
+        "SELECT max(s) FROM (SELECT max(sequence) AS s FROM readings WHERE meter_id = ? "
+        "UNION ALL SELECT max(sequence) FROM qc_results WHERE meter_id = ?)",
+        [meter_id, meter_id],
+    )
     return None if value is None else int(value)
 
 
 def resume_identity(store: Store, meter_id: str) -> str | None:
-    """Identity of the newest record of this meter's last complete download (see :func:`set_resume_identity`)."""
+    """Identity of the newest record of this meter's last complete download (written by
+    :meth:`~gateway.store.downloads.DownloadWriter.finish`)."""
     value = store.scalar("SELECT resume_identity FROM meters WHERE meter_id = ?", [meter_id])
     return None if value is None else str(value)
-
-
-def set_resume_identity(store: Store, meter_id: str, identity: str) -> None:
-    """Remember the newest record of a download that ran to the end: a newest-first meter's next download
-    stops there. Never call it for a download cut short, whose older records may still be missing."""
-    with store.transaction() as db:
-        db.execute("UPDATE meters SET resume_identity = ? WHERE meter_id = ?", [identity, meter_id])
 
 
 def count_readings(store: Store, meter_id: str | None = None) -> int:
@@ -186,6 +192,12 @@ def readings_of_session(store: Store, session_id: str, *, limit: int, offset: in
 def list_meters(store: Store) -> list[dict[str, Any]]:
     """Every meter seen, newest first."""
     return store.query("SELECT * FROM meters ORDER BY last_seen DESC")
+
+
+def meter_address(store: Store, meter_id: str) -> str | None:
+    """The address a meter was last reached at (Bluetooth address, serial port), when the store has seen it."""
+    value = store.scalar("SELECT address FROM meters WHERE meter_id = ?", [meter_id])
+    return str(value) if value else None
 
 
 def patient_for_meter(store: Store, meter_id: str) -> str | None:

@@ -2,8 +2,9 @@
 
 What the prune removes, all older than ``retention_days`` (by the gateway's ``stored_at``/``created_at``/``at``):
 
-- readings and captures whose outbox messages are **all acked** (a record whose message is pending, sent,
-  parked, or missing stays, whatever its age), each together with its own messages;
+- readings, control-solution (QC) results and captures whose outbox messages are **all acked** (a record
+  whose message is pending, sent, parked, or missing stays, whatever its age), each together with its own
+  messages;
 - image files, only once no remaining capture uses the hash and no unconfirmed outbox row (an image
   chunk) still reads from it; rows are deleted first and committed, files after, so a crash in between
   leaves at worst an orphan file, never a row pointing at a missing image;
@@ -46,6 +47,7 @@ class PruneResult:
 
     cutoff: str
     readings: int = 0
+    qc_results: int = 0
     captures: int = 0
     image_files: int = 0
     image_bytes: int = 0
@@ -75,6 +77,13 @@ _READINGS = (
     "WHERE r.stored_at < ? AND (r.stored_at, r.id) > (?, ?) AND +o.state = 'acked' "
     "ORDER BY r.stored_at, r.id LIMIT ?"
 )
+_QC_RESULTS = (
+    # A QC result's message names it by record_ref 'qc:<qc_id>' and the row names the message: the join is by
+    # message_id, as for readings (the table is small: a meter's control tests, a few a month).
+    "SELECT q.id, q.stored_at, o.seq FROM qc_results q JOIN outbox o ON o.message_id = q.message_id "
+    "WHERE q.stored_at < ? AND (q.stored_at, q.id) > (?, ?) AND +o.state = 'acked' "
+    "ORDER BY q.stored_at, q.id LIMIT ?"
+)
 _CAPTURES = (
     "SELECT c.capture_id, c.sha256, c.image_path, o.seq FROM captures c JOIN outbox o ON o.message_id = c.message_id "
     "WHERE c.capture_id > ? AND c.stored_at < ? AND +o.state = 'acked' "
@@ -90,6 +99,7 @@ _EVENT_MESSAGES = (
 _SESSIONS = (
     "SELECT session_id FROM sessions s WHERE session_id > ? AND ended_at IS NOT NULL AND ended_at < ? "
     "AND NOT EXISTS (SELECT 1 FROM readings r WHERE r.session_id = s.session_id) "
+    "AND NOT EXISTS (SELECT 1 FROM qc_results q WHERE q.session_id = s.session_id) "
     "AND session_id NOT IN (SELECT session_id FROM captures WHERE session_id IS NOT NULL) "
     "ORDER BY session_id LIMIT ?"
 )
@@ -141,12 +151,21 @@ class Pruner:
         now = now or store.clock.utc_now()
         self.cutoff = iso(now - timedelta(days=retention_days))
         self.result = PruneResult(cutoff=self.cutoff if by_age else "")
-        self._reading_after: tuple[str, int] = ("", 0)
+        self._after: dict[str, tuple[str, int]] = {"readings": ("", 0), "qc_results": ("", 0)}
+        """Per table, the (stored_at, id) the step's next pass starts after."""
         self._capture_after = ""
         self._body_after: int | None = 0
         self._session_after = ""
         self._steps = (
-            [self._readings, self._captures, self._event_messages, self._bodies, self._events, self._sessions]
+            [
+                self._readings,
+                self._qc_results,
+                self._captures,
+                self._event_messages,
+                self._bodies,
+                self._events,
+                self._sessions,
+            ]
             if by_age
             else [self._bodies]
         )
@@ -173,9 +192,10 @@ class Pruner:
         """The run's counts in the log (no patient data)."""
         r = self.result
         _logger.info(
-            "retention: pruned %d readings, %d captures, %d image files (%d bytes), %d outbox messages, "
-            "%d acked bodies, %d events, %d sessions older than %s in %d passes",
-            r.readings, r.captures, r.image_files, r.image_bytes, r.outbox, r.bodies, r.events, r.sessions,
+            "retention: pruned %d readings, %d QC results, %d captures, %d image files (%d bytes), %d outbox "
+            "messages, %d acked bodies, %d events, %d sessions older than %s in %d passes",
+            r.readings, r.qc_results, r.captures, r.image_files, r.image_bytes, r.outbox, r.bodies, r.events,
+            r.sessions,
             r.cutoff or "-", r.passes,
         )  # fmt: skip
 
@@ -187,19 +207,30 @@ class Pruner:
             db.execute(f"DELETE FROM outbox_bodies WHERE seq IN ({_marks(seqs)})", seqs)
             self.result.outbox += len(seqs)
 
-    def _readings(self) -> bool:
-        at, after = self._reading_after
-        rows = self.store.query(_READINGS, [self.cutoff, at, after, self.chunk])
+    def _records(self, table: str, query: str) -> tuple[int, bool]:
+        """One chunk of confirmed old rows of ``table`` (readings, qc_results) with their messages: how many went,
+        and whether there may be more. Old rows whose messages are not acked yet were passed over: the next pass
+        starts after them."""
+        at, after = self._after[table]
+        rows = self.store.query(query, [self.cutoff, at, after, self.chunk])
         if not rows:
-            return False
+            return 0, False
         ids = [r["id"] for r in rows]
         with self.store.transaction(durable=False) as db:
-            db.execute(f"DELETE FROM readings WHERE id IN ({_marks(ids)})", ids)
+            db.execute(f"DELETE FROM {table} WHERE id IN ({_marks(ids)})", ids)
             self._delete_messages(db, [r["seq"] for r in rows])
-        self.result.readings += len(ids)
-        # Old readings whose messages are not acked yet were passed over: the next pass starts after them.
-        self._reading_after = (rows[-1]["stored_at"], rows[-1]["id"])
-        return len(rows) == self.chunk
+        self._after[table] = (rows[-1]["stored_at"], rows[-1]["id"])
+        return len(ids), len(rows) == self.chunk
+
+    def _readings(self) -> bool:
+        deleted, more = self._records("readings", _READINGS)
+        self.result.readings += deleted
+        return more
+
+    def _qc_results(self) -> bool:
+        deleted, more = self._records("qc_results", _QC_RESULTS)
+        self.result.qc_results += deleted
+        return more
 
     def _captures(self) -> bool:
         rows = self.store.query(_CAPTURES, [self._capture_after, self.cutoff, self.chunk])

@@ -29,28 +29,6 @@ def start_session(
     return session_id
 
 
-def update_session(store: Store, session_id: str, **fields: Any) -> None:
-    """Update progress columns (``records_total``, ``records_new``, ``meter_id``, ``state``, ``error``)."""
-    allowed = {"records_total", "records_new", "meter_id", "state", "error", "patient_id"}
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValueError(f"unknown session fields: {sorted(unknown)}")
-    if not fields:
-        return
-    sets = ", ".join(f"{k} = ?" for k in fields)
-    with store.transaction(durable=False) as db:
-        db.execute(f"UPDATE sessions SET {sets} WHERE session_id = ?", [*fields.values(), session_id])
-
-
-def finish_session(store: Store, session_id: str, *, state: str = "done", error: str | None = None) -> None:
-    """Close a session (``done``, ``failed``, ``interrupted``)."""
-    with store.transaction(durable=False) as db:
-        db.execute(
-            "UPDATE sessions SET state = ?, error = ?, ended_at = ? WHERE session_id = ?",
-            [state, error, iso(store.clock.utc_now()), session_id],
-        )
-
-
 def get_session(store: Store, session_id: str) -> dict[str, Any] | None:
     rows = store.query("SELECT * FROM sessions WHERE session_id = ?", [session_id])
     return rows[0] if rows else None

@@ -39,7 +39,7 @@ from flask_babel import gettext as _
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from gateway.services import GatewayServices, LoginThrottled, Role, UserRow
+from gateway.services import DeskSession, GatewayServices, LoginThrottled, Role, UserRow
 from gateway.web.context import services
 
 _logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def roles_required(*roles: str) -> Callable[[Callable[P, R]], Callable[P, R | Re
     return decorate
 
 
-def desk_record(row: dict[str, Any] | None, *, kind: str, target_id: str) -> dict[str, Any]:
+def desk_record(row: DeskSession | None, *, kind: str, target_id: str) -> DeskSession:
     """A desk session or request of ``kind`` (``meter`` for the nurse, ``retina`` for the technician).
 
     Missing: 404. Of another desk's kind: also 404 (a nurse has no business knowing that a photo session of
@@ -132,16 +132,16 @@ def desk_record(row: dict[str, Any] | None, *, kind: str, target_id: str) -> dic
     """
     if row is None:
         abort(404)
-    if row.get("kind") != kind:
+    if row.kind != kind:
         services().audit(
             actor=current_user.username,
             action="access_refused",
             target_kind="session",
             target_id=target_id,
-            detail={"path": request.path, "kind": row.get("kind"), "desk": kind},
+            detail={"path": request.path, "kind": str(row.kind), "desk": kind},
         )
         _logger.warning("user %s asked the %s desk for a %s session (%s)", current_user.username, kind,
-                        row.get("kind"), target_id)  # fmt: skip
+                        row.kind, target_id)  # fmt: skip
         abort(404)
     return row
 

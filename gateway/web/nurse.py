@@ -8,14 +8,13 @@ for it through the facade and polls its progress.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_login import current_user
 
-from gateway.services import DeskUnavailable
+from gateway.services import DeskSession, DeskUnavailable, DeviceView
 from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services
 
@@ -25,7 +24,6 @@ bp = Blueprint("nurse", __name__, url_prefix="/nurse")
 
 HYPO_MMOL_L = 3.9
 HYPER_MMOL_L = 13.9
-FINISHED_STATES = frozenset({"done", "interrupted", "failed"})
 MAX_PATIENT_ID = 64
 
 
@@ -46,8 +44,8 @@ def glucose_band(mmol_l: float) -> str:
     return "normal"
 
 
-def _meters() -> list[dict[str, Any]]:
-    return [d for d in services().devices() if d.get("kind", "meter") == "meter"]
+def _meters() -> list[DeviceView]:
+    return [d for d in services().devices() if d.kind == "meter"]
 
 
 @bp.route("", methods=["GET", "POST"])
@@ -88,7 +86,7 @@ def start_sync() -> ResponseReturnValue:
     return redirect(url_for("nurse.session", session_id=session_id))
 
 
-def _session_or_404(session_id: str) -> dict[str, Any]:
+def _session_or_404(session_id: str) -> DeskSession:
     return desk_record(services().progress(session_id), kind="meter", target_id=session_id)
 
 
@@ -96,8 +94,8 @@ def _session_or_404(session_id: str) -> dict[str, Any]:
 @roles_required("nurse")
 def session(session_id: str) -> ResponseReturnValue:
     """Step 3: progress (polled), then the readings to review and the link to confirm."""
-    progress = _session_or_404(session_id)
-    finished = progress.get("state") in FINISHED_STATES
+    desk_session = _session_or_404(session_id)
+    finished = desk_session.finished
     # A page of the download (the newest unless ?page=N), with counts over all of it: a first download may
     # bring a meter's whole history, thousands of readings.
     page = (
@@ -110,15 +108,22 @@ def session(session_id: str) -> ResponseReturnValue:
     readings = page.rows if page else []
     for row in readings:
         row["band"] = glucose_band(row["mmol_l"])
+    # Control-solution tests check the meter, not the patient: listed apart, never banded or counted as readings.
+    qc_here = services().session_qc(session_id) if finished else []
+    meter_id = desk_session.meter_id
+    qc_history = services().meter_qc_history(meter_id) if finished and meter_id else []
     return render_template(
         "nurse_session.html",
         session_id=session_id,
-        progress=progress,
+        desk_session=desk_session,
+        progress=desk_session.progress,
         finished=finished,
         readings=readings,
         page=page,
         hypo=HYPO_MMOL_L,
         hyper=HYPER_MMOL_L,
+        qc_here={row["qc_id"] for row in qc_here},
+        qc_history=qc_history,
     )
 
 
@@ -126,13 +131,14 @@ def session(session_id: str) -> ResponseReturnValue:
 @roles_required("nurse")
 def api_progress(session_id: str) -> ResponseReturnValue:
     """n of N for the polling script (no patient data in this answer)."""
-    progress = _session_or_404(session_id)
+    desk_session = _session_or_404(session_id)
+    progress = desk_session.progress
     return {
-        "state": progress.get("state"),
-        "done": progress.get("done", progress.get("records_new")),
-        "total": progress.get("total", progress.get("records_total")),
-        "meter_id": progress.get("meter_id"),
-        "finished": progress.get("state") in FINISHED_STATES,
+        "state": str(progress.state),
+        "done": progress.done,
+        "total": progress.total,
+        "meter_id": desk_session.meter_id,
+        "finished": desk_session.finished,
     }
 
 
@@ -140,8 +146,8 @@ def api_progress(session_id: str) -> ResponseReturnValue:
 @roles_required("nurse")
 def link(session_id: str) -> ResponseReturnValue:
     """Confirm the meter belongs to the session's patient (audited by the store)."""
-    progress = _session_or_404(session_id)
-    meter_id, patient_id = progress.get("meter_id"), progress.get("patient_id")
+    desk_session = _session_or_404(session_id)
+    meter_id, patient_id = desk_session.meter_id, desk_session.patient_id
     if not meter_id or not patient_id:
         flash(_("This download has no meter or patient to link."), "error")
     else:

@@ -17,7 +17,8 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 
-from gateway.services import DeskUnavailable
+from gateway.desk import RetinaProgress
+from gateway.services import DeskSession, DeskUnavailable
 from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services, web_context
 from gateway.web.nurse import clean_patient_id
@@ -29,7 +30,6 @@ bp = Blueprint("technician", __name__, url_prefix="/technician")
 
 EYES = ("R", "L")
 FIELDS = ("disc", "macula")
-FINISHED_STATES = frozenset({"done", "failed"})
 PREVIEW_SECONDS = 300
 """A preview stream ends after this long (it holds a server thread); the page offers to restart it."""
 
@@ -58,9 +58,9 @@ def reason_text(reason: str) -> str:
     return reason if text is None else str(text)
 
 
-def _retina_session(session_id: str) -> dict[str, Any]:
+def _retina_session(session_id: str) -> DeskSession:
     row = desk_record(services().progress(session_id), kind="retina", target_id=session_id)
-    if not row.get("patient_id"):  # a capture request's id, not a session's
+    if not row.patient_id:  # a capture request's id, not a session's
         abort(404)
     return row
 
@@ -83,15 +83,15 @@ def desk() -> ResponseReturnValue:
     return render_template("technician.html", retina_available=services().retina_available())
 
 
-def _session_page(session_id: str, result: dict[str, Any] | None = None, **extra: Any) -> str:
+def _session_page(session_id: str, result: RetinaProgress | None = None, **extra: Any) -> str:
     row = _retina_session(session_id)
     svc = services()
     captures = svc.captures(session_id=session_id)
-    referrals = svc.referrals(patient_id=row["patient_id"])
+    referrals = svc.referrals(patient_id=row.patient_id)
     return render_template(
         "technician_session.html",
         session_id=session_id,
-        patient_id=row["patient_id"],
+        patient_id=row.patient_id,
         retina_available=svc.retina_available(),
         camera_enabled=web_context().config.retina.camera.enabled,
         captures=captures,
@@ -120,7 +120,8 @@ def _submit(session_id: str, *, upload: bool) -> ResponseReturnValue:
         flash(_("Choose the eye (L/R) and the field (disc/macula)."), "error")
         return redirect(url_for("technician.session", session_id=session_id))
     svc = services()
-    patient_id = row["patient_id"]
+    patient_id = row.patient_id
+    assert patient_id is not None  # _retina_session: only sessions with a patient
     try:
         if upload:
             file = request.files.get("photo")
@@ -163,8 +164,10 @@ def upload(session_id: str) -> ResponseReturnValue:
     return _submit(session_id, upload=True)
 
 
-def _request_state(request_id: str) -> dict[str, Any]:
-    return desk_record(services().progress(request_id), kind="retina", target_id=request_id)
+def _request_state(request_id: str) -> RetinaProgress:
+    progress = desk_record(services().progress(request_id), kind="retina", target_id=request_id).progress
+    assert isinstance(progress, RetinaProgress)  # desk_record: of the retina desk
+    return progress
 
 
 @bp.get("/session/<session_id>/result/<request_id>")
@@ -174,13 +177,14 @@ def result(session_id: str, request_id: str) -> ResponseReturnValue:
     state = _request_state(request_id)
     page = _session_page(
         session_id,
-        result={"request_id": request_id, **state},
+        result=state,
+        request_id=request_id,
         eye=request.args.get("eye", "R"),
         field=request.args.get("field", "macula"),
-        finished=state.get("state") in FINISHED_STATES,
+        finished=state.state.finished,
     )
     # Nothing was stored because the store is full: say so with the status code too (507, as for a refusal).
-    return (page, 507) if state.get("storage_full") else page
+    return (page, 507) if state.storage_full else page
 
 
 @bp.get("/api/request/<request_id>")
@@ -188,11 +192,7 @@ def result(session_id: str, request_id: str) -> ResponseReturnValue:
 def api_request(request_id: str) -> ResponseReturnValue:
     """State of a capture request for the polling script (no patient data)."""
     state = _request_state(request_id)
-    return {
-        "state": state.get("state"),
-        "finished": state.get("state") in FINISHED_STATES,
-        "storage_full": bool(state.get("storage_full")),
-    }
+    return {"state": str(state.state), "finished": state.state.finished, "storage_full": state.storage_full}
 
 
 @bp.get("/preview.mjpg")

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from support.broker import free_port
+from support.daemon_proc import write_config
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "status-token-" + "0" * 32
@@ -96,31 +97,12 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
     web_port = free_port()
-    cfg = tmp_path / "gateway.toml"
-    cfg.write_text(
-        f"""
-[gateway]
-site_id = "chc-test"
-gateway_id = "gw-test"
-state_dir = "{state}"
-
-[clock]
-sync_check = "assume_synced"
-
-[forward]
-host = "127.0.0.1"
-port = {free_port()}
-
-[web]
-host = "127.0.0.1"
-port = {web_port}
-secure_cookies = false
-status_token_file = "{token}"
-
-[demo]
-synthetic_readings = true
-synthetic_interval_s = 0.05
-"""
+    cfg = write_config(
+        tmp_path / "gateway.toml",
+        state,
+        web=True,
+        web_port=web_port,
+        extra=f'status_token_file = "{token}"\n\n[demo]\nsynthetic_readings = true\nsynthetic_interval_s = 0.05\n',
     )
     address = str(tmp_path / "notify.sock")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -6,7 +6,7 @@ relative, or ``importlib.import_module("...")`` / ``__import__`` with a literal 
 
 - every module has a declared floor, and no module imports from a floor above its own::
 
-      records, errors, config, clock, logs, notify  ->  wire  ->  store  ->  runtime
+      records, errors, config, clock, logs, notify  ->  wire  ->  store  ->  runtime, desk
         ->  meters, retina, forward, health, retention  ->  services, emulate
         ->  web, commands, cli, daemon, demo
 
@@ -17,7 +17,8 @@ relative, or ``importlib.import_module("...")`` / ``__import__`` with a literal 
   commands modules share only ``commands.common``;
 - emulate/ is imported only by the demo, the commands and itself (and by tests and benches);
 - no import cycles between modules; no import by a computed name;
-- each foreign library has its one adapter; codecs are pure; forward/ never reads device code.
+- each foreign library has its one adapter; codecs are pure; meter transports only move bytes (no codec, driver
+  or record in them); forward/ never reads device code.
 
 The last tests feed the same rules small synthetic packages with one violation each, so none of the
 checks above can pass by looking at nothing.
@@ -45,7 +46,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "gateway.notify")),
     ("wire", ("gateway.wire",)),
     ("store", ("gateway.store",)),
-    ("runtime", ("gateway.runtime",)),
+    ("runtime", ("gateway.runtime", "gateway.desk")),
     ("areas", ("gateway.meters", "gateway.retina", "gateway.forward", "gateway.health", "gateway.retention")),
     ("services", ("gateway.services", "gateway.emulate")),
     ("top", ("gateway.web", "gateway.commands", "gateway.cli", "gateway.daemon", "gateway.demo",
@@ -264,6 +265,22 @@ def test_forward_never_reads_device_code() -> None:
     assert offenders == []
 
 
+def transports_beyond_bytes(modules: dict[str, ModuleImports]) -> list[str]:
+    return _fmt(
+        [
+            e
+            for e in _internal_edges(modules)
+            if under(e.importer, "gateway.meters.transport") and not any(declared(e.imported, p) for p in FLOORS[0][1])
+            and not under(e.imported, "gateway.meters.transport")
+        ]
+    )  # fmt: skip
+
+
+def test_meter_transports_only_move_bytes() -> None:
+    """transport/ble.py and transport/serial.py are adapters: no codec, driver, session or record in them."""
+    check(transports_beyond_bytes, "a meter transport imports more than errors/config (what bytes mean is a driver's)")
+
+
 def test_web_never_touches_devices_or_the_forwarder() -> None:
     devices = ("gateway.meters", "gateway.retina", "gateway.forward", "gateway.emulate")
     offenders = _fmt(
@@ -344,6 +361,11 @@ VIOLATIONS: dict[str, tuple[Rule, dict[str, str], str]] = {
         {"daemon.py": "from gateway.emulate import synthetic\n", "emulate/synthetic.py": ""},
         "gateway.daemon:1 -> gateway.emulate.synthetic (top)",
     ),
+    "transport decodes": (
+        transports_beyond_bytes,
+        {"meters/transport/ble.py": "from gateway.meters.codec import gls\n", "meters/codec/gls.py": ""},
+        "gateway.meters.transport.ble:1 -> gateway.meters.codec.gls (top)",
+    ),
     "cycle through a lazy import": (
         import_cycles,
         {"store/db.py": "def f():\n    from gateway.store.events import add\n",
@@ -390,12 +412,15 @@ def test_a_clean_synthetic_package_passes_every_rule(tmp_path: Path) -> None:
             "commands/outbox.py": "from gateway.commands.common import EXIT_OK\nfrom gateway.emulate import platform\n",
             "emulate/platform.py": "from gateway.wire import contract\n",
             "cli.py": "from gateway.commands import outbox\n",
+            "errors.py": "",
+            "meters/transport/serial.py": "from gateway.errors import DeviceError\nfrom . import common\n",
+            "meters/transport/common.py": "",
             "commands/store.py": "from gateway.store import open_store\nfrom gateway import services\n",
         },
     )
     rules = (modules_without_a_floor, upward_imports, store_imports_beyond_wire, web_imports_of_the_store,
              cli_imports_of_store_internals, imports_of_the_cli_wing, commands_reaching_into_each_other,
-             emulate_importers, import_cycles, imports_by_computed_name)  # fmt: skip
+             emulate_importers, import_cycles, imports_by_computed_name, transports_beyond_bytes)  # fmt: skip
     assert {rule.__name__: rule(modules) for rule in rules} == {rule.__name__: [] for rule in rules}
 
 

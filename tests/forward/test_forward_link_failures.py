@@ -73,7 +73,8 @@ def test_mutual_tls_requires_the_client_certificate(tmp_path, broker_factory, re
     without = gateway_config(tmp_path / "gw", port=broker.port, host="localhost", tls={"ca_file": str(pki.ca)})
     with ForwarderRunner(without, store) as run:
         wait_until(lambda: run.forwarder.retry_in_s is not None and run.forwarder.state == "tls_error")
-        assert "certificate required" in run.forwarder.last_error
+        error = run.forwarder.last_error
+        assert error is not None and error.type == "BrokerTLSError" and "certificate required" in error.message
         assert Outbox(store).stats().total_unsent == N
     tls = {"ca_file": str(pki.ca), "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)}
     with ForwarderRunner(gateway_config(tmp_path / "gw", port=broker.port, host="localhost", tls=tls), store):

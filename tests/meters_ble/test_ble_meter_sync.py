@@ -21,12 +21,13 @@ from support.imports import gateway_modules
 
 from gateway.clock import FakeClock
 from gateway.config import GatewayConfig, parse_config
+from gateway.desk import MeterProgress
 from gateway.emulate.ble_meter import EmulatedGlucoseMeter, Faults, MeterProfile, make_records
 from gateway.emulate.bluez_env import BluezEnv
 from gateway.errors import DeviceNotFound
-from gateway.meters.ble_source import BleMeterSource, sync_ble_meter
+from gateway.meters.drivers.gls import open_driver, scan
 from gateway.meters.session import SessionResult
-from gateway.meters.transport.ble import open_driver, scan
+from gateway.meters.source import MeterSource, sync_meter
 from gateway.records import Unit
 from gateway.runtime import Runtime
 from gateway.store import Store, open_store
@@ -101,7 +102,7 @@ async def sync(
     m: EmulatedGlucoseMeter, config: GatewayConfig, store: Store, clock: FakeClock, **kw: Any
 ) -> SessionResult:
     assert m.address is not None
-    return await sync_ble_meter(m.address, config=config, store=store, clock=clock, **kw)
+    return await sync_meter(m.address, config=config, store=store, clock=clock, **kw)
 
 
 def readings(store: Store, meter_id: str) -> list[dict[str, Any]]:
@@ -161,7 +162,7 @@ def test_link_dropped_at_record_200_then_resumed(bluez, config, store, clock) ->
             return cut, resumed
 
     cut, resumed = run(go())
-    assert cut.state == "interrupted" and "DeviceDisconnected" in (cut.error or "")
+    assert cut.state == "interrupted" and cut.error is not None and cut.error.type == "DeviceDisconnected"
     assert cut.added == 200
     assert (resumed.state, resumed.added, resumed.duplicates) == ("done", 100, 0)
     seqs = [r["sequence"] for r in readings(store, "gls:EMU-0001")]
@@ -227,8 +228,8 @@ def test_malformed_frame_is_skipped_and_reported_the_rest_kept(bluez, config, st
             return await sync(m, config, store, clock), await sync(m, config, store, clock)
 
     first, again = run(go())
-    assert first.state == "interrupted" and "RecordError" in (first.error or "")
-    assert "malformed frame" in (first.error or "") and "need 13 bytes, got 12" in (first.error or "")
+    assert first.state == "interrupted" and first.error is not None and first.error.type == "RecordError"
+    assert "malformed frame" in first.error.message and "need 13 bytes, got 12" in first.error.message
     assert [r["sequence"] for r in readings(store, "gls:EMU-0001")] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
     assert (again.state, again.added) == ("done", 0)
     meter_row = store.query("SELECT last_error FROM meters WHERE meter_id = 'gls:EMU-0001'")[0]
@@ -251,10 +252,10 @@ def test_scan_finds_only_glucose_meters_and_absent_meter_is_not_found(bluez, con
 def test_daemon_component_serves_a_desk_request(bluez, config, store, clock) -> None:
     from gateway.services import GatewayServices
 
-    async def go() -> dict[str, Any] | None:
+    async def go() -> MeterProgress | None:
         runtime = Runtime(config=config, store=store, clock=clock)
         runtime.desk.bind(asyncio.get_running_loop())
-        source = BleMeterSource(runtime)
+        source = MeterSource(runtime)
         runtime.components = [source]
         task = asyncio.create_task(source.run())
         async with meter(count=30) as m:
@@ -263,16 +264,18 @@ def test_daemon_component_serves_a_desk_request(bluez, config, store, clock) -> 
             session_id = GatewayServices(runtime).request_meter_sync(m.address, patient_id="P-9", operator="nurse")
             for _ in range(200):
                 live = runtime.progress.get(session_id)
-                if live and live.get("state") in ("done", "failed", "interrupted"):
+                if live and live.state in ("done", "failed", "interrupted"):
                     break
                 await asyncio.sleep(0.05)
             assert source.healthy()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        return runtime.progress.get(session_id)
+        live = runtime.progress.get(session_id)
+        assert live is None or isinstance(live, MeterProgress)
+        return live
 
     live = run(go())
-    assert live is not None and live["state"] == "done" and live["added"] == 30
+    assert live is not None and live.state == "done" and live.added == 30
     assert {r["patient_id"] for r in readings(store, "gls:EMU-0001")} == {"P-9"}
 
 
@@ -294,7 +297,7 @@ def test_stalled_meter_times_out_keeps_what_arrived_and_is_aborted(bluez, config
             return result, list(m.log), m.stats.aborted
 
     result, log, aborted = run(go())
-    assert result.state == "interrupted" and "DeviceTimeout" in (result.error or "")
+    assert result.state == "interrupted" and result.error is not None and result.error.type == "DeviceTimeout"
     assert result.added == 1  # the first record arrived before the meter stalled, and is kept
     assert b"\x03\x00" in [e[1] for e in log if e[0] == "racp"]  # the gateway aborted the report on close
     assert aborted

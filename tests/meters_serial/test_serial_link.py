@@ -41,8 +41,8 @@ def test_bits_that_stay_wrong_fail_clearly_and_keep_what_arrived_then_resume(emu
     emu = emulators("onetouch_ultraeasy", records=60, faults=[Fault("bad_link_bits", at_record=20, times=99)])
     cut = asyncio.run(download(store, clock, emu.port, families=FAMILY))
     assert cut.state == "interrupted"
-    assert cut.error is not None and cut.error.startswith("LinkControlError")
-    assert "sequence: expected" in cut.error and "control 0x" in cut.error
+    assert cut.error is not None and cut.error.type == "LinkControlError"
+    assert "sequence: expected" in cut.error.message and "control 0x" in cut.error.message
     assert store_readings.count_readings(store) == 20  # the 20 newest, nothing from the broken exchange
     assert store.query("SELECT last_error FROM meters")[0]["last_error"].startswith("LinkControlError")
 

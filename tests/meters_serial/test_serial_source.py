@@ -11,9 +11,10 @@ from support.serial_meters import TZ
 
 from gateway.cli import main
 from gateway.config import parse_config
+from gateway.desk import SerialSyncRequest
 from gateway.emulate.serial_meter import MeterState, SerialMeterEmulator
-from gateway.meters.serial_source import SERIAL_SYNC_KIND, SerialMeterSource
-from gateway.runtime import DeskRequest, Runtime
+from gateway.meters.source import MeterSource
+from gateway.runtime import Runtime
 from gateway.store import readings as store_readings
 
 
@@ -49,7 +50,7 @@ def test_plugged_meter_is_identified_and_auto_synced_then_unplug_is_noticed(tmp_
     link = tmp_path / "ttyMETER"
     config = _config(tmp_path, link, auto_sync=True)
     runtime = Runtime(config=config, store=store, clock=clock)
-    source = SerialMeterSource(runtime)
+    source = MeterSource(runtime)
     emu = SerialMeterEmulator(MeterState("onetouch_ultraeasy", tz=TZ), link=link, retransmit_s=0.05)
     emu.state.fill(50)
     meter_id = f"onetouch_ultraeasy:{emu.state.serial}"
@@ -61,13 +62,13 @@ def test_plugged_meter_is_identified_and_auto_synced_then_unplug_is_noticed(tmp_
         assert store_readings.count_readings(store) == 0
         emu.start()  # the nurse plugs the cable in
         await _until(lambda: store_readings.count_readings(store) == 50)
-        await _until(lambda: (runtime.devices.get(meter_id) or {}).get("state") == "done")
+        await _until(lambda: getattr(runtime.devices.get(meter_id), "state", None) == "done")
         assert source.healthy()
         assert source.snapshot()["meters"] == {str(link): meter_id}
-        done = [v for _, v in runtime.progress.items() if v.get("state") == "done"]
-        assert done and done[-1]["done"] == 50 and done[-1]["total"] == 50
+        done = [v for _, v in runtime.progress.items() if v.state == "done"]
+        assert done and done[-1].done == 50 and done[-1].total == 50
         emu.unplug()
-        await _until(lambda: (runtime.devices.get(meter_id) or {}).get("state") == "unplugged")
+        await _until(lambda: getattr(runtime.devices.get(meter_id), "state", None) == "unplugged")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -82,13 +83,13 @@ def test_meter_taken_off_a_cable_that_stays_plugged_in_and_brought_back(tmp_path
     link = tmp_path / "ttyMETER"
     config = _config(tmp_path, link, auto_sync=True, reprobe_s=1.0)
     runtime = Runtime(config=config, store=store, clock=clock)
-    source = SerialMeterSource(runtime)
+    source = MeterSource(runtime)
     emu = SerialMeterEmulator(MeterState("onetouch_ultra2", tz=TZ), link=link)
     emu.state.fill(20)
     meter_id = f"onetouch_ultra2:{emu.state.serial}"
 
     def state() -> str | None:
-        return (runtime.devices.get(meter_id) or {}).get("state")
+        return getattr(runtime.devices.get(meter_id), "state", None)
 
     async def scenario() -> None:
         runtime.desk.bind(asyncio.get_running_loop())
@@ -121,7 +122,7 @@ def test_desk_request_downloads_for_the_patient_at_the_desk(tmp_path, store, clo
     link = tmp_path / "ttyMETER"
     config = _config(tmp_path, link, auto_sync=False)
     runtime = Runtime(config=config, store=store, clock=clock)
-    source = SerialMeterSource(runtime)
+    source = MeterSource(runtime)
     emu = SerialMeterEmulator(MeterState("freestyle_optium", tz=TZ), link=link)
     emu.state.fill(30)
     meter_id = f"freestyle_optium:{emu.state.serial}"
@@ -130,16 +131,11 @@ def test_desk_request_downloads_for_the_patient_at_the_desk(tmp_path, store, clo
         runtime.desk.bind(asyncio.get_running_loop())
         task = asyncio.create_task(source.run())
         emu.start()
-        await _until(lambda: (runtime.devices.get(meter_id) or {}).get("state") == "connected")
+        await _until(lambda: getattr(runtime.devices.get(meter_id), "state", None) == "connected")
         assert store_readings.count_readings(store) == 0  # no auto-sync
-        request = DeskRequest(
-            kind=SERIAL_SYNC_KIND,
-            request_id="s1",
-            params={"target": meter_id, "patient_id": "P-0042", "session_id": "0" * 32},
-            operator="nurse1",
-        )
-        assert runtime.desk.submit(request)
-        await _until(lambda: (runtime.progress.get("0" * 32) or {}).get("state") == "done")
+        request = SerialSyncRequest(request_id="0" * 32, target=meter_id, patient_id="P-0042", operator="nurse1")
+        runtime.desk.submit(request)
+        await _until(lambda: getattr(runtime.progress.get("0" * 32), "state", None) == "done")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,15 @@ from support.factories import MESSAGES, T0
 from support.retina import build_tiny_model, fundus_jpeg, retina_config
 
 from gateway.clock import FakeClock
+from gateway.desk import RetinaCaptureRequest, RetinaProgress, RetinaTargetRequest, RetinaUploadRequest
 from gateway.emulate import camera as emu
 from gateway.errors import DeviceDisconnected, DeviceError, DeviceNotFound
 from gateway.records import Eye, Field
 from gateway.retina.intake import CaptureMeta
-from gateway.retina.service import CAPTURE_KIND, TARGET_KIND, UPLOAD_KIND, RetinaService
+from gateway.retina.service import RetinaService
 from gateway.retina.source import BOUNDARY, Camera, ExportFolder, eye_field_from_name, is_candidate, read_upload
 from gateway.retina.triage import TriageModel
-from gateway.runtime import DeskRequest, Runtime
+from gateway.runtime import Runtime
 from gateway.store import captures as store_captures
 from gateway.store import open_store
 from gateway.store.db import Origin
@@ -107,12 +109,12 @@ def test_capture_after_unplug_is_a_clear_error_and_nothing_is_stored(tmp_path: P
     service = RetinaService(runtime, model=model)
     assert service.camera is not None
     service.camera.open()  # reads (and verifies) the first frame
-    request = DeskRequest(kind=CAPTURE_KIND, request_id="r1", params={"eye": "R", "field": "macula"})
-    asyncio.run(service.handle(request))
-    asyncio.run(service.handle(DeskRequest(kind=CAPTURE_KIND, request_id="r2", params=request.params)))
+    asyncio.run(service.handle(RetinaCaptureRequest(request_id="r1", eye=Eye.RIGHT, field=Field.MACULA)))
+    asyncio.run(service.handle(RetinaCaptureRequest(request_id="r2", eye=Eye.RIGHT, field=Field.MACULA)))
     states = [runtime.progress.get(k) for k in ("r1", "r2")]
-    assert states[0] is not None and states[0]["state"] == "done"
-    assert states[1] is not None and states[1]["state"] == "failed" and states[1]["error_kind"] == "DeviceDisconnected"
+    assert states[0] is not None and states[0].state == "done"
+    assert states[1] is not None and states[1].state == "failed"
+    assert states[1].error is not None and states[1].error.type == "DeviceDisconnected"
     assert store_captures.count_captures(runtime.store) == 1
 
 
@@ -208,8 +210,8 @@ def test_folder_source_end_to_end_once_across_restarts(tmp_path: Path, model: Tr
     service2.poll_folder_once()
     assert service2.poll_folder_once() == 1
     # A desk target supplies the eye for unnamed files.
-    target = {"eye": "L", "field": "disc", "patient_id": "P-9"}
-    asyncio.run(service2.handle(DeskRequest(kind=TARGET_KIND, request_id="t", params=target)))
+    target = RetinaTargetRequest(request_id="t", eye=Eye.LEFT, field=Field.DISC, patient_id="P-9")
+    asyncio.run(service2.handle(target))
     (export / "IMG_0002.jpg").write_bytes(fundus_jpeg(seed=23))
     service2.poll_folder_once()
     assert service2.poll_folder_once() == 1
@@ -277,13 +279,13 @@ def test_upload_end_to_end_through_the_desk_bus(tmp_path: Path, model: TriageMod
         runtime.desk.bind(asyncio.get_running_loop())
         task = asyncio.create_task(service.run())
         await asyncio.sleep(0)
-        params = {"data": data, "eye": "R", "field": "macula", "patient_id": "P-1", "session_id": "s1"}
-        assert runtime.desk.submit(DeskRequest(kind=UPLOAD_KIND, request_id="u1", params=params, operator="nurse"))
-        bad = {**params, "data": data[:3000]}
-        assert runtime.desk.submit(DeskRequest(kind=UPLOAD_KIND, request_id="u2", params=bad, operator="nurse"))
+        upload = RetinaUploadRequest(request_id="u1", data=data, eye=Eye.RIGHT, field=Field.MACULA, patient_id="P-1",
+                                     session_id="s1", operator="nurse")  # fmt: skip
+        runtime.desk.submit(upload)
+        runtime.desk.submit(replace(upload, request_id="u2", data=data[:3000]))
         for _ in range(300):
             await asyncio.sleep(0.01)
-            states = [(runtime.progress.get(k) or {}).get("state") for k in ("u1", "u2")]
+            states = [getattr(runtime.progress.get(k), "state", None) for k in ("u1", "u2")]
             if "working" not in states and None not in states:
                 break
         task.cancel()
@@ -292,11 +294,13 @@ def test_upload_end_to_end_through_the_desk_bus(tmp_path: Path, model: TriageMod
 
     asyncio.run(scenario())
     ok, bad = runtime.progress.get("u1"), runtime.progress.get("u2")
-    assert ok is not None and ok["state"] == "done" and ok["quality_ok"] is True
-    assert ok["model_version"] == "tiny-test-1" and ok["decision"] in ("refer", "rescreen")
-    assert ok["eye"] == "R" and ok["eye_suggested"] in ("L", "R", None)
-    assert ok["eye_differs"] is (ok["eye_suggested"] == "L")
-    assert bad is not None and bad["state"] == "failed" and "truncated" in bad["error"]
+    assert isinstance(ok, RetinaProgress) and ok.state == "done" and ok.outcome is not None
+    outcome = ok.outcome
+    assert outcome.quality_ok is True
+    assert outcome.model_version == "tiny-test-1" and outcome.decision in ("refer", "rescreen")
+    assert outcome.eye == "R" and outcome.eye_suggested in ("L", "R", None)
+    assert outcome.eye_differs is (outcome.eye_suggested == "L")
+    assert bad is not None and bad.state == "failed" and bad.error is not None and "truncated" in bad.error.message
     rows = store_captures.list_captures(runtime.store, session_id="s1")
     assert len(rows) == 1 and rows[0]["operator"] == "nurse" and rows[0]["source"] == "upload"
 
@@ -304,9 +308,10 @@ def test_upload_end_to_end_through_the_desk_bus(tmp_path: Path, model: TriageMod
 def test_upload_without_eye_is_refused(tmp_path: Path, model: TriageModel) -> None:
     runtime = make_runtime(tmp_path)
     service = RetinaService(runtime, model=model)
-    asyncio.run(service.handle(DeskRequest(kind=UPLOAD_KIND, request_id="u", params={"data": fundus_jpeg()})))
+    asyncio.run(service.handle(RetinaUploadRequest(request_id="u", data=fundus_jpeg())))
     entry = runtime.progress.get("u")
-    assert entry is not None and entry["state"] == "failed" and "choose the eye" in entry["error"]
+    assert entry is not None and entry.state == "failed"
+    assert entry.error is not None and "choose the eye" in entry.error.message
 
 
 def test_read_upload_limits(tmp_path: Path) -> None:

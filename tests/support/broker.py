@@ -260,8 +260,9 @@ def start_receiver(broker: MosquittoBroker, db: Path, **settings: Any) -> Receiv
     return receiver
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
-    """Poll ``condition`` until true; fail the test with ``what`` after ``timeout_s``."""
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition`` until true; fail the test with ``what`` after ``timeout_s`` (generous: a deadline for
+    a wedged test on a loaded 2-core machine, never a measure of speed)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():

@@ -22,12 +22,12 @@ from web_harness import (
 )
 
 from gateway.clock import SystemClock
+from gateway.desk import SerialSyncRequest
 from gateway.emulate import camera as emulated_camera
-from gateway.meters import SYNC_KIND_SERIAL
 from gateway.records import MeterInfo
 from gateway.retina.service import RetinaService
 from gateway.runtime import Runtime, open_runtime
-from gateway.services import RETINA_CAPTURE, RETINA_UPLOAD, GatewayServices
+from gateway.services import GatewayServices
 from gateway.store import audit
 from gateway.store.readings import patient_for_meter, upsert_meter
 from gateway.web.app import create_app
@@ -50,7 +50,7 @@ def _wait_finished(client: FlaskClient, url: str, timeout: float = 10.0) -> dict
 @pytest.fixture
 def core(runtime: Runtime) -> Iterator[CoreThread]:
     core = CoreThread(runtime)
-    runtime.desk.queue(SYNC_KIND_SERIAL)  # consumed from now on (as a meter source would)
+    runtime.desk.queue(SerialSyncRequest)  # consumed from now on (as a meter source would)
     core.start(lambda: serve_meter_sync(runtime, lambda target: ScriptedMeter(target, scripted_records(), 0.0)))
     yield core
     core.stop()
@@ -60,12 +60,6 @@ def test_bands_and_patient_id_cleaning() -> None:
     assert [glucose_band(v) for v in (3.8, 3.9, 13.9, 14.0)] == ["low", "normal", "normal", "high"]
     assert clean_patient_id("  P-1\n") == "P-1"
     assert clean_patient_id("") is None and clean_patient_id("x" * 65) is None and clean_patient_id("a\x00b") is None
-
-
-def test_retina_desk_kinds_match_the_retina_service() -> None:
-    from gateway.retina import service
-
-    assert (RETINA_CAPTURE, RETINA_UPLOAD) == (service.CAPTURE_KIND, service.UPLOAD_KIND)
 
 
 def test_nurse_sees_no_meter_message(client: FlaskClient) -> None:
@@ -151,8 +145,8 @@ def test_technician_capture_upload_and_retake(retina_runtime: Runtime, tmp_path:
     service = RetinaService(runtime, load=False)
     runtime.components.append(service)
     core = CoreThread(runtime)
-    for kind in ("retina_target", RETINA_CAPTURE, RETINA_UPLOAD):
-        runtime.desk.queue(kind)
+    for request_type in RetinaService.serves:
+        runtime.desk.queue(request_type)
     core.start(service.run)
     try:
         client = create_app(GatewayServices(runtime), runtime.config).test_client()
@@ -253,17 +247,18 @@ def test_a_big_download_is_shown_a_page_at_a_time_with_counts_over_all_of_it(
 
     from support.factories import reading
 
-    from gateway.records import Unit
-    from gateway.store.readings import add_readings
-    from gateway.store.sessions import finish_session, start_session
+    from gateway.records import MeterInfo, Unit
+    from gateway.store.downloads import DownloadWriter
 
-    session_id = start_session(runtime.store, "meter", patient_id=PATIENT, meter_id="gls:BIG", operator="nina")
+    writer = DownloadWriter.begin(runtime.store, patient_id=PATIENT, operator="nina")
+    session_id = writer.session_id
+    writer.meter(MeterInfo(meter_id="gls:BIG", family="gls", transport="ble", serial="BIG"), PATIENT)
     readings = [  # 5 low, 5 high
         reading(s, meter_id="gls:BIG", value=50.0 if s % 50 == 0 else 300.0 if s % 25 == 0 else 110.0, unit=Unit.MG_DL)
         for s in range(1, 251)
     ]
-    add_readings(runtime.store, [dataclasses.replace(r, session_id=session_id) for r in readings])
-    finish_session(runtime.store, session_id, state="done")
+    writer.add_batch([dataclasses.replace(r, session_id=session_id) for r in readings])
+    writer.finish("done")
     login(client, "nina")
     html = client.get(f"/nurse/session/{session_id}").get_data(as_text=True)
     assert len(re.findall(r'<tr class="band-', html)) == 50  # the newest page: readings 201-250

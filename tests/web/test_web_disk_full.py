@@ -28,7 +28,7 @@ from gateway.emulate import camera as emulated_camera
 from gateway.errors import DiskFull
 from gateway.retina.service import RetinaService
 from gateway.runtime import Runtime, open_runtime
-from gateway.services import RETINA_CAPTURE, RETINA_UPLOAD, GatewayServices
+from gateway.services import GatewayServices
 from gateway.store import Store
 from gateway.web.app import create_app
 
@@ -74,8 +74,8 @@ def retina_runtime(tmp_path: Path) -> Iterator[Runtime]:
     service = RetinaService(rt, load=False)
     rt.components.append(service)
     core = CoreThread(rt)
-    for kind in ("retina_target", RETINA_CAPTURE, RETINA_UPLOAD):
-        rt.desk.queue(kind)
+    for request_type in RetinaService.serves:
+        rt.desk.queue(request_type)
     core.start(service.run)
     yield rt
     core.stop()
@@ -165,12 +165,12 @@ def test_the_sweep_covers_both_outcomes(retina_runtime: Runtime) -> None:
 
 def test_every_desk_request_into_a_full_store_is_507_in_the_page_language(retina_runtime: Runtime) -> None:
     """Meter download, camera capture, a new photo session: refused at once, nothing asked, nothing audited."""
-    from gateway.meters import SYNC_KIND_SERIAL
+    from gateway.desk import SerialSyncRequest
     from gateway.records import MeterInfo
     from gateway.store.readings import upsert_meter
 
     runtime = retina_runtime
-    queue = runtime.desk.queue(SYNC_KIND_SERIAL)  # a meter source is listening
+    queue = runtime.desk.queue(SerialSyncRequest)  # a meter source is listening
     upsert_meter(runtime.store, MeterInfo(meter_id="serial:TM1", family="scripted", transport="serial", serial="TM1"))
     client = create_app(GatewayServices(runtime), runtime.config).test_client()
     login(client, "ada")  # admin: both desks
@@ -218,8 +218,8 @@ rt = open_runtime(make_config(root / "state", store={"min_free_mb": 0}), clock=S
 add_users(rt)
 service = RetinaService(rt, load=False)
 core = CoreThread(rt)
-for kind in ("retina_target", "retina_capture", "retina_upload"):
-    rt.desk.queue(kind)
+for request_type in RetinaService.serves:
+    rt.desk.queue(request_type)
 core.start(service.run)
 client = create_app(GatewayServices(rt), rt.config).test_client()
 login(client, "tom")

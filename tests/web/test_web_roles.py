@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask.testing import FlaskClient
 from web_harness import csrf_of, login, post_form
 
+from gateway.desk import DeskState, RetinaProgress
 from gateway.runtime import Runtime
 from gateway.store import audit
 
@@ -44,7 +45,7 @@ def test_nurse_cannot_open_a_photo_session(client: FlaskClient, runtime: Runtime
 
 def test_nurse_cannot_poll_a_capture_request(client: FlaskClient, runtime: Runtime) -> None:
     request_id = "c0ffee" * 5 + "00"
-    runtime.progress.put(request_id, kind="retina", state="done", capture_id="cap-1")
+    runtime.progress.put(request_id, RetinaProgress(state=DeskState.DONE))
     login(client, "nina")
     assert client.get(f"/nurse/api/progress/{request_id}").status_code == 404
     assert client.get(f"/nurse/session/{request_id}").status_code == 404

@@ -14,6 +14,7 @@ import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from flask.testing import FlaskClient
 from werkzeug.security import generate_password_hash
 
 from gateway.config import GatewayConfig, parse_config
-from gateway.meters import SYNC_KIND_SERIAL
+from gateway.desk import MeterProgress, SerialSyncRequest
 from gateway.meters.session import DownloadSession
 from gateway.records import Meal, MeterInfo, MeterRecord, Unit
 from gateway.runtime import Runtime
@@ -256,24 +257,26 @@ def scripted_records() -> list[MeterRecord]:
 
 
 async def serve_meter_sync(runtime: Runtime, driver_for: Callable[[str], ScriptedMeter]) -> None:
-    """What a meter source does with ``meter_sync`` desk requests: one DownloadSession each."""
-    queue = runtime.desk.queue(SYNC_KIND_SERIAL)
+    """What the meter source does with serial desk requests: one DownloadSession each, progress on the board."""
+    queue = runtime.desk.queue(SerialSyncRequest)
     while True:
         request = await queue.get()
-        params = request.params
 
-        def progress(p: Any) -> None:
-            runtime.progress.put(p.session_id, kind="meter", meter_id=p.meter_id, done=p.done, total=p.total,
-                                 state=p.state)  # fmt: skip
+        def progress(p: Any, target: str = request.target) -> None:
+            runtime.progress.put(p.session_id, MeterProgress(state=p.state, done=p.done, total=p.total,
+                                                             meter_id=p.meter_id, target=target))  # fmt: skip
 
         session = DownloadSession(
             runtime.store,
             runtime.clock,
-            driver_for(params["target"]),
+            driver_for(request.target),
             tz=ZoneInfo(runtime.config.gateway.timezone),
-            patient_id=params["patient_id"],
+            patient_id=request.patient_id,
             operator=request.operator,
-            session_id=params["session_id"],
+            session_id=request.request_id,
             on_progress=progress,
         )
-        await session.run()
+        result = await session.run()
+        final = runtime.progress.get(request.request_id)
+        assert isinstance(final, MeterProgress)
+        runtime.progress.put(request.request_id, replace(final, added=result.added, duplicates=result.duplicates))

@@ -1,4 +1,6 @@
-"""USB-serial meter drivers, one per protocol family, and the registry the discovery probes.
+"""Meter drivers, one per protocol family: the USB-serial ones and the registry the discovery probes, and the
+Bluetooth LE Glucose Service driver (:mod:`gateway.meters.drivers.gls`, imported only where a BLE meter is
+opened, so that bleak loads only then).
 
 =====================  ===========================================  ==================
 family                 meters                                       codec
@@ -10,7 +12,11 @@ family                 meters                                       codec
 =====================  ===========================================  ==================
 
 ``meter_id`` is ``f"{family}:{serial}"``. None of these meters numbers its records, so records carry
-``sequence=None`` and the store dedupes them on (meter_id, meter_time, value).
+``sequence=None`` and the store dedupes them on (meter_id, meter_time, value). Adding a serial family is a
+driver module and one entry in :data:`FAMILIES` (and its cables in ``discovery.KNOWN_CABLES``).
+
+``gls`` (Bluetooth LE, any meter with the Glucose Service) is found by scanning, not probed on a port, so it
+is not in :data:`FAMILIES`; its records are numbered (``meter_id`` ``gls:<serial>``).
 """
 
 from __future__ import annotations
