@@ -20,9 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.errors import ErrorInfo
-from gateway.records import GlucoseReading, MeterInfo
+from gateway.records import BloodPressureReading, GlucoseReading, MeterInfo
+from gateway.store.blood_pressure import insert_blood_pressure
 from gateway.store.db import Store, iso, new_id
 from gateway.store.readings import AddResult, insert_readings, write_meter
+
+StoredReading = GlucoseReading | BloodPressureReading
+"""What a download stores: glucose readings from a meter, blood pressure readings from a cuff."""
 
 
 class DownloadWriter:
@@ -66,15 +70,21 @@ class DownloadWriter:
                 [info.meter_id, patient_id, self.session_id],
             )
 
-    def add_batch(self, readings: Sequence[GlucoseReading]) -> AddResult:
-        """Store a batch of readings with their outbox messages and the session's counters, in ONE durable
-        transaction. Raises IntakeRefused / DiskFull when the store cannot take them (nothing of the batch is
-        stored then)."""
+    def add_batch(self, readings: Sequence[StoredReading]) -> AddResult:
+        """Store a batch of readings (glucose or blood pressure) with their outbox messages and the session's
+        counters, in ONE durable transaction. Raises IntakeRefused / DiskFull when the store cannot take them
+        (nothing of the batch is stored then)."""
         if not readings:
             return AddResult()
+        glucose = [r for r in readings if isinstance(r, GlucoseReading)]
+        pressure = [r for r in readings if isinstance(r, BloodPressureReading)]
         self.store.check_intake()
         with self.store.transaction(durable=True) as db:
-            result = insert_readings(db, self.store, readings)
+            result = insert_readings(db, self.store, glucose)
+            if pressure:
+                more = insert_blood_pressure(db, self.store, pressure)
+                result.added, result.duplicates = result.added + more.added, result.duplicates + more.duplicates
+                result.reading_ids.extend(more.reading_ids)
             db.execute(
                 "UPDATE sessions SET records_new = ?, records_total = ? WHERE session_id = ?",
                 [self.added + result.added, self.total, self.session_id],

@@ -2,8 +2,8 @@
 
 What the prune removes, all older than ``retention_days`` (by the gateway's ``stored_at``/``created_at``/``at``):
 
-- readings and captures whose outbox messages are **all acked** (a record whose message is pending, sent,
-  parked, or missing stays, whatever its age), each together with its own messages;
+- readings (glucose and blood pressure) and captures whose outbox messages are **all acked** (a record whose
+  message is pending, sent, parked, or missing stays, whatever its age), each together with its own messages;
 - image files, only once no remaining capture uses the hash and no unconfirmed outbox row (an image
   chunk) still reads from it; rows are deleted first and committed, files after, so a crash in between
   leaves at worst an orphan file, never a row pointing at a missing image;
@@ -46,6 +46,7 @@ class PruneResult:
 
     cutoff: str
     readings: int = 0
+    blood_pressure: int = 0
     captures: int = 0
     image_files: int = 0
     image_bytes: int = 0
@@ -69,12 +70,14 @@ def _marks(values: list[Any]) -> str:
 
 
 _READINGS = (
-    # Driven by readings_stored_at from the previous pass's last row; "+o.state": the message is looked up by
-    # its message_id, never by the state index (which would list every acked message ever kept).
-    "SELECT r.id, r.stored_at, o.seq FROM readings r JOIN outbox o ON o.message_id = r.message_id "
+    # Driven by readings_stored_at (blood_pressure_stored_at) from the previous pass's last row; "+o.state": the
+    # message is looked up by its message_id, never by the state index (which would list every acked message).
+    "SELECT r.id, r.stored_at, o.seq FROM {table} r JOIN outbox o ON o.message_id = r.message_id "
     "WHERE r.stored_at < ? AND (r.stored_at, r.id) > (?, ?) AND +o.state = 'acked' "
     "ORDER BY r.stored_at, r.id LIMIT ?"
 )
+READING_TABLES = ("readings", "blood_pressure")
+"""Tables of readings that name their outbox message (``message_id``) and carry ``stored_at``."""
 _CAPTURES = (
     "SELECT c.capture_id, c.sha256, c.image_path, o.seq FROM captures c JOIN outbox o ON o.message_id = c.message_id "
     "WHERE c.capture_id > ? AND c.stored_at < ? AND +o.state = 'acked' "
@@ -90,6 +93,7 @@ _EVENT_MESSAGES = (
 _SESSIONS = (
     "SELECT session_id FROM sessions s WHERE session_id > ? AND ended_at IS NOT NULL AND ended_at < ? "
     "AND NOT EXISTS (SELECT 1 FROM readings r WHERE r.session_id = s.session_id) "
+    "AND NOT EXISTS (SELECT 1 FROM blood_pressure b WHERE b.session_id = s.session_id) "
     "AND session_id NOT IN (SELECT session_id FROM captures WHERE session_id IS NOT NULL) "
     "ORDER BY session_id LIMIT ?"
 )
@@ -141,15 +145,12 @@ class Pruner:
         now = now or store.clock.utc_now()
         self.cutoff = iso(now - timedelta(days=retention_days))
         self.result = PruneResult(cutoff=self.cutoff if by_age else "")
-        self._reading_after: tuple[str, int] = ("", 0)
+        self._reading_after: dict[str, tuple[str, int]] = dict.fromkeys(READING_TABLES, ("", 0))
         self._capture_after = ""
         self._body_after: int | None = 0
         self._session_after = ""
-        self._steps = (
-            [self._readings, self._captures, self._event_messages, self._bodies, self._events, self._sessions]
-            if by_age
-            else [self._bodies]
-        )
+        by_age_steps = [self._readings, self._blood_pressure, self._captures, self._event_messages, self._bodies]
+        self._steps = [*by_age_steps, self._events, self._sessions] if by_age else [self._bodies]
 
     @property
     def done(self) -> bool:
@@ -173,10 +174,10 @@ class Pruner:
         """The run's counts in the log (no patient data)."""
         r = self.result
         _logger.info(
-            "retention: pruned %d readings, %d captures, %d image files (%d bytes), %d outbox messages, "
-            "%d acked bodies, %d events, %d sessions older than %s in %d passes",
-            r.readings, r.captures, r.image_files, r.image_bytes, r.outbox, r.bodies, r.events, r.sessions,
-            r.cutoff or "-", r.passes,
+            "retention: pruned %d readings, %d blood pressure readings, %d captures, %d image files (%d bytes), "
+            "%d outbox messages, %d acked bodies, %d events, %d sessions older than %s in %d passes",
+            r.readings, r.blood_pressure, r.captures, r.image_files, r.image_bytes, r.outbox, r.bodies, r.events,
+            r.sessions, r.cutoff or "-", r.passes,
         )  # fmt: skip
 
     # -- the steps: each does at most one chunk and says whether it may have more ----------------------------
@@ -188,18 +189,28 @@ class Pruner:
             self.result.outbox += len(seqs)
 
     def _readings(self) -> bool:
-        at, after = self._reading_after
-        rows = self.store.query(_READINGS, [self.cutoff, at, after, self.chunk])
+        pruned, more = self._prune_readings("readings")
+        self.result.readings += pruned
+        return more
+
+    def _blood_pressure(self) -> bool:
+        pruned, more = self._prune_readings("blood_pressure")
+        self.result.blood_pressure += pruned
+        return more
+
+    def _prune_readings(self, table: str) -> tuple[int, bool]:
+        """One chunk of ``table`` (one of :data:`READING_TABLES`): how many went, and whether more may follow."""
+        at, after = self._reading_after[table]
+        rows = self.store.query(_READINGS.format(table=table), [self.cutoff, at, after, self.chunk])
         if not rows:
-            return False
+            return 0, False
         ids = [r["id"] for r in rows]
         with self.store.transaction(durable=False) as db:
-            db.execute(f"DELETE FROM readings WHERE id IN ({_marks(ids)})", ids)
+            db.execute(f"DELETE FROM {table} WHERE id IN ({_marks(ids)})", ids)
             self._delete_messages(db, [r["seq"] for r in rows])
-        self.result.readings += len(ids)
         # Old readings whose messages are not acked yet were passed over: the next pass starts after them.
-        self._reading_after = (rows[-1]["stored_at"], rows[-1]["id"])
-        return len(rows) == self.chunk
+        self._reading_after[table] = (rows[-1]["stored_at"], rows[-1]["id"])
+        return len(ids), len(rows) == self.chunk
 
     def _captures(self) -> bool:
         rows = self.store.query(_CAPTURES, [self._capture_after, self.cutoff, self.chunk])

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import jsonschema
 
 from gateway.errors import ContractError
-from gateway.records import Capture, GlucoseReading, Referral
+from gateway.records import BloodPressureReading, Capture, GlucoseReading, PressureUnit, Referral
 
 # Topics, relative to the configured prefix (default cg/v1/{site_id}/{gateway_id}/).
 TOPIC_STATUS = "status"
@@ -27,6 +27,7 @@ TOPIC_IMAGE = "retina/image/{capture_id}"
 TOPIC_EVENTS = "events"
 TOPIC_ACK = "ack"
 TOPIC_REFERRAL = "cmd/referral"
+TOPIC_BLOOD_PRESSURE = "blood-pressure"
 
 SCHEMA_GLUCOSE = "cg.glucose/1"
 SCHEMA_FHIR = "cg.fhir-observation/1"
@@ -35,6 +36,8 @@ SCHEMA_STATUS = "cg.status/1"
 SCHEMA_ACK = "cg.ack/1"
 SCHEMA_REFERRAL = "cg.referral/1"
 SCHEMA_CAPTURE = "cg.capture/1"
+SCHEMA_BLOOD_PRESSURE = "cg.blood-pressure/1"
+SCHEMA_FHIR_BLOOD_PRESSURE = "cg.fhir-blood-pressure/1"
 
 MESSAGE_ID_SYSTEM = "urn:clinic-gateway:message-id"
 READING_ID_SYSTEM = "urn:clinic-gateway:reading-id"
@@ -46,6 +49,21 @@ LOINC_GLUCOSE_BLOOD = "2339-0"  # Glucose [Mass/volume] in Blood
 LOINC_GLUCOSE_CAPILLARY_MASS = "41653-7"  # Glucose [Mass/volume] in Capillary blood by Glucometer
 LOINC_GLUCOSE_CAPILLARY_MOLES = "14743-9"  # Glucose [Moles/volume] in Capillary blood by Glucometer
 UCUM = "http://unitsofmeasure.org"
+
+# Blood pressure as FHIR: the vital-signs blood pressure panel (docs/contract.md).
+LOINC_BP_PANEL = "85354-9"  # Blood pressure panel with all children optional
+LOINC_SYSTOLIC = "8480-6"  # Systolic blood pressure
+LOINC_DIASTOLIC = "8462-4"  # Diastolic blood pressure
+LOINC_MEAN_BP = "8478-0"  # Mean blood pressure
+LOINC_HEART_RATE = "8867-4"  # Heart rate
+VITAL_SIGNS_BP_PROFILE = "http://hl7.org/fhir/StructureDefinition/bp"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+BP_STATUS_EXTENSION = "urn:clinic-gateway:fhir:bp-measurement-status"
+"""What the cuff said about a measurement (irregular pulse, body movement, cuff fit...), one ``valueCode`` each
+(StructureDefinition in ``docs/contract/``)."""
+VALUE_AS_REPORTED_EXTENSION = "urn:clinic-gateway:fhir:value-as-reported"
+"""A component's value as the device reported it (kPa) when the ``valueQuantity`` is converted to mm[Hg]."""
+UCUM_PRESSURE = {PressureUnit.MMHG: "mm[Hg]", PressureUnit.KPA: "kPa"}
 
 PayloadFormat = Literal["json", "fhir"]
 
@@ -259,6 +277,131 @@ def glucose_payload(
             created_at=created_at,
         )
     )
+
+
+def blood_pressure_document(
+    reading: BloodPressureReading,
+    *,
+    reading_id: str,
+    message_id: str,
+    site_id: str,
+    gateway_id: str,
+    created_at: datetime,
+) -> dict[str, Any]:
+    """A blood pressure reading as a ``cg.blood-pressure/1`` document (values as reported and in mmHg)."""
+    doc = _envelope(SCHEMA_BLOOD_PRESSURE, message_id, site_id, gateway_id, created_at)
+    doc.update(
+        reading_id=reading_id,
+        meter_id=reading.meter_id,
+        sequence=reading.sequence,
+        cuff_user=reading.user_id,
+        meter_time=None if reading.meter_time is None else reading.meter_time.isoformat(timespec="seconds"),
+        clock_offset_s=round(reading.clock_offset_s, 3),
+        corrected_time=reading.corrected_time.isoformat(timespec="seconds"),
+        time_trusted=reading.time_trusted,
+        systolic=reading.systolic,
+        diastolic=reading.diastolic,
+        mean_arterial=reading.mean_arterial,
+        unit=str(reading.unit),
+        systolic_mmhg=reading.systolic_mmhg,
+        diastolic_mmhg=reading.diastolic_mmhg,
+        mean_arterial_mmhg=reading.mean_arterial_mmhg,
+        pulse_bpm=reading.pulse_bpm,
+        status=[str(s) for s in reading.status],
+        patient_id=reading.patient_id,
+        session_id=reading.session_id,
+        flags=list(reading.flags),
+    )
+    return doc
+
+
+def _loinc(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": "http://loinc.org", "code": code, "display": display}], "text": display}
+
+
+def _pressure_component(code: str, display: str, value: float, mmhg: float, unit: PressureUnit) -> dict[str, Any]:
+    component: dict[str, Any] = {
+        "code": _loinc(code, display),
+        "valueQuantity": {"value": mmhg, "unit": "mmHg", "system": UCUM, "code": UCUM_PRESSURE[PressureUnit.MMHG]},
+    }
+    if unit is not PressureUnit.MMHG:
+        reported = {"value": value, "unit": str(unit), "system": UCUM, "code": UCUM_PRESSURE[unit]}
+        component["extension"] = [{"url": VALUE_AS_REPORTED_EXTENSION, "valueQuantity": reported}]
+    return component
+
+
+def fhir_blood_pressure(
+    reading: BloodPressureReading, *, reading_id: str, message_id: str, site_id: str, gateway_id: str
+) -> dict[str, Any]:
+    """A blood pressure reading as a FHIR R4 Observation: the vital-signs blood pressure panel (LOINC 85354-9)
+    with systolic, diastolic, mean (when the cuff gave it) and heart rate (when it gave a pulse) components in
+    UCUM mm[Hg] and /min. It claims the vital-signs ``bp`` profile when it has its subject (the patient)."""
+    components = [
+        _pressure_component(LOINC_SYSTOLIC, "Systolic blood pressure", reading.systolic, reading.systolic_mmhg,
+                            reading.unit),
+        _pressure_component(LOINC_DIASTOLIC, "Diastolic blood pressure", reading.diastolic, reading.diastolic_mmhg,
+                            reading.unit),
+    ]  # fmt: skip
+    if reading.mean_arterial is not None and reading.mean_arterial_mmhg is not None:
+        components.append(
+            _pressure_component(LOINC_MEAN_BP, "Mean blood pressure", reading.mean_arterial,
+                                reading.mean_arterial_mmhg, reading.unit)
+        )  # fmt: skip
+    if reading.pulse_bpm is not None:
+        components.append(
+            {
+                "code": _loinc(LOINC_HEART_RATE, "Heart rate"),
+                "valueQuantity": {"value": reading.pulse_bpm, "unit": "beats/minute", "system": UCUM, "code": "/min"},
+            }
+        )
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": reading_id,
+        "identifier": [
+            {"system": MESSAGE_ID_SYSTEM, "value": message_id},
+            {"system": READING_ID_SYSTEM, "value": reading_id},
+        ],
+        "status": "final",
+        "category": [
+            {
+                "coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs", "display": "Vital Signs"}],
+                "text": "Vital Signs",
+            }
+        ],
+        "code": _loinc(LOINC_BP_PANEL, "Blood pressure panel with all children optional"),
+        "effectiveDateTime": reading.corrected_time.isoformat(timespec="seconds"),
+        "device": {"display": reading.meter_id, "identifier": {"value": reading.meter_id}},
+        "extension": [
+            {"url": TIME_TRUSTED_EXTENSION, "valueBoolean": reading.time_trusted},
+            {"url": CLOCK_OFFSET_EXTENSION, "valueDecimal": round(reading.clock_offset_s, 3)},
+            *({"url": BP_STATUS_EXTENSION, "valueCode": str(s)} for s in reading.status),
+        ],
+        "performer": [{"display": f"{site_id}/{gateway_id}"}],
+        "component": components,
+    }
+    if reading.patient_id is not None:
+        obs["meta"] = {"profile": [VITAL_SIGNS_BP_PROFILE]}
+        obs["subject"] = {"identifier": {"system": PATIENT_ID_SYSTEM, "value": reading.patient_id}}
+    if reading.flags:
+        obs["note"] = [{"text": flag} for flag in reading.flags]
+    return obs
+
+
+def blood_pressure_payload(
+    reading: BloodPressureReading,
+    *,
+    reading_id: str,
+    message_id: str,
+    site_id: str,
+    gateway_id: str,
+    created_at: datetime,
+    payload_format: PayloadFormat = "json",
+) -> bytes:
+    """Bytes for the ``blood-pressure`` topic in the configured format."""
+    ids = {"reading_id": reading_id, "message_id": message_id, "site_id": site_id, "gateway_id": gateway_id}
+    if payload_format == "fhir":
+        return dumps(fhir_blood_pressure(reading, **ids))
+    return dumps(blood_pressure_document(reading, created_at=created_at, **ids))
 
 
 def event_payload(

@@ -265,8 +265,8 @@ class GlsDriver:
                     device_id=self.device_id,
                 ) from None
             if item is None:  # link lost
-                for event in self._download.connection_lost():
-                    yield event
+                for held in self._download.connection_lost():
+                    yield held
                 kept = self._yielded
                 raise DeviceDisconnected(
                     f"{self.device_id}: link lost after {kept} records", device_id=self.device_id, records_kept=kept
