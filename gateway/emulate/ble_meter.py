@@ -383,7 +383,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _stats_writer(path: Path) -> Callable[[TransferStats], None]:
+def stats_writer(path: Path) -> Callable[[TransferStats], None]:
+    """A transfer callback appending one JSON line per finished transfer to ``path`` (the benchmark reads it)."""
+
     def write(stats: TransferStats) -> None:
         line = {"records_sent": stats.records_sent, "elapsed_s": stats.elapsed_s}
         with open(path, "a", encoding="utf-8") as out:
@@ -413,7 +415,7 @@ async def run_meter(args: argparse.Namespace) -> None:
         ),
         central_adapter_path=args.central_adapter,
         now=local_now,
-        on_transfer_done=None if args.stats_file is None else _stats_writer(args.stats_file),
+        on_transfer_done=None if args.stats_file is None else stats_writer(args.stats_file),
     )
     async with meter:
         print(f"meter {args.serial} up on {args.adapter} at {meter.address}", flush=True)
