@@ -109,15 +109,9 @@ def insert_blood_pressure(db: Database, store: Store, readings: Sequence[BloodPr
     return result
 
 
-def last_sequence(store: Store, meter_id: str, cuff_user: int | None = None) -> int | None:
-    """Highest record sequence stored for this cuff (for one of its users when ``cuff_user`` is given): the
-    resume cursor of the next download."""
-    if cuff_user is None:
-        value = store.scalar("SELECT max(sequence) FROM blood_pressure WHERE meter_id = ?", [meter_id])
-    else:
-        value = store.scalar(
-            "SELECT max(sequence) FROM blood_pressure WHERE meter_id = ? AND cuff_user = ?", [meter_id, cuff_user]
-        )
+def last_sequence(store: Store, meter_id: str) -> int | None:
+    """Highest record sequence stored for this cuff: the resume cursor of the next download."""
+    value = store.scalar("SELECT max(sequence) FROM blood_pressure WHERE meter_id = ?", [meter_id])
     return None if value is None else int(value)
 
 
@@ -128,12 +122,17 @@ def count_blood_pressure(store: Store, meter_id: str | None = None) -> int:
     return int(store.scalar("SELECT count(*) FROM blood_pressure WHERE meter_id = ?", [meter_id]))
 
 
-def of_sessions(store: Store, session_ids: Sequence[str], *, limit: int = 200) -> list[dict[str, Any]]:
-    """The blood pressure readings desk sessions stored, newest first (a visit's readings: a handful)."""
+def of_sessions(
+    store: Store, session_ids: Sequence[str], *, patient_id: str | None = None, limit: int = 200
+) -> list[dict[str, Any]]:
+    """The blood pressure readings desk sessions stored (only ``patient_id``'s when given: a multi-user cuff's
+    other users are not the patient), newest first; a visit's readings are a handful."""
     if not session_ids:
         return []
     marks = ", ".join("?" * len(session_ids))
-    return store.query(
-        f"SELECT * FROM blood_pressure WHERE session_id IN ({marks}) ORDER BY corrected_time DESC, id DESC LIMIT ?",
-        [*session_ids, limit],
-    )
+    sql = f"SELECT * FROM blood_pressure WHERE session_id IN ({marks})"
+    params: list[Any] = [*session_ids]
+    if patient_id is not None:
+        sql += " AND patient_id = ?"
+        params.append(patient_id)
+    return store.query(sql + " ORDER BY corrected_time DESC, id DESC LIMIT ?", [*params, limit])
