@@ -91,7 +91,7 @@ async def _download(family: str, port: str, state_dir: Path) -> tuple[float, int
         store.close()
     if result.state != "done":
         raise SystemExit(f"{family}: download {result.state}: {result.error}")
-    return elapsed, result.added
+    return elapsed, result.added + result.qc_added  # records stored: readings and control-solution (QC) results
 
 
 def bench_family(family: str, records: int, baud: int) -> dict[str, Any]:

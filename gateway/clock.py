@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -141,3 +141,41 @@ class FakeClock:
 
         self.now += timedelta(seconds=seconds)
         self.mono += seconds
+
+
+# -- the one time convention for people: the clinic's time zone, labelled ------------------------------------------
+def zone_label(moment: datetime) -> str:
+    """The UTC offset of an aware ``moment`` as a short label: ``UTC+8``, ``UTC-3:30``, ``UTC``.
+
+    An offset rather than the zone's abbreviation: "CST" is China, Cuba and the US Central zone at once, and
+    an offset reads the same in every language. ``gateway/web/static/cg.js`` (``CG.time``) writes the same.
+    """
+    offset = moment.utcoffset()
+    minutes = 0 if offset is None else int(offset.total_seconds() // 60)
+    if minutes == 0:
+        return "UTC"
+    sign, minutes = ("+" if minutes > 0 else "-"), abs(minutes)
+    hours, rest = divmod(minutes, 60)
+    return f"UTC{sign}{hours}" + (f":{rest:02d}" if rest else "")
+
+
+def clinic_time(value: str | datetime | None, tz: tzinfo, *, date: bool = True, empty: str = "\u2013") -> str:
+    """A moment as people at the clinic read it, on every page and in every command's output:
+    ``2026-11-23 10:40 UTC+8`` (``date=False``: ``10:40 UTC+8``), in the clinic's time zone
+    (``gateway.timezone``), always labelled.
+
+    ``value`` is a datetime or a stored ISO 8601 text (the store writes them with their offset); a naive one
+    is a wall-clock time already in the clinic's zone (a meter's own time), shown as it is.
+    None or empty gives ``empty``; a text that is not a time is returned unchanged.
+    """
+    if value is None or value == "":
+        return empty
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    else:
+        moment = value
+    local = moment.replace(tzinfo=tz) if moment.tzinfo is None else moment.astimezone(tz)
+    return f"{local.strftime('%Y-%m-%d %H:%M' if date else '%H:%M')} {zone_label(local)}"

@@ -157,6 +157,22 @@ class WebSection(_Section):
     """Secret file (0600) with a bearer token that lets monitoring scripts read ``/api/status`` without a login."""
 
 
+class HealthSection(_Section):
+    """When the status badge, ``/healthz`` and ``/metrics`` call something a problem (:mod:`gateway.health`).
+
+    Free space uses ``store.low_disk_warn_mb`` (amber) and ``store.min_free_mb`` (red) and is not repeated here.
+    """
+
+    broker_down_s: float = Field(default=120.0, gt=0)
+    """The link to the platform's broker may be down this long before it is red (amber until then)."""
+    oldest_unsent_s: float = Field(default=1800.0, gt=0)
+    """A message still unconfirmed by the platform after this long is amber (data is late at the hospital)."""
+    restart_window_s: float = Field(default=3600.0, gt=0)
+    """A component restarted after a failure within this long is amber."""
+    page_stale_s: float = Field(default=60.0, gt=0)
+    """The status page turns red ("no answer from the gateway") when its last good refresh is this old."""
+
+
 class BleSection(_Section):
     """Bluetooth LE glucose meters (Glucose Service) and blood pressure cuffs (Blood Pressure Service)."""
 
@@ -301,6 +317,7 @@ class GatewayConfig(_Section):
     forward: ForwardSection = ForwardSection()
     clock: ClockSection = ClockSection()
     web: WebSection = WebSection()
+    health: HealthSection = HealthSection()
     meters: MetersSection = MetersSection()
     retina: RetinaSection = RetinaSection()
     demo: DemoSection = DemoSection()

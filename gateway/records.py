@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 MGDL_PER_MMOLL = 18.016
 """mg/dL per mmol/L for glucose (molar mass 180.16 g/mol), as DESIGN §2 fixes it."""
@@ -32,6 +33,50 @@ class Meal(StrEnum):
     FASTING = "fasting"
     CASUAL = "casual"
     BEDTIME = "bedtime"
+
+
+class SampleType(StrEnum):
+    """What was measured, as the Bluetooth Glucose Service names it (Glucose Measurement, Type nibble).
+
+    A serial meter records no sample type; its driver names what the meter is labelled for. ``None`` on a
+    record means unknown (``docs/contract.md`` says how each is coded).
+    """
+
+    CAPILLARY_WHOLE_BLOOD = "capillary_whole_blood"
+    CAPILLARY_PLASMA = "capillary_plasma"
+    VENOUS_WHOLE_BLOOD = "venous_whole_blood"
+    VENOUS_PLASMA = "venous_plasma"
+    ARTERIAL_WHOLE_BLOOD = "arterial_whole_blood"
+    ARTERIAL_PLASMA = "arterial_plasma"
+    UNDETERMINED_WHOLE_BLOOD = "undetermined_whole_blood"
+    UNDETERMINED_PLASMA = "undetermined_plasma"
+    INTERSTITIAL_FLUID = "interstitial_fluid"
+    CONTROL_SOLUTION = "control_solution"
+
+
+class Tester(StrEnum):
+    """Who took the sample (Glucose Measurement Context, Tester nibble)."""
+
+    SELF = "self"
+    HEALTH_CARE_PROFESSIONAL = "health_care_professional"
+    LAB_TEST = "lab_test"
+
+
+class Health(StrEnum):
+    """The patient's state of health when the sample was taken (Glucose Measurement Context, Health nibble)."""
+
+    MINOR_HEALTH_ISSUES = "minor_health_issues"
+    MAJOR_HEALTH_ISSUES = "major_health_issues"
+    DURING_MENSES = "during_menses"
+    UNDER_STRESS = "under_stress"
+    NO_HEALTH_ISSUES = "no_health_issues"
+
+
+class QcOutcome(StrEnum):
+    """A control-solution test's verdict, where the meter gives one."""
+
+    PASS = "pass"  # noqa: S105 (a verdict, not a password)
+    FAIL = "fail"
 
 
 class Eye(StrEnum):
@@ -101,13 +146,25 @@ class MeterRecord:
     sample_type: str | None = None
     sample_location: str | None = None
     meal: Meal | None = None
+    tester: Tester | None = None
+    health: Health | None = None
     control_solution: bool = False
+    """A quality-control test with control solution, not the patient's blood: the session stores it as a
+    :class:`ControlResult`, never as a :class:`GlucoseReading`."""
+    control_lot: str | None = None
+    control_outcome: QcOutcome | None = None
     flags: tuple[str, ...] = ()
+
+    @property
+    def is_control(self) -> bool:
+        """A control-solution test, whichever way the meter says so (a flag, or the sample type)."""
+        return self.control_solution or self.sample_type == SampleType.CONTROL_SOLUTION
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GlucoseReading:
-    """A reading ready for the store: the meter's record plus clock correction and patient link."""
+class MeterValue:
+    """A glucose value from a meter's memory, clock-corrected, as the store keeps it: what a patient's
+    :class:`GlucoseReading` and a meter's :class:`ControlResult` have in common."""
 
     meter_id: str
     sequence: int | None
@@ -119,18 +176,42 @@ class GlucoseReading:
     time_trusted: bool
     value: float
     unit: Unit
-    patient_id: str | None = None
     session_id: str | None = None
-    sample_type: str | None = None
-    sample_location: str | None = None
-    meal: Meal | None = None
-    control_solution: bool = False
     flags: tuple[str, ...] = ()
 
     @property
     def mmol_l(self) -> float:
         """The value in canonical mmol/L."""
         return to_mmol_l(self.value, self.unit)
+
+    def shared_fields(self) -> dict[str, Any]:
+        """This value's :class:`MeterValue` fields by name, to build a reading or a QC result from them."""
+        return {f.name: getattr(self, f.name) for f in fields(MeterValue)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlucoseReading(MeterValue):
+    """A reading ready for the store: the meter's record plus clock correction and patient link."""
+
+    patient_id: str | None = None
+    sample_type: str | None = None
+    """A :class:`SampleType` value, ``reserved_<n>`` for a code the GLS specification reserves, or None."""
+    sample_location: str | None = None
+    meal: Meal | None = None
+    tester: Tester | None = None
+    health: Health | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlResult(MeterValue):
+    """A meter's quality-control test with control solution: never a patient's glucose, never linked to one.
+
+    Kept apart from readings (own table, own message ``cg.qc/1``), shown to the nurse as the meter's QC
+    history. ``lot`` and ``outcome`` only where the meter records them.
+    """
+
+    lot: str | None = None
+    outcome: QcOutcome | None = None
 
 
 MMHG_PER_KPA = 7.50062
@@ -267,6 +348,9 @@ class ReferralHold(StrEnum):
 
     PATIENT_MISMATCH = "patient_mismatch"
     """It names a photo taken here of one patient, and the id of another patient."""
+    UNKNOWN_PATIENT = "unknown_patient"
+    """It names a patient this gateway never saw (no reading, photo, desk session or meter link), and no photo
+    taken here: a decision sent to the wrong clinic, or a mistyped id."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

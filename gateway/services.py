@@ -11,6 +11,7 @@ facade imports the store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -35,6 +36,19 @@ from gateway.desk import (
     RetinaUploadRequest,
 )
 from gateway.errors import CaptureError, DeskUnavailable, GatewayError
+from gateway.health import (
+    ComponentFacts,
+    Health,
+    HealthFacts,
+    HealthMonitor,
+    HealthThresholds,
+    Level,
+    LinkFacts,
+    ProblemKind,
+    ReportsLink,
+    ReportsModel,
+    assess,
+)
 from gateway.meters import sync_request_type
 from gateway.records import Eye, Field
 from gateway.runtime import Component, Runtime
@@ -43,6 +57,7 @@ from gateway.store import backup as store_backup
 from gateway.store import blood_pressure as store_bp
 from gateway.store import dead_letters as store_dead_letters
 from gateway.store import logins as store_logins
+from gateway.store import qc as store_qc
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
@@ -59,10 +74,12 @@ __all__ = [
     "ROLES",
     "DeskUnavailable",
     "GatewayServices",
-    "HealthCheck",
+    "Health",
+    "Level",
     "LoginThrottled",
     "OutboxAdmin",
     "OutboxSummary",
+    "ProblemKind",
     "ReadingsPage",
     "Role",
     "UserAdmin",
@@ -81,7 +98,9 @@ __all__ = [
     "DeskUnavailable",
     "DeviceView",
     "GatewayServices",
-    "HealthCheck",
+    "Health",
+    "Level",
+    "ProblemKind",
 ]
 
 
@@ -166,8 +185,34 @@ def _live_device(device_id: str, entry: DeviceEntry, stored: DeviceView | None) 
     )
 
 
+QUEUE_WINDOWS_H = (0.25, 1.0, 3.0, 6.0, 24.0)
+"""The queue chart's windows (hours); the samples are kept for the longest."""
+
+
+def auto_window(samples: list[dict[str, Any]], now: datetime) -> float:
+    """The smallest chart window (of :data:`QUEUE_WINDOWS_H`) that shows all recent activity, so that a
+    backlog is not a sliver at the edge of a mostly empty chart.
+
+    Activity is a sample with messages waiting or parked; the window reaches back to the sample before
+    the oldest such one (the rise is seen) with a tenth to spare. Without activity it covers the samples
+    there are (a gateway started ten minutes ago shows its ten minutes), at most 6 hours.
+    """
+    if not samples:
+        return QUEUE_WINDOWS_H[0]
+    busy = [i for i, s in enumerate(samples) if s["unsent"] or s["parked"]]
+    start = samples[max(0, busy[0] - 1)] if busy else samples[0]
+    needed = (now - datetime.fromisoformat(start["at"])).total_seconds() / 3600 * 1.1
+    if not busy:
+        needed = min(needed, 6.0)
+    return next((h for h in QUEUE_WINDOWS_H if h >= needed), QUEUE_WINDOWS_H[-1])
+
+
 DESK_READINGS_PER_PAGE = 100
 """Readings on one page of a nurse's session (a first download may bring a meter's whole history)."""
+
+
+QC_HISTORY_ROWS = 10
+"""Control-solution results in a meter's QC panel (a meter sees a few a month)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,14 +277,6 @@ class BloodPressureRow:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class HealthCheck:
-    """``/healthz``: ok, and the reasons when not."""
-
-    ok: bool
-    problems: tuple[str, ...]
-
-
 class GatewayServices:
     """Facade over one Runtime (the daemon's, or a store-only one for CLI commands)."""
 
@@ -276,12 +313,13 @@ class GatewayServices:
         clock = self.runtime.clock
         now = clock.utc_now()
         stats = self.outbox.stats()
-        oldest_age = None
-        if stats.oldest_unsent_created_at:
-            oldest_age = max(0.0, (now - datetime.fromisoformat(stats.oldest_unsent_created_at)).total_seconds())
+        oldest_age = self._oldest_unsent_age(stats)
         usage = shutil.disk_usage(self.store.image_dir)
         components = self.runtime.snapshots()
+        health = self._assess(oldest_age, usage.free)
+        link = self._link()
         return {
+            "health": health.as_json(),
             "gateway": {
                 "site_id": cfg.gateway.site_id,
                 "gateway_id": cfg.gateway.gateway_id,
@@ -302,6 +340,8 @@ class GatewayServices:
             "disk": {
                 "free_mb": round(usage.free / 1024 / 1024, 1),
                 "total_mb": round(usage.total / 1024 / 1024, 1),
+                "free_bytes": usage.free,
+                "total_bytes": usage.total,
                 "intake_floor_mb": cfg.store.min_free_mb,
                 "low": usage.free < cfg.store.low_disk_warn_mb * 1024 * 1024,
             },
@@ -311,7 +351,8 @@ class GatewayServices:
             "model": components.get("retina", {}).get("model"),
             "store": {"quarantined_file": self.store.get_kv(QUARANTINE_KEY)},
             "systemd_notify": self.runtime.notifier.snapshot(),
-            "recent_errors": recent_events(self.store, limit=10, min_level="warning"),
+            "recent_errors": _with_link_error(recent_events(self.store, limit=10, min_level="warning"), link),
+            "thresholds": {"page_stale_s": cfg.health.page_stale_s, "broker_down_s": cfg.health.broker_down_s},
         }
 
     def _component_status(self, component: Component, snapshots: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -346,15 +387,57 @@ class GatewayServices:
             ],
         }
 
-    def health(self) -> HealthCheck:
-        """Liveness for monitors: store readable and every component healthy."""
-        problems: list[str] = []
+    def health(self) -> Health:
+        """The one health model's answer (:func:`gateway.health.assess`) for the badge, ``/healthz`` and
+        ``/metrics``: green, amber or red, with the named problems (no patient data)."""
+        oldest_age: float | None = None
+        free: int | None = None
+        with contextlib.suppress(GatewayError):  # the store's own problem is reported by _assess
+            oldest_age = self._oldest_unsent_age(self.outbox.stats())
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(self.store.image_dir).free
+        return self._assess(oldest_age, free)
+
+    def _oldest_unsent_age(self, stats: OutboxStats) -> float | None:
+        if not stats.oldest_unsent_created_at:
+            return None
+        created = datetime.fromisoformat(stats.oldest_unsent_created_at)
+        return max(0.0, (self.runtime.clock.utc_now() - created).total_seconds())
+
+    def _link(self) -> LinkFacts | None:
+        forwarder = self.runtime.component("forwarder")
+        return forwarder.link_status() if isinstance(forwarder, ReportsLink) else None
+
+    def _assess(self, oldest_unsent_age_s: float | None, disk_free_bytes: int | None) -> Health:
+        """Gather the facts the health model looks at and ask it."""
+        store_error: str | None = None
         try:
             self.store.scalar("SELECT 1")
         except GatewayError as exc:
-            problems.append(f"store: {exc}")
-        problems.extend(f"{c.name}: unhealthy" for c in self.runtime.components if not c.healthy())
-        return HealthCheck(ok=not problems, problems=tuple(problems))
+            store_error = type(exc).__name__
+        writable, model_error = True, None
+        now = self.runtime.clock.utc_now()
+        facts: list[ComponentFacts] = []
+        for component in self.runtime.components:
+            if isinstance(component, HealthMonitor):
+                writable = component.writable
+            if isinstance(component, ReportsModel):
+                model_error = component.model_problem() or model_error
+            record = self.runtime.supervision.of(component.name)
+            age = None if record.last_failure_at is None else (now - record.last_failure_at).total_seconds()
+            facts.append(ComponentFacts(component.name, component.healthy(), record.restarts, record.last_failure,
+                                        age))  # fmt: skip
+        snapshot = HealthFacts(
+            store_error=store_error,
+            store_writable=writable,
+            link=self._link(),
+            oldest_unsent_age_s=oldest_unsent_age_s,
+            disk_free_bytes=disk_free_bytes,
+            clock_synchronised=self.runtime.clock.is_synchronised(),
+            components=tuple(facts),
+            model_error=model_error,
+        )
+        return assess(snapshot, HealthThresholds.from_config(self.runtime.config))
 
     def devices(self) -> list[DeviceView]:
         """Devices seen: meters known to the store with the core's live state over them, then live devices the
@@ -446,6 +529,15 @@ class GatewayServices:
         rows = store_readings.readings_of_session(self.store, session_id, limit=per_page, offset=offset)
         return ReadingsPage(rows, counts.total, counts.low, counts.high, page=number, pages=pages, first=offset + 1,
                             last=offset + len(rows))  # fmt: skip
+
+    def session_qc(self, session_id: str) -> list[dict[str, Any]]:
+        """The control-solution (quality-control) results a desk download brought, in meter order: the meter's,
+        never the patient's readings (no patient data in them)."""
+        return store_qc.results_of_session(self.store, session_id)
+
+    def meter_qc_history(self, meter_id: str, *, limit: int = QC_HISTORY_ROWS) -> list[dict[str, Any]]:
+        """A meter's quality-control history, newest first (the nurse's QC panel)."""
+        return store_qc.history(self.store, meter_id, limit=limit)
 
     def bp_target(self) -> BloodPressureTarget:
         """The programme's blood pressure target (readings above it are highlighted at the desk)."""
@@ -550,25 +642,48 @@ class GatewayServices:
             keep_since=self.runtime.clock.utc_now() - timedelta(hours=keep_hours),
         )
 
-    def queue_history(self, hours: float = 6.0) -> dict[str, Any]:
-        """Outbox depth samples of the last ``hours``, the drain rate and the last ack (no patient data).
+    def queue_history(self, hours: float | None = None) -> dict[str, Any]:
+        """Outbox depth samples, the drain rate and the last ack (no patient data).
 
-        The drain rate is acked messages per minute between the two newest samples (None with fewer
-        than two); a retention prune between them would make the difference negative, which reads as 0.
+        ``hours`` picks the chart's window; None picks it from the data (:func:`auto_window`), so that the
+        recent activity fills the chart instead of being a sliver at its edge.
+
+        The drain rate is truthful: 0 while the link to the broker is down, whatever the samples say;
+        otherwise acked messages per minute between the two newest samples (None with fewer than two; a
+        retention prune between them would make the difference negative, which reads as 0). ``drain_state``
+        says which: ``offline``, ``idle`` (nothing to send), ``draining`` or ``measuring``.
         """
         from gateway.store import queue_samples
 
-        samples = queue_samples.samples_since(self.store, self.runtime.clock.utc_now() - timedelta(hours=hours))
+        now = self.runtime.clock.utc_now()
+        kept = queue_samples.samples_since(self.store, now - timedelta(hours=max(QUEUE_WINDOWS_H)))
+        window = auto_window(kept, now) if hours is None else hours
+        since = now - timedelta(hours=window)
+        if window <= max(QUEUE_WINDOWS_H):
+            samples = [s for s in kept if datetime.fromisoformat(s["at"]) >= since]
+        else:  # a longer window than the chart offers (the CLI, a script)
+            samples = queue_samples.samples_since(self.store, since)
         drain = None
         if len(samples) >= 2:
             a, b = samples[-2], samples[-1]
             minutes = (datetime.fromisoformat(b["at"]) - datetime.fromisoformat(a["at"])).total_seconds() / 60
             if minutes > 0:
                 drain = round(max(0, b["acked_total"] - a["acked_total"]) / minutes, 2)
+        link = self._link()
+        unsent = self.outbox.stats().total_unsent
+        if link is not None and not link.online:
+            drain, state = 0.0, "offline"
+        elif unsent == 0:
+            state = "idle"
+        else:
+            state = "measuring" if drain is None else "draining"
         _, last_ack = self.outbox.ack_activity()
         return {
             "samples": [{"at": s["at"], "unsent": s["unsent"], "parked": s["parked"]} for s in samples],
+            "window_hours": window,
+            "windows_hours": list(QUEUE_WINDOWS_H),
             "drain_per_min": drain,
+            "drain_state": state,
             "last_ack_at": last_ack,
         }
 
@@ -726,6 +841,27 @@ class GatewayServices:
                 detail={"decision": row["decision"], "capture_id": row["capture_id"]},
             )
         return True
+
+
+def _with_link_error(events: list[dict[str, Any]], link: LinkFacts | None) -> list[dict[str, Any]]:
+    """Recent warnings and errors with the broker link's last error among them, newest first.
+
+    The link's errors are not events (a flapping link would flood the events topic); the forwarder keeps
+    the last one, and IT must see it with the rest ("Recent errors: none" during an outage was a lie).
+    """
+    if link is None or link.last_error is None or link.last_error_at is None:
+        return events
+    entry = {
+        "id": None,
+        "at": link.last_error_at,
+        "level": "warning" if link.online else "error",
+        "kind": "broker_link",
+        "message": str(link.last_error),
+        "detail": {"state": link.state, "error": link.last_error.type},
+    }
+    merged = [*events, entry]
+    merged.sort(key=lambda e: datetime.fromisoformat(e["at"]), reverse=True)
+    return merged[: max(len(events), 1)]
 
 
 def _eye_field(eye: str, field: str) -> tuple[Eye, Field]:

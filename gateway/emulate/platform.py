@@ -1,11 +1,13 @@
 """The reference receiver: the hospital platform's stand-in for the demo and the tests.
 
-It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``blood-pressure``, ``retina/#``,
-``events``, ``status``), validates each payload against the contract's JSON Schemas (a glucose or blood
-pressure message may be the native document or a FHIR Observation), deduplicates on ``message_id``, stores
-everything in its own SQLite database (:class:`~gateway.emulate.platform_store.PlatformStore`), reassembles
-image chunks and checks their SHA-256, and acknowledges on ``<prefix>ack`` in batches, *only after its own
-durable commit*. It can send a referral decision down to a gateway (``cmd/referral``).
+It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``qc``, ``blood-pressure``, ``retina/#``,
+``events``, ``status``), validates each payload against the contract's JSON Schemas (a glucose message may be
+``cg.glucose/1`` or a FHIR Observation, a meter's quality-control result ``cg.qc/1`` or its FHIR form, kept
+apart from every patient's readings, a blood pressure message ``cg.blood-pressure/1`` or its FHIR panel),
+deduplicates on ``message_id``, stores everything in its own SQLite database
+(:class:`~gateway.emulate.platform_store.PlatformStore`), reassembles image chunks and checks their SHA-256,
+and acknowledges on ``<prefix>ack`` in batches, *only after its own durable commit*. It can send a
+referral decision down to a gateway (``cmd/referral``).
 
 An invalid message is stored in the ``invalid`` table with the reason and acknowledged too (the platform
 has durably kept it; re-sending it would not make it valid). A duplicate is counted and acknowledged again.
@@ -42,8 +44,8 @@ from gateway.wire import chunks, contract
 _logger = logging.getLogger(__name__)
 
 
-UP_TOPICS = ("cg/v1/+/+/glucose", "cg/v1/+/+/blood-pressure", "cg/v1/+/+/retina/#", "cg/v1/+/+/events",
-             "cg/v1/+/+/status")  # fmt: skip
+UP_TOPICS = ("cg/v1/+/+/glucose", "cg/v1/+/+/qc", "cg/v1/+/+/blood-pressure", "cg/v1/+/+/retina/#",
+             "cg/v1/+/+/events", "cg/v1/+/+/status")  # fmt: skip
 ACK_MAX_IDS = 10_000  # cg.ack/1 maxItems
 
 
@@ -157,6 +159,11 @@ class Receiver:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def alive(self) -> bool:
+        """True while started and its worker still runs (the demo says so loudly when it stops)."""
+        return self._client is not None and self._worker is not None and self._worker.is_alive()
+
     # -- paho callbacks (network thread) ---------------------------------------------------------
     def _on_connect(
         self, client: Client, _u: Any, _flags: ConnectFlags, rc: ReasonCode, _props: Properties | None
@@ -259,6 +266,11 @@ class Receiver:
                 contract.validate(contract.SCHEMA_FHIR if fhir else contract.SCHEMA_GLUCOSE, doc)
                 if db.add_message(str(message_id), item.topic, **ids, kind="glucose", payload=item.payload):
                     db.add_reading(str(message_id), doc, "fhir" if fhir else "json")
+            elif relative == contract.TOPIC_QC:
+                fhir = doc.get("resourceType") == "Observation"
+                contract.validate(contract.SCHEMA_FHIR_QC if fhir else contract.SCHEMA_QC, doc)
+                if db.add_message(str(message_id), item.topic, **ids, kind="qc", payload=item.payload):
+                    db.add_qc(str(message_id), doc, "fhir" if fhir else "json")
             elif relative == contract.TOPIC_BLOOD_PRESSURE:
                 fhir = doc.get("resourceType") == "Observation"
                 contract.validate(contract.SCHEMA_FHIR_BLOOD_PRESSURE if fhir else contract.SCHEMA_BLOOD_PRESSURE, doc)
@@ -324,6 +336,13 @@ class Receiver:
     def blood_pressure(self) -> list[dict[str, Any]]:
         """Stored blood pressure readings in arrival order, with their documents parsed."""
         rows = self.store.query("SELECT * FROM blood_pressure ORDER BY id")
+        for row in rows:
+            row["doc"] = json.loads(row["doc"])
+        return rows
+
+    def qc_results(self) -> list[dict[str, Any]]:
+        """Stored quality-control results (the meters', apart from the readings), documents parsed."""
+        rows = self.store.query("SELECT * FROM qc_results ORDER BY id")
         for row in rows:
             row["doc"] = json.loads(row["doc"])
         return rows

@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS readings (
     format TEXT NOT NULL, doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS readings_reading_id ON readings (reading_id);
+CREATE TABLE IF NOT EXISTS qc_results (
+    id INTEGER PRIMARY KEY, message_id TEXT NOT NULL, qc_id TEXT, meter_id TEXT, format TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS blood_pressure (
     id INTEGER PRIMARY KEY, message_id TEXT NOT NULL, reading_id TEXT, meter_id TEXT, format TEXT NOT NULL,
     doc TEXT NOT NULL
@@ -133,6 +137,19 @@ class PlatformStore:
             [message_id, reading_id, meter_id, sequence, fmt, json.dumps(doc)],
         )
 
+    def add_qc(self, message_id: str, doc: Mapping[str, Any], fmt: str) -> None:
+        """Keep a meter's quality-control result apart from every patient's readings."""
+        if fmt == "fhir":
+            ids = {i.get("system"): i.get("value") for i in doc.get("identifier", [])}
+            qc_id = ids.get("urn:clinic-gateway:qc-id")
+            meter_id = ((doc.get("device") or {}).get("identifier") or {}).get("value")
+        else:
+            qc_id, meter_id = doc.get("qc_id"), doc.get("meter_id")
+        self.conn.execute(
+            "INSERT INTO qc_results (message_id, qc_id, meter_id, format, doc) VALUES (?, ?, ?, ?, ?)",
+            [message_id, qc_id, meter_id, fmt, json.dumps(doc)],
+        )
+
     def add_blood_pressure(self, message_id: str, doc: Mapping[str, Any], fmt: str) -> None:
         """Keep a blood pressure reading (native document or FHIR Observation)."""
         if fmt == "fhir":
@@ -214,7 +231,8 @@ class PlatformStore:
     def counts(self) -> dict[str, int]:
         """How many of each thing the platform holds."""
         out: dict[str, int] = {}
-        for table in ("readings", "blood_pressure", "captures", "images", "events", "invalid", "messages"):
+        for table in ("readings", "qc_results", "blood_pressure", "captures", "images", "events", "invalid",
+                      "messages"):  # fmt: skip
             out[table] = int(self.query(f"SELECT count(*) AS n FROM {table}")[0]["n"])
         out["duplicates"] = self.counter("duplicates")
         return out

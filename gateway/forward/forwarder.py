@@ -64,6 +64,7 @@ from gateway.forward.mqtt import (
     broker_answers,
     settings_from_config,
 )
+from gateway.health import LinkFacts
 from gateway.records import OutboxMessage, Referral
 from gateway.runtime import Component, Runtime
 from gateway.store import Store
@@ -147,6 +148,9 @@ class Forwarder:
         self.state = LinkState.STOPPED
         self.last_error: ErrorInfo | None = None
         """The error of the last failed connect or link loss, as data."""
+        self.last_error_at: str | None = None
+        self._down_since_mono: float | None = clock.monotonic()
+        """When the link was last seen leaving ONLINE (at start: not online yet); None while online."""
         self.last_ack_at: str | None = None
         self._last_ack_mono: float | None = None
         self.retry_in_s: float | None = None
@@ -180,6 +184,17 @@ class Forwarder:
             self._acked.popleft()
         return round(sum(n for _, n in self._acked) / RATE_WINDOW_S, 2)
 
+    def link_status(self) -> LinkFacts:
+        """The link's state, how long it has been down, and its last error (the health model's input)."""
+        down_since = self._down_since_mono
+        return LinkFacts(
+            state=str(self.state),
+            online=self.state is LinkState.ONLINE,
+            down_for_s=None if down_since is None else round(max(0.0, self.clock.monotonic() - down_since), 1),
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
+        )
+
     def snapshot(self) -> dict[str, Any]:
         """The link's state for the status page (no patient data)."""
         try:
@@ -194,6 +209,8 @@ class Forwarder:
             "broker": f"{self.config.forward.host}:{self.config.forward.port}",
             "tls": self.config.forward.tls is not None,
             "last_error": None if self.last_error is None else str(self.last_error),
+            "last_error_at": self.last_error_at,
+            "down_for_s": self.link_status().down_for_s,
             "last_ack_at": self.last_ack_at,
             "last_ack_age_s": None
             if self._last_ack_mono is None
@@ -209,6 +226,11 @@ class Forwarder:
     def _set_state(self, state: LinkState, error: BaseException | None = None) -> None:
         if error is not None:
             self.last_error = ErrorInfo.of(error)
+            self.last_error_at = iso(self.clock.utc_now())
+        if state is LinkState.ONLINE:
+            self._down_since_mono = None
+        elif self._down_since_mono is None:
+            self._down_since_mono = self.clock.monotonic()
         if state is not self.state:
             _logger.info("broker link %s -> %s%s", self.state, state, f" ({self.last_error})" if error else "")
             self.state = state

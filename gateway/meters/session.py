@@ -24,7 +24,16 @@ from gateway.config import GatewayConfig
 from gateway.desk import DeskState
 from gateway.errors import DeviceDisconnected, DeviceError, ErrorInfo, GatewayError, ProtocolError
 from gateway.meters import MeterDriver
-from gateway.records import BloodPressureReading, CuffRecord, GlucoseReading, Measures, MeterInfo, MeterRecord
+from gateway.records import (
+    BloodPressureReading,
+    ControlResult,
+    CuffRecord,
+    GlucoseReading,
+    Measures,
+    MeterInfo,
+    MeterRecord,
+    MeterValue,
+)
 from gateway.store import Store
 from gateway.store import blood_pressure as store_bp
 from gateway.store import readings as store_readings
@@ -96,12 +105,15 @@ class SessionResult:
     meter: MeterInfo | None
     received: int
     added: int
+    """New patient readings stored."""
     duplicates: int
     state: DeskState
     """``done``, ``interrupted`` (link lost, what arrived is kept) or ``failed``."""
     error: ErrorInfo | None = None
     """The device, protocol or store error that ended the download early (type and message as data)."""
     clock: ClockCorrection | None = None
+    qc_added: int = 0
+    """New control-solution (quality-control) results stored: the meter's, not the patient's."""
     other_users: int = 0
     """Measurements of other users of a multi-user cuff: stored without a patient."""
 
@@ -178,10 +190,11 @@ class DownloadSession:
     def _to_stored(
         self, record: MeterRecord | CuffRecord, info: MeterInfo, correction: ClockCorrection, patient_id: str | None
     ) -> StoredReading:
-        """The record as the store keeps it (a glucose or a blood pressure reading)."""
+        """The record as the store keeps it: a glucose reading or QC result from a meter, a blood pressure reading
+        from a cuff."""
         if isinstance(record, CuffRecord):
             return self._to_blood_pressure(record, info, correction, patient_id)
-        return self._to_reading(record, info, correction, patient_id)
+        return self._to_glucose(record, info, correction, patient_id)
 
     def _to_blood_pressure(
         self, record: CuffRecord, info: MeterInfo, correction: ClockCorrection, patient_id: str | None
@@ -213,10 +226,12 @@ class DownloadSession:
             flags=tuple(dict.fromkeys((*record.flags, *correction.flags))),
         )
 
-    def _to_reading(
+    def _to_glucose(
         self, record: MeterRecord, info: MeterInfo, correction: ClockCorrection, patient_id: str | None
-    ) -> GlucoseReading:
-        return GlucoseReading(
+    ) -> GlucoseReading | ControlResult:
+        """A meter record as the store keeps it: the patient's reading, or (a control-solution test) the meter's
+        quality-control result, which is never linked to the patient."""
+        value = MeterValue(
             meter_id=info.meter_id,
             sequence=record.sequence,
             meter_time=record.meter_time,
@@ -225,13 +240,19 @@ class DownloadSession:
             time_trusted=correction.trusted,
             value=record.value,
             unit=record.unit,
-            patient_id=patient_id,
             session_id=self.session_id,
+            flags=tuple(dict.fromkeys((*record.flags, *correction.flags))),
+        )
+        if record.is_control:
+            return ControlResult(**value.shared_fields(), lot=record.control_lot, outcome=record.control_outcome)
+        return GlucoseReading(
+            **value.shared_fields(),
+            patient_id=patient_id,
             sample_type=record.sample_type,
             sample_location=record.sample_location,
             meal=record.meal,
-            control_solution=record.control_solution,
-            flags=tuple(dict.fromkeys((*record.flags, *correction.flags))),
+            tester=record.tester,
+            health=record.health,
         )
 
     async def run(self) -> SessionResult:
@@ -281,14 +302,16 @@ class DownloadSession:
                 async for record in records:
                     if since is not None and record.sequence is not None and record.sequence <= since:
                         continue
-                    reading = self._to_stored(record, info, correction, patient_id)
-                    identity = store_readings.reading_identity(reading) if isinstance(reading, GlucoseReading) else None
+                    stored = self._to_stored(record, info, correction, patient_id)
+                    identity = (
+                        None if isinstance(stored, BloodPressureReading) else store_readings.reading_identity(stored)
+                    )
                     if identity is not None and identity == stop_at:
                         _logger.info("download %s: reached the previous download's newest record", self.session_id)
                         break
                     newest = newest or identity
                     received += 1
-                    batch.append(reading)
+                    batch.append(stored)
                     if len(batch) >= self.batch_size:
                         flush()
                     self._progress(info.meter_id, received, total, DeskState.RUNNING)
@@ -326,5 +349,6 @@ class DownloadSession:
             state=state,
             error=error,
             clock=correction,
+            qc_added=writer.qc_added,
             other_users=self.other_users,
         )

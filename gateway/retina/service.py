@@ -149,6 +149,10 @@ class RetinaService:
         self._beat = runtime.clock.monotonic()
         runtime.camera_preview = self  # the pages reach the preview through this typed interface only
 
+    def model_problem(self) -> str | None:
+        """Why the triage model is not loaded (photos then go without triage), or None (the health model)."""
+        return None if self.model is not None else (self.model_error or "not loaded")
+
     # -- component ----------------------------------------------------------------------------------
     def healthy(self) -> bool:
         """The folder loop (or the request loop) has run recently."""

@@ -5,8 +5,9 @@
 - :meth:`DownloadWriter.begin`: one transaction, the session row (state ``running``);
 - :meth:`DownloadWriter.meter`: one transaction, the meter row (first/last seen, model, firmware) and the
   session's meter and patient;
-- :meth:`DownloadWriter.add_batch`: one durable transaction per batch, the readings with their outbox
-  messages *and* the session's counters (new records, announced total);
+- :meth:`DownloadWriter.add_batch`: one durable transaction per batch, the readings (and the meter's
+  control-solution results, into their own table) with their outbox messages *and* the session's counters
+  (new readings, announced total);
 - :meth:`DownloadWriter.finish`: one transaction, the meter's last sync or last error, the resume mark of
   a newest-first meter, and the session's end (state, error, counters).
 
@@ -20,13 +21,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.errors import ErrorInfo
-from gateway.records import BloodPressureReading, GlucoseReading, MeterInfo
+from gateway.records import BloodPressureReading, ControlResult, GlucoseReading, MeterInfo
 from gateway.store.blood_pressure import insert_blood_pressure
 from gateway.store.db import Store, iso, new_id
+from gateway.store.qc import insert_results
 from gateway.store.readings import AddResult, insert_readings, write_meter
 
-StoredReading = GlucoseReading | BloodPressureReading
-"""What a download stores: glucose readings from a meter, blood pressure readings from a cuff."""
+StoredReading = GlucoseReading | ControlResult | BloodPressureReading
+"""What a download stores: glucose readings and control-solution results from a meter, blood pressure readings
+from a cuff."""
 
 
 class DownloadWriter:
@@ -39,6 +42,9 @@ class DownloadWriter:
         self.total: int | None = None
         """Records the meter announced (None while unknown); written with the next batch and at the end."""
         self.added = 0
+        """New patient readings stored (``sessions.records_new``)."""
+        self.qc_added = 0
+        """New control-solution results stored (``qc_results``, never counted as readings)."""
         self.duplicates = 0
 
     @classmethod
@@ -70,17 +76,19 @@ class DownloadWriter:
                 [info.meter_id, patient_id, self.session_id],
             )
 
-    def add_batch(self, readings: Sequence[StoredReading]) -> AddResult:
-        """Store a batch of readings (glucose or blood pressure) with their outbox messages and the session's
-        counters, in ONE durable transaction. Raises IntakeRefused / DiskFull when the store cannot take them
-        (nothing of the batch is stored then)."""
-        if not readings:
+    def add_batch(self, records: Sequence[StoredReading]) -> AddResult:
+        """Store a batch of readings (glucose or blood pressure) and control-solution results with their outbox
+        messages and the session's counters, in ONE durable transaction; the result counts the readings. Raises
+        IntakeRefused / DiskFull when the store cannot take them (nothing of the batch is stored then)."""
+        if not records:
             return AddResult()
-        glucose = [r for r in readings if isinstance(r, GlucoseReading)]
-        pressure = [r for r in readings if isinstance(r, BloodPressureReading)]
+        readings = [r for r in records if isinstance(r, GlucoseReading)]
+        controls = [r for r in records if isinstance(r, ControlResult)]
+        pressure = [r for r in records if isinstance(r, BloodPressureReading)]
         self.store.check_intake()
         with self.store.transaction(durable=True) as db:
-            result = insert_readings(db, self.store, glucose)
+            result = insert_readings(db, self.store, readings)
+            qc = insert_results(db, self.store, controls)
             if pressure:
                 more = insert_blood_pressure(db, self.store, pressure)
                 result.added, result.duplicates = result.added + more.added, result.duplicates + more.duplicates
@@ -91,7 +99,8 @@ class DownloadWriter:
             )
         # Counted only once committed: a refused batch adds nothing.
         self.added += result.added
-        self.duplicates += result.duplicates
+        self.qc_added += qc.added
+        self.duplicates += result.duplicates + qc.duplicates
         return result
 
     def finish(self, state: str, error: ErrorInfo | None = None, *, resume_identity: str | None = None) -> None:

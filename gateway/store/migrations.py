@@ -354,6 +354,74 @@ def _outbox_state_apart(db: Database) -> None:
         db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'outbox'", [high_water[0]])
 
 
+@MIGRATIONS(name="0008_quality_control_results")
+def _quality_control_results(db: Database) -> None:
+    # Issue 16: a meter's control-solution tests are quality control of the meter, never a patient's glucose.
+    # - ``qc_results`` keeps them (no patient column at all); their messages are cg.qc/1 on the ``qc`` topic.
+    # - Rows a download stored in ``readings`` with control_solution = 1 MOVE here: no patient view or statistic
+    #   can then show them, whatever query it runs. Their glucose message:
+    #   * acked: the platform already has it (as a reading: the old contract); the row keeps that message_id and
+    #     sent_as_glucose = 1, so the desk can say so and the prune finds it like any confirmed record;
+    #   * not acked (pending, sent, parked): deleted unsent, so it never reaches the platform as the patient's
+    #     glucose; message_id is left NULL and the store queues the row's cg.qc/1 message when it opens
+    #     (store/qc.py, queue_withheld: the payload needs the site's identity, which a migration has not got).
+    # - ``readings`` gains the coded GLS context that used to travel as flag names (tester, health), and a trigger
+    #   that refuses any control-solution row, so nothing can put one back among the patient's readings.
+    db.executescript(
+        """
+        CREATE TABLE qc_results (
+            id INTEGER PRIMARY KEY,
+            qc_id TEXT NOT NULL UNIQUE,
+            identity TEXT NOT NULL UNIQUE,      -- as readings.identity: (meter_id, sequence) or (meter_id, time, value)
+            meter_id TEXT NOT NULL,
+            sequence INTEGER,
+            meter_time TEXT NOT NULL,
+            clock_offset_s REAL NOT NULL,
+            corrected_time TEXT NOT NULL,
+            time_trusted INTEGER NOT NULL,
+            value REAL NOT NULL,
+            unit TEXT NOT NULL,
+            mmol_l REAL NOT NULL,
+            lot TEXT,
+            outcome TEXT CHECK (outcome IN ('pass', 'fail')),
+            session_id TEXT,
+            flags TEXT NOT NULL DEFAULT '[]',
+            stored_at TEXT NOT NULL,
+            message_id TEXT UNIQUE,             -- NULL only until the store queues its cg.qc/1 message
+            sent_as_glucose INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX qc_results_meter_time ON qc_results (meter_id, corrected_time);
+        CREATE INDEX qc_results_session ON qc_results (session_id);
+        CREATE INDEX qc_results_stored_at ON qc_results (stored_at);
+        CREATE INDEX qc_results_unqueued ON qc_results (id) WHERE message_id IS NULL;
+
+        CREATE TEMP TABLE control_messages AS
+            SELECT o.seq, o.message_id, o.state FROM readings r JOIN outbox o ON o.message_id = r.message_id
+            WHERE r.control_solution != 0;
+        INSERT INTO qc_results (qc_id, identity, meter_id, sequence, meter_time, clock_offset_s, corrected_time,
+                                time_trusted, value, unit, mmol_l, session_id, flags, stored_at, message_id,
+                                sent_as_glucose)
+            SELECT r.reading_id, r.identity, r.meter_id, r.sequence, r.meter_time, r.clock_offset_s,
+                   r.corrected_time, r.time_trusted, r.value, r.unit, r.mmol_l, r.session_id, r.flags, r.stored_at,
+                   CASE WHEN m.state = 'acked' THEN r.message_id END,
+                   CASE WHEN m.state = 'acked' THEN 1 ELSE 0 END
+            FROM readings r LEFT JOIN control_messages m ON m.message_id = r.message_id
+            WHERE r.control_solution != 0 ORDER BY r.id;
+        DELETE FROM outbox_bodies WHERE seq IN (SELECT seq FROM control_messages WHERE state != 'acked');
+        DELETE FROM outbox WHERE seq IN (SELECT seq FROM control_messages WHERE state != 'acked');
+        DELETE FROM readings WHERE control_solution != 0;
+        DROP TABLE control_messages;
+
+        ALTER TABLE readings ADD COLUMN tester TEXT;
+        ALTER TABLE readings ADD COLUMN health TEXT;
+        CREATE TRIGGER readings_never_control_solution BEFORE INSERT ON readings WHEN new.control_solution != 0
+        BEGIN
+            SELECT RAISE(ABORT, 'a control-solution result is quality control: it belongs in qc_results');
+        END;
+        """
+    )
+
+
 @MIGRATIONS(name="0009_blood_pressure")
 def _blood_pressure(db: Database) -> None:
     # Issue 13: blood pressure readings from Bluetooth cuffs, beside the glucose readings. Values as the cuff

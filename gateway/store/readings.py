@@ -9,17 +9,21 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from gateway.records import GlucoseReading, MeterInfo
+from gateway.records import ControlResult, GlucoseReading, MeterInfo
 from gateway.store.db import Store, iso, new_id
 from gateway.store.outbox import enqueue
 from gateway.wire import contract
 
 
-def reading_identity(reading: GlucoseReading) -> str:
-    """DESIGN §2: ``(meter_id, sequence)`` when the meter numbers records, else ``(meter_id, time, value)``."""
-    if reading.sequence is not None:
-        return f"{reading.meter_id}#seq={reading.sequence}"
-    return f"{reading.meter_id}#t={reading.meter_time.isoformat()}#v={reading.value:g}{reading.unit}"
+def reading_identity(record: GlucoseReading | ControlResult) -> str:
+    """DESIGN §2: ``(meter_id, sequence)`` when the meter numbers records, else ``(meter_id, time, value)``.
+
+    The same for a reading and for a control-solution result: both are records of the meter's memory (the
+    resume mark of a newest-first meter may be either).
+    """
+    if record.sequence is not None:
+        return f"{record.meter_id}#seq={record.sequence}"
+    return f"{record.meter_id}#t={record.meter_time.isoformat()}#v={record.value:g}{record.unit}"
 
 
 @dataclass(slots=True)
@@ -54,8 +58,8 @@ def insert_readings(db: Database, store: Store, readings: Sequence[GlucoseReadin
         cur = db.execute(
             "INSERT OR IGNORE INTO readings (reading_id, identity, meter_id, sequence, meter_time, clock_offset_s, "
             "corrected_time, time_trusted, value, unit, mmol_l, patient_id, session_id, sample_type, "
-            "sample_location, meal, control_solution, flags, stored_at, message_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "sample_location, meal, tester, health, flags, stored_at, message_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 reading_id,
                 reading_identity(reading),
@@ -73,7 +77,8 @@ def insert_readings(db: Database, store: Store, readings: Sequence[GlucoseReadin
                 reading.sample_type,
                 reading.sample_location,
                 None if reading.meal is None else str(reading.meal),
-                int(reading.control_solution),
+                None if reading.tester is None else str(reading.tester),
+                None if reading.health is None else str(reading.health),
                 json.dumps(list(reading.flags)),
                 iso(now),
                 message_id,
@@ -132,8 +137,13 @@ def write_meter(db: Database, store: Store, info: MeterInfo) -> None:
 
 
 def last_sequence(store: Store, meter_id: str) -> int | None:
-    """Highest record sequence stored for this meter: the resume cursor for the next download."""
-    value = store.scalar("SELECT max(sequence) FROM readings WHERE meter_id = ?", [meter_id])
+    """Highest record sequence stored for this meter, readings and control-solution results alike: the resume
+    cursor for the next download."""
+    value = store.scalar(
+        "SELECT max(s) FROM (SELECT max(sequence) AS s FROM readings WHERE meter_id = ? "
+        "UNION ALL SELECT max(sequence) FROM qc_results WHERE meter_id = ?)",
+        [meter_id, meter_id],
+    )
     return None if value is None else int(value)
 
 

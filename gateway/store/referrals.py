@@ -2,7 +2,9 @@
 
 A referral is stored once per ``referral_id``: the platform may send the same decision again (QoS 1,
 re-sends), and that adds nothing. Rows carry patient data: only the pages behind a login read them.
-A decision whose patient id disagrees with its photo's patient is held for review (``held_reason``).
+A decision whose patient id disagrees with its photo's patient, or that names a patient this clinic never saw,
+is held for review (``held_reason``). Who acknowledged a decision, and when, comes from the audit trail (the
+acknowledgement's own record: ``seen_by``), so that no column repeats it.
 """
 
 from __future__ import annotations
@@ -26,14 +28,20 @@ def add_referral(store: Store, referral: Referral) -> AddedReferral | None:
 
     A decision that names a photo this gateway took of one patient together with another patient's id is
     stored but held for review (:attr:`ReferralHold.PATIENT_MISMATCH`): it is shown as neither patient's
-    until someone at the desk has checked it with the hospital.
+    until someone at the desk has checked it with the hospital. So is one for a patient this gateway never
+    saw, about no photo taken here (:attr:`ReferralHold.UNKNOWN_PATIENT`): it is not accepted silently.
     """
     with store.transaction(durable=True) as db:
         held: ReferralHold | None = None
-        if referral.capture_id is not None and referral.patient_id is not None:
+        photo_patient: str | None = None
+        photo_known = False
+        if referral.capture_id is not None:
             row = db.execute("SELECT patient_id FROM captures WHERE capture_id = ?", [referral.capture_id]).fetchone()
-            if row is not None and row[0] is not None and row[0] != referral.patient_id:
-                held = ReferralHold.PATIENT_MISMATCH
+            photo_known, photo_patient = row is not None, None if row is None else row[0]
+        if photo_patient is not None and referral.patient_id is not None and photo_patient != referral.patient_id:
+            held = ReferralHold.PATIENT_MISMATCH
+        elif not photo_known and (referral.patient_id is None or not _patient_seen(db, referral.patient_id)):
+            held = ReferralHold.UNKNOWN_PATIENT
         cur = db.execute(
             "INSERT OR IGNORE INTO referrals (referral_id, capture_id, patient_id, decision, note, grader, "
             "decided_at, received_at, held_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -52,6 +60,17 @@ def add_referral(store: Store, referral: Referral) -> AddedReferral | None:
         return AddedReferral(held) if cur.rowcount else None
 
 
+def _patient_seen(db: Any, patient_id: str) -> bool:
+    """Whether this gateway ever had anything of ``patient_id``: a desk session, a photo, a meter link or a
+    reading (the small tables first; referrals are rare, so the readings' scan is affordable)."""
+    query = (
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE patient_id = :p) OR EXISTS (SELECT 1 FROM captures "
+        "WHERE patient_id = :p) OR EXISTS (SELECT 1 FROM meter_patients WHERE patient_id = :p) "
+        "OR EXISTS (SELECT 1 FROM readings WHERE patient_id = :p)"
+    )
+    return bool(db.execute(query, {"p": patient_id}).fetchone()[0])
+
+
 _INBOX_COLUMNS = (
     # A held decision belongs to no patient until checked: its patient_id is NULL here, and the two ids that
     # disagree come as named_patient_id (the decision's) and capture_patient_id (the photo's).
@@ -64,6 +83,24 @@ _INBOX_COLUMNS = (
 capture, and the patient and eye come from the capture row when this gateway took it."""
 
 _SELECT_WITH_CAPTURE = f"SELECT {_INBOX_COLUMNS} FROM referrals r LEFT JOIN captures c ON c.capture_id = r.capture_id "
+
+
+def _with_seen_by(store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with ``seen_by``: who acknowledged each seen one, from the acknowledgement's audit record
+    (written in the transaction that set ``seen_at``). One pass over the audit trail for the whole page."""
+    seen = [r["referral_id"] for r in rows if r["seen_at"] is not None]
+    by: dict[str, str] = {}
+    for start in range(0, len(seen), 500):  # SQLite's bound-parameter limit
+        chunk = seen[start : start + 500]
+        for row in store.query(
+            "SELECT target_id, actor FROM audit WHERE action = 'referral_acknowledged' AND target_kind = 'referral' "
+            f"AND target_id IN ({', '.join('?' * len(chunk))}) ORDER BY id",
+            chunk,
+        ):
+            by[row["target_id"]] = row["actor"]
+    for r in rows:
+        r["seen_by"] = by.get(r["referral_id"])
+    return rows
 
 
 def list_referrals(
@@ -79,12 +116,15 @@ def list_referrals(
     A decision that names only a capture belongs to that capture's patient (when this gateway took it); one
     held for review belongs to no patient.
     """
-    return store.query(
-        _SELECT_WITH_CAPTURE
-        + "WHERE (? IS NULL OR (r.held_reason IS NULL AND COALESCE(r.patient_id, c.patient_id) = ?)) "
-        "AND (? IS NULL OR r.capture_id = ?) "
-        "AND (? = 0 OR r.seen_at IS NULL) ORDER BY r.rowid DESC LIMIT ?",
-        [patient_id, patient_id, capture_id, capture_id, int(unseen_only), limit],
+    return _with_seen_by(
+        store,
+        store.query(
+            _SELECT_WITH_CAPTURE
+            + "WHERE (? IS NULL OR (r.held_reason IS NULL AND COALESCE(r.patient_id, c.patient_id) = ?)) "
+            "AND (? IS NULL OR r.capture_id = ?) "
+            "AND (? = 0 OR r.seen_at IS NULL) ORDER BY r.rowid DESC LIMIT ?",
+            [patient_id, patient_id, capture_id, capture_id, int(unseen_only), limit],
+        ),
     )
 
 
@@ -109,7 +149,7 @@ def get_referral(store: Store, referral_id: str) -> dict[str, Any] | None:
         _SELECT_WITH_CAPTURE + "WHERE r.referral_id = ?",
         [referral_id],
     )
-    return rows[0] if rows else None
+    return _with_seen_by(store, rows)[0] if rows else None
 
 
 def inbox(store: Store, *, recent: int = 100, cap: int = 1000) -> list[dict[str, Any]]:
@@ -118,9 +158,12 @@ def inbox(store: Store, *, recent: int = 100, cap: int = 1000) -> list[dict[str,
     Unseen ones are never pushed off the list by newer seen ones; ``cap`` only bounds the page if
     nobody acknowledges anything for a very long time.
     """
-    return store.query(
-        _SELECT_WITH_CAPTURE
-        + "WHERE r.seen_at IS NULL OR r.rowid IN (SELECT rowid FROM referrals ORDER BY rowid DESC LIMIT ?) "
-        "ORDER BY r.rowid DESC LIMIT ?",
-        [recent, cap],
+    return _with_seen_by(
+        store,
+        store.query(
+            _SELECT_WITH_CAPTURE
+            + "WHERE r.seen_at IS NULL OR r.rowid IN (SELECT rowid FROM referrals ORDER BY rowid DESC LIMIT ?) "
+            "ORDER BY r.rowid DESC LIMIT ?",
+            [recent, cap],
+        ),
     )

@@ -2,8 +2,9 @@
 
 What the prune removes, all older than ``retention_days`` (by the gateway's ``stored_at``/``created_at``/``at``):
 
-- readings (glucose and blood pressure) and captures whose outbox messages are **all acked** (a record whose
-  message is pending, sent, parked, or missing stays, whatever its age), each together with its own messages;
+- readings (glucose and blood pressure), control-solution (QC) results and captures whose outbox messages are
+  **all acked** (a record whose message is pending, sent, parked, or missing stays, whatever its age), each
+  together with its own messages;
 - image files, only once no remaining capture uses the hash and no unconfirmed outbox row (an image
   chunk) still reads from it; rows are deleted first and committed, files after, so a crash in between
   leaves at worst an orphan file, never a row pointing at a missing image;
@@ -46,6 +47,7 @@ class PruneResult:
 
     cutoff: str
     readings: int = 0
+    qc_results: int = 0
     blood_pressure: int = 0
     captures: int = 0
     image_files: int = 0
@@ -76,8 +78,10 @@ _READINGS = (
     "WHERE r.stored_at < ? AND (r.stored_at, r.id) > (?, ?) AND +o.state = 'acked' "
     "ORDER BY r.stored_at, r.id LIMIT ?"
 )
-READING_TABLES = ("readings", "blood_pressure")
-"""Tables of readings that name their outbox message (``message_id``) and carry ``stored_at``."""
+READING_TABLES = ("readings", "qc_results", "blood_pressure")
+"""Tables of records that name their outbox message (``message_id``) and carry ``stored_at``: each is pruned by
+:data:`_READINGS` (a QC result's message names it by record_ref 'qc:<qc_id>' and the row names the message: the
+join is by message_id, as for readings)."""
 _CAPTURES = (
     "SELECT c.capture_id, c.sha256, c.image_path, o.seq FROM captures c JOIN outbox o ON o.message_id = c.message_id "
     "WHERE c.capture_id > ? AND c.stored_at < ? AND +o.state = 'acked' "
@@ -94,6 +98,7 @@ _SESSIONS = (
     "SELECT session_id FROM sessions s WHERE session_id > ? AND ended_at IS NOT NULL AND ended_at < ? "
     "AND NOT EXISTS (SELECT 1 FROM readings r WHERE r.session_id = s.session_id) "
     "AND NOT EXISTS (SELECT 1 FROM blood_pressure b WHERE b.session_id = s.session_id) "
+    "AND NOT EXISTS (SELECT 1 FROM qc_results q WHERE q.session_id = s.session_id) "
     "AND session_id NOT IN (SELECT session_id FROM captures WHERE session_id IS NOT NULL) "
     "ORDER BY session_id LIMIT ?"
 )
@@ -145,12 +150,25 @@ class Pruner:
         now = now or store.clock.utc_now()
         self.cutoff = iso(now - timedelta(days=retention_days))
         self.result = PruneResult(cutoff=self.cutoff if by_age else "")
-        self._reading_after: dict[str, tuple[str, int]] = dict.fromkeys(READING_TABLES, ("", 0))
+        self._after: dict[str, tuple[str, int]] = dict.fromkeys(READING_TABLES, ("", 0))
+        """Per table, the (stored_at, id) the step's next pass starts after."""
         self._capture_after = ""
         self._body_after: int | None = 0
         self._session_after = ""
-        by_age_steps = [self._readings, self._blood_pressure, self._captures, self._event_messages, self._bodies]
-        self._steps = [*by_age_steps, self._events, self._sessions] if by_age else [self._bodies]
+        self._steps = (
+            [
+                self._readings,
+                self._qc_results,
+                self._blood_pressure,
+                self._captures,
+                self._event_messages,
+                self._bodies,
+                self._events,
+                self._sessions,
+            ]
+            if by_age
+            else [self._bodies]
+        )
 
     @property
     def done(self) -> bool:
@@ -174,10 +192,10 @@ class Pruner:
         """The run's counts in the log (no patient data)."""
         r = self.result
         _logger.info(
-            "retention: pruned %d readings, %d blood pressure readings, %d captures, %d image files (%d bytes), "
-            "%d outbox messages, %d acked bodies, %d events, %d sessions older than %s in %d passes",
-            r.readings, r.blood_pressure, r.captures, r.image_files, r.image_bytes, r.outbox, r.bodies, r.events,
-            r.sessions, r.cutoff or "-", r.passes,
+            "retention: pruned %d readings, %d QC results, %d blood pressure readings, %d captures, %d image files "
+            "(%d bytes), %d outbox messages, %d acked bodies, %d events, %d sessions older than %s in %d passes",
+            r.readings, r.qc_results, r.blood_pressure, r.captures, r.image_files, r.image_bytes, r.outbox, r.bodies,
+            r.events, r.sessions, r.cutoff or "-", r.passes,
         )  # fmt: skip
 
     # -- the steps: each does at most one chunk and says whether it may have more ----------------------------
@@ -188,19 +206,11 @@ class Pruner:
             db.execute(f"DELETE FROM outbox_bodies WHERE seq IN ({_marks(seqs)})", seqs)
             self.result.outbox += len(seqs)
 
-    def _readings(self) -> bool:
-        pruned, more = self._prune_readings("readings")
-        self.result.readings += pruned
-        return more
-
-    def _blood_pressure(self) -> bool:
-        pruned, more = self._prune_readings("blood_pressure")
-        self.result.blood_pressure += pruned
-        return more
-
-    def _prune_readings(self, table: str) -> tuple[int, bool]:
-        """One chunk of ``table`` (one of :data:`READING_TABLES`): how many went, and whether more may follow."""
-        at, after = self._reading_after[table]
+    def _records(self, table: str) -> tuple[int, bool]:
+        """One chunk of confirmed old rows of ``table`` (one of :data:`READING_TABLES`) with their messages: how
+        many went, and whether there may be more. Old rows whose messages are not acked yet were passed over: the
+        next pass starts after them."""
+        at, after = self._after[table]
         rows = self.store.query(_READINGS.format(table=table), [self.cutoff, at, after, self.chunk])
         if not rows:
             return 0, False
@@ -208,9 +218,23 @@ class Pruner:
         with self.store.transaction(durable=False) as db:
             db.execute(f"DELETE FROM {table} WHERE id IN ({_marks(ids)})", ids)
             self._delete_messages(db, [r["seq"] for r in rows])
-        # Old readings whose messages are not acked yet were passed over: the next pass starts after them.
-        self._reading_after[table] = (rows[-1]["stored_at"], rows[-1]["id"])
+        self._after[table] = (rows[-1]["stored_at"], rows[-1]["id"])
         return len(ids), len(rows) == self.chunk
+
+    def _readings(self) -> bool:
+        deleted, more = self._records("readings")
+        self.result.readings += deleted
+        return more
+
+    def _qc_results(self) -> bool:
+        deleted, more = self._records("qc_results")
+        self.result.qc_results += deleted
+        return more
+
+    def _blood_pressure(self) -> bool:
+        deleted, more = self._records("blood_pressure")
+        self.result.blood_pressure += deleted
+        return more
 
     def _captures(self) -> bool:
         rows = self.store.query(_CAPTURES, [self._capture_after, self.cutoff, self.chunk])

@@ -22,6 +22,7 @@ from gateway.errors import StoreCannotOpen
 from gateway.store.db import WAL_CHECKPOINT_BYTES, Origin, Store, translate_sqlite_errors
 from gateway.store.events import add_event
 from gateway.store.migrations import MIGRATIONS
+from gateway.store.qc import queue_withheld
 
 _logger = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def open_store(
         min_free_mb=min_free_mb,
         low_disk_warn_mb=low_disk_warn_mb,
     )
+    queue_withheld(store)  # control-solution results migration 0008 took out of the readings, unsent
     if quarantined is not None:
         store.set_kv(QUARANTINE_KEY, str(quarantined), durable=True)
         add_event(

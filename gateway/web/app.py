@@ -95,6 +95,8 @@ def create_app(services: GatewayServices, config: GatewayConfig) -> Flask:
             "state_names": i18n.STATE_NAMES,
             "meal_names": i18n.MEAL_NAMES,
             "storage_full_text": i18n.STORAGE_FULL_TEXT,
+            "clinic_tz": config.gateway.timezone,
+            "cg_texts": {**i18n.texts(i18n.COMMON_TEXTS), "units": i18n.texts(i18n.DURATION_UNITS)},
         }
 
     clinic_tz = ZoneInfo(config.gateway.timezone)

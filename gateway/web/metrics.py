@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.services import GatewayServices
+from gateway.services import GatewayServices, Health, ProblemKind
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OUTBOX_STATES = ("pending", "sent", "acked", "parked")
@@ -29,11 +29,13 @@ def _broker_connected(broker: dict[str, Any]) -> float:
 class GatewayCollector(Collector):
     """Gauges from one ``services.status()`` call per scrape."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], dict[str, Any]], health: Callable[[], Health]) -> None:
         self._status = status
+        self._health = health
 
     def collect(self) -> Iterator[Metric]:
         status = self._status()
+        yield from _health_metrics(self._health())
         outbox = GaugeMetricFamily("cg_outbox_messages", "Outbox messages by kind and state", labels=["kind", "state"])
         for kind, by_state in sorted(status["outbox"]["by_kind"].items()):
             for state in OUTBOX_STATES:
@@ -75,8 +77,31 @@ class GatewayCollector(Collector):
         yield info
 
 
+def _health_metrics(health: Health) -> Iterator[Metric]:
+    """The health model's answer: its level, and every problem kind as 0/1 (an alert rule per kind)."""
+    yield GaugeMetricFamily(
+        "cg_health_level", "The status badge: 0 green, 1 amber, 2 red (/healthz answers 503)", value=health.level.rank
+    )
+    problems = GaugeMetricFamily(
+        "cg_health_problem",
+        "1 while the health model names this problem (subject: the component, for component problems)",
+        labels=["problem", "level", "subject"],
+    )
+    named = {p.kind for p in health.problems}
+    for p in health.problems:
+        problems.add_metric([str(p.kind), str(p.level), p.subject or ""], 1.0)
+    for kind in ProblemKind:  # the absent ones as 0, so that a rule sees the problem end
+        if kind not in named:
+            problems.add_metric([str(kind), "", ""], 0.0)
+    yield problems
+    down = next((p.value for p in health.problems if p.kind is ProblemKind.BROKER_DOWN), None)
+    yield GaugeMetricFamily(
+        "cg_broker_down_seconds", "How long the link to the broker has been down (0 while up)", value=float(down or 0)
+    )
+
+
 def metrics_text(services: GatewayServices) -> bytes:
     """One scrape's worth of metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(services.status))
+    registry.register(GatewayCollector(services.status, services.health))
     return generate_latest(registry)

@@ -108,6 +108,10 @@ def session(session_id: str) -> ResponseReturnValue:
     readings = page.rows if page else []
     for row in readings:
         row["band"] = glucose_band(row["mmol_l"])
+    # Control-solution tests check the meter, not the patient: listed apart, never banded or counted as readings.
+    qc_here = services().session_qc(session_id) if finished else []
+    meter_id = desk_session.meter_id
+    qc_history = services().meter_qc_history(meter_id) if finished and meter_id else []
     return render_template(
         "nurse_session.html",
         session_id=session_id,
@@ -118,6 +122,8 @@ def session(session_id: str) -> ResponseReturnValue:
         page=page,
         hypo=HYPO_MMOL_L,
         hyper=HYPER_MMOL_L,
+        qc_here={row["qc_id"] for row in qc_here},
+        qc_history=qc_history,
     )
 
 

@@ -17,11 +17,15 @@ from typing import Any, Literal
 import jsonschema
 
 from gateway.errors import ContractError
-from gateway.records import BloodPressureReading, Capture, GlucoseReading, PressureUnit, Referral
+from gateway.records import BloodPressureReading, Capture, ControlResult, GlucoseReading, MeterValue, Referral
+from gateway.wire import fhir
+from gateway.wire.fhir import MESSAGE_ID_SYSTEM
 
 # Topics, relative to the configured prefix (default cg/v1/{site_id}/{gateway_id}/).
 TOPIC_STATUS = "status"
 TOPIC_GLUCOSE = "glucose"
+TOPIC_QC = "qc"
+"""A meter's quality-control (control-solution) results: never on the patients' ``glucose`` topic."""
 TOPIC_CAPTURE = "retina/capture"
 TOPIC_IMAGE = "retina/image/{capture_id}"
 TOPIC_EVENTS = "events"
@@ -36,34 +40,10 @@ SCHEMA_STATUS = "cg.status/1"
 SCHEMA_ACK = "cg.ack/1"
 SCHEMA_REFERRAL = "cg.referral/1"
 SCHEMA_CAPTURE = "cg.capture/1"
+SCHEMA_QC = "cg.qc/1"
+SCHEMA_FHIR_QC = "cg.fhir-qc-observation/1"
 SCHEMA_BLOOD_PRESSURE = "cg.blood-pressure/1"
 SCHEMA_FHIR_BLOOD_PRESSURE = "cg.fhir-blood-pressure/1"
-
-MESSAGE_ID_SYSTEM = "urn:clinic-gateway:message-id"
-READING_ID_SYSTEM = "urn:clinic-gateway:reading-id"
-PATIENT_ID_SYSTEM = "urn:clinic-gateway:patient-id"
-TIME_TRUSTED_EXTENSION = "urn:clinic-gateway:fhir:time-trusted"
-CLOCK_OFFSET_EXTENSION = "urn:clinic-gateway:fhir:meter-clock-offset-s"
-
-LOINC_GLUCOSE_BLOOD = "2339-0"  # Glucose [Mass/volume] in Blood
-LOINC_GLUCOSE_CAPILLARY_MASS = "41653-7"  # Glucose [Mass/volume] in Capillary blood by Glucometer
-LOINC_GLUCOSE_CAPILLARY_MOLES = "14743-9"  # Glucose [Moles/volume] in Capillary blood by Glucometer
-UCUM = "http://unitsofmeasure.org"
-
-# Blood pressure as FHIR: the vital-signs blood pressure panel (docs/contract.md).
-LOINC_BP_PANEL = "85354-9"  # Blood pressure panel with all children optional
-LOINC_SYSTOLIC = "8480-6"  # Systolic blood pressure
-LOINC_DIASTOLIC = "8462-4"  # Diastolic blood pressure
-LOINC_MEAN_BP = "8478-0"  # Mean blood pressure
-LOINC_HEART_RATE = "8867-4"  # Heart rate
-VITAL_SIGNS_BP_PROFILE = "http://hl7.org/fhir/StructureDefinition/bp"
-OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-BP_STATUS_EXTENSION = "urn:clinic-gateway:fhir:bp-measurement-status"
-"""What the cuff said about a measurement (irregular pulse, body movement, cuff fit...), one ``valueCode`` each
-(StructureDefinition in ``docs/contract/``)."""
-VALUE_AS_REPORTED_EXTENSION = "urn:clinic-gateway:fhir:value-as-reported"
-"""A component's value as the device reported it (kPa) when the ``valueQuantity`` is converted to mm[Hg]."""
-UCUM_PRESSURE = {PressureUnit.MMHG: "mm[Hg]", PressureUnit.KPA: "kPa"}
 
 PayloadFormat = Literal["json", "fhir"]
 
@@ -164,6 +144,23 @@ def _envelope(schema_id: str, message_id: str, site_id: str, gateway_id: str, cr
     }
 
 
+def _meter_value(value: MeterValue) -> dict[str, Any]:
+    """The fields a reading and a QC result share: the meter's record, its times and its value."""
+    return {
+        "meter_id": value.meter_id,
+        "sequence": value.sequence,
+        "meter_time": value.meter_time.isoformat(timespec="seconds"),
+        "clock_offset_s": round(value.clock_offset_s, 3),
+        "corrected_time": value.corrected_time.isoformat(timespec="seconds"),
+        "time_trusted": value.time_trusted,
+        "value": value.value,
+        "unit": str(value.unit),
+        "mmol_l": value.mmol_l,
+        "session_id": value.session_id,
+        "flags": list(value.flags),
+    }
+
+
 def glucose_document(
     reading: GlucoseReading,
     *,
@@ -177,22 +174,16 @@ def glucose_document(
     doc = _envelope(SCHEMA_GLUCOSE, message_id, site_id, gateway_id, created_at)
     doc.update(
         reading_id=reading_id,
-        meter_id=reading.meter_id,
-        sequence=reading.sequence,
-        meter_time=reading.meter_time.isoformat(timespec="seconds"),
-        clock_offset_s=round(reading.clock_offset_s, 3),
-        corrected_time=reading.corrected_time.isoformat(timespec="seconds"),
-        time_trusted=reading.time_trusted,
-        value=reading.value,
-        unit=str(reading.unit),
-        mmol_l=reading.mmol_l,
+        **_meter_value(reading),
         patient_id=reading.patient_id,
-        session_id=reading.session_id,
         sample_type=reading.sample_type,
         sample_location=reading.sample_location,
         meal=None if reading.meal is None else str(reading.meal),
-        control_solution=reading.control_solution,
-        flags=list(reading.flags),
+        tester=None if reading.tester is None else str(reading.tester),
+        health=None if reading.health is None else str(reading.health),
+        # a control-solution result is a cg.qc/1 message, never a reading: the field stays for consumers of
+        # the first version of this schema, and is always false
+        control_solution=False,
     )
     return doc
 
@@ -200,54 +191,11 @@ def glucose_document(
 def fhir_observation(
     reading: GlucoseReading, *, reading_id: str, message_id: str, site_id: str, gateway_id: str
 ) -> dict[str, Any]:
-    """A reading as a FHIR R4 Observation (capillary blood glucose by glucometer)."""
-    moles = str(reading.unit) == "mmol/L"
-    loinc = LOINC_GLUCOSE_CAPILLARY_MOLES if moles else LOINC_GLUCOSE_CAPILLARY_MASS
-    display = (
-        "Glucose [Moles/volume] in Capillary blood by Glucometer"
-        if moles
-        else "Glucose [Mass/volume] in Capillary blood by Glucometer"
+    """A reading as a FHIR R4 Observation, coded from its sample type, unit and context
+    (:func:`gateway.wire.fhir.glucose_observation`)."""
+    return fhir.glucose_observation(
+        reading, reading_id=reading_id, message_id=message_id, site_id=site_id, gateway_id=gateway_id
     )
-    obs: dict[str, Any] = {
-        "resourceType": "Observation",
-        "id": reading_id,
-        "identifier": [
-            {"system": MESSAGE_ID_SYSTEM, "value": message_id},
-            {"system": READING_ID_SYSTEM, "value": reading_id},
-        ],
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "laboratory",
-                        "display": "Laboratory",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc, "display": display}]},
-        "effectiveDateTime": reading.corrected_time.isoformat(timespec="seconds"),
-        "valueQuantity": {"value": reading.value, "unit": str(reading.unit), "system": UCUM, "code": str(reading.unit)},
-        "device": {"display": reading.meter_id, "identifier": {"value": reading.meter_id}},
-        "extension": [
-            {"url": TIME_TRUSTED_EXTENSION, "valueBoolean": reading.time_trusted},
-            {"url": CLOCK_OFFSET_EXTENSION, "valueDecimal": round(reading.clock_offset_s, 3)},
-        ],
-        "performer": [{"display": f"{site_id}/{gateway_id}"}],
-    }
-    if reading.patient_id is not None:
-        obs["subject"] = {"identifier": {"system": PATIENT_ID_SYSTEM, "value": reading.patient_id}}
-    notes = []
-    if reading.meal is not None:
-        notes.append(f"meal: {reading.meal}")
-    if reading.control_solution:
-        notes.append("control solution")
-    notes.extend(reading.flags)
-    if notes:
-        obs["note"] = [{"text": n} for n in notes]
-    return obs
 
 
 def glucose_payload(
@@ -275,6 +223,48 @@ def glucose_payload(
             site_id=site_id,
             gateway_id=gateway_id,
             created_at=created_at,
+        )
+    )
+
+
+def qc_document(
+    result: ControlResult,
+    *,
+    qc_id: str,
+    message_id: str,
+    site_id: str,
+    gateway_id: str,
+    created_at: datetime,
+) -> dict[str, Any]:
+    """A meter's control-solution test as a ``cg.qc/1`` document: the meter, no patient."""
+    doc = _envelope(SCHEMA_QC, message_id, site_id, gateway_id, created_at)
+    doc.update(
+        qc_id=qc_id,
+        **_meter_value(result),
+        lot=result.lot,
+        outcome=None if result.outcome is None else str(result.outcome),
+    )
+    return doc
+
+
+def qc_payload(
+    result: ControlResult,
+    *,
+    qc_id: str,
+    message_id: str,
+    site_id: str,
+    gateway_id: str,
+    created_at: datetime,
+    payload_format: PayloadFormat = "json",
+) -> bytes:
+    """Bytes for the ``qc`` topic in the configured format (the FHIR form's subject is the meter)."""
+    if payload_format == "fhir":
+        return dumps(
+            fhir.qc_observation(result, qc_id=qc_id, message_id=message_id, site_id=site_id, gateway_id=gateway_id)
+        )
+    return dumps(
+        qc_document(
+            result, qc_id=qc_id, message_id=message_id, site_id=site_id, gateway_id=gateway_id, created_at=created_at
         )
     )
 
@@ -315,78 +305,6 @@ def blood_pressure_document(
     return doc
 
 
-def _loinc(code: str, display: str) -> dict[str, Any]:
-    return {"coding": [{"system": "http://loinc.org", "code": code, "display": display}], "text": display}
-
-
-def _pressure_component(code: str, display: str, value: float, mmhg: float, unit: PressureUnit) -> dict[str, Any]:
-    component: dict[str, Any] = {
-        "code": _loinc(code, display),
-        "valueQuantity": {"value": mmhg, "unit": "mmHg", "system": UCUM, "code": UCUM_PRESSURE[PressureUnit.MMHG]},
-    }
-    if unit is not PressureUnit.MMHG:
-        reported = {"value": value, "unit": str(unit), "system": UCUM, "code": UCUM_PRESSURE[unit]}
-        component["extension"] = [{"url": VALUE_AS_REPORTED_EXTENSION, "valueQuantity": reported}]
-    return component
-
-
-def fhir_blood_pressure(
-    reading: BloodPressureReading, *, reading_id: str, message_id: str, site_id: str, gateway_id: str
-) -> dict[str, Any]:
-    """A blood pressure reading as a FHIR R4 Observation: the vital-signs blood pressure panel (LOINC 85354-9)
-    with systolic, diastolic, mean (when the cuff gave it) and heart rate (when it gave a pulse) components in
-    UCUM mm[Hg] and /min. It claims the vital-signs ``bp`` profile when it has its subject (the patient)."""
-    components = [
-        _pressure_component(LOINC_SYSTOLIC, "Systolic blood pressure", reading.systolic, reading.systolic_mmhg,
-                            reading.unit),
-        _pressure_component(LOINC_DIASTOLIC, "Diastolic blood pressure", reading.diastolic, reading.diastolic_mmhg,
-                            reading.unit),
-    ]  # fmt: skip
-    if reading.mean_arterial is not None and reading.mean_arterial_mmhg is not None:
-        components.append(
-            _pressure_component(LOINC_MEAN_BP, "Mean blood pressure", reading.mean_arterial,
-                                reading.mean_arterial_mmhg, reading.unit)
-        )  # fmt: skip
-    if reading.pulse_bpm is not None:
-        components.append(
-            {
-                "code": _loinc(LOINC_HEART_RATE, "Heart rate"),
-                "valueQuantity": {"value": reading.pulse_bpm, "unit": "beats/minute", "system": UCUM, "code": "/min"},
-            }
-        )
-    obs: dict[str, Any] = {
-        "resourceType": "Observation",
-        "id": reading_id,
-        "identifier": [
-            {"system": MESSAGE_ID_SYSTEM, "value": message_id},
-            {"system": READING_ID_SYSTEM, "value": reading_id},
-        ],
-        "status": "final",
-        "category": [
-            {
-                "coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs", "display": "Vital Signs"}],
-                "text": "Vital Signs",
-            }
-        ],
-        "code": _loinc(LOINC_BP_PANEL, "Blood pressure panel with all children optional"),
-        "effectiveDateTime": reading.corrected_time.isoformat(timespec="seconds"),
-        "device": {"display": reading.meter_id, "identifier": {"value": reading.meter_id}},
-        "extension": [
-            {"url": TIME_TRUSTED_EXTENSION, "valueBoolean": reading.time_trusted},
-            {"url": CLOCK_OFFSET_EXTENSION, "valueDecimal": round(reading.clock_offset_s, 3)},
-            *({"url": BP_STATUS_EXTENSION, "valueCode": str(s)} for s in reading.status),
-        ],
-        "performer": [{"display": f"{site_id}/{gateway_id}"}],
-        "component": components,
-    }
-    if reading.patient_id is not None:
-        obs["meta"] = {"profile": [VITAL_SIGNS_BP_PROFILE]}
-        obs["subject"] = {"identifier": {"system": PATIENT_ID_SYSTEM, "value": reading.patient_id}}
-    if reading.flags:
-        obs["note"] = [{"text": flag} for flag in reading.flags]
-    return obs
-
-
 def blood_pressure_payload(
     reading: BloodPressureReading,
     *,
@@ -397,10 +315,11 @@ def blood_pressure_payload(
     created_at: datetime,
     payload_format: PayloadFormat = "json",
 ) -> bytes:
-    """Bytes for the ``blood-pressure`` topic in the configured format."""
+    """Bytes for the ``blood-pressure`` topic in the configured format (FHIR: the vital-signs blood pressure
+    panel, :func:`gateway.wire.fhir.blood_pressure_observation`)."""
     ids = {"reading_id": reading_id, "message_id": message_id, "site_id": site_id, "gateway_id": gateway_id}
     if payload_format == "fhir":
-        return dumps(fhir_blood_pressure(reading, **ids))
+        return dumps(fhir.blood_pressure_observation(reading, **ids))
     return dumps(blood_pressure_document(reading, created_at=created_at, **ids))
 
 

@@ -18,7 +18,7 @@ from gateway.records import CuffStatus, PressureUnit
 from gateway.store import open_store
 from gateway.store.blood_pressure import add_blood_pressure
 from gateway.store.db import Origin
-from gateway.wire import contract
+from gateway.wire import contract, fhir
 
 REPO = Path(__file__).resolve().parents[2]
 LOINC, UCUM = "http://loinc.org", "http://unitsofmeasure.org"
@@ -80,7 +80,7 @@ def test_fhir_form_is_the_vital_signs_bp_panel(tmp_path: Path) -> None:
     assert [float(parts[c].valueQuantity.value) for c in ("8480-6", "8462-4", "8478-0")] == [128.0, 84.0, 99.0]
     heart_rate = parts["8867-4"].valueQuantity
     assert (float(heart_rate.value), heart_rate.system, heart_rate.code) == (71.0, UCUM, "/min")
-    status = [e.valueCode for e in first.extension if e.url == contract.BP_STATUS_EXTENSION]
+    status = [e.valueCode for e in first.extension if e.url == fhir.BP_STATUS_EXTENSION]
     assert status == ["irregular_pulse", "body_movement", "cuff_too_loose"]
 
     # kPa: converted to mm[Hg] (1 kPa = 7.50062 mmHg), the value as reported kept in an extension
@@ -88,7 +88,7 @@ def test_fhir_form_is_the_vital_signs_bp_panel(tmp_path: Path) -> None:
     assert "8867-4" not in parts  # no pulse rate: no heart rate component
     assert [float(parts[c].valueQuantity.value) for c in ("8480-6", "8462-4", "8478-0")] == [120.0, 80.3, 93.8]
     reported = parts["8480-6"].extension[0]
-    assert reported.url == contract.VALUE_AS_REPORTED_EXTENSION
+    assert reported.url == fhir.VALUE_AS_REPORTED_EXTENSION
     assert (float(reported.valueQuantity.value), reported.valueQuantity.code) == (16.0, "kPa")
 
     # no patient: no subject, so the profile (which requires one) is not claimed; no mean: no 8478-0
@@ -113,8 +113,8 @@ def test_extensions_are_defined_in_the_published_contract() -> None:
         assert definition.type == "Extension" and definition.fhirVersion == "4.0.1"
         urls[name] = definition.url
     assert urls == {
-        "bp-measurement-status": contract.BP_STATUS_EXTENSION,
-        "value-as-reported": contract.VALUE_AS_REPORTED_EXTENSION,
+        "bp-measurement-status": fhir.BP_STATUS_EXTENSION,
+        "value-as-reported": fhir.VALUE_AS_REPORTED_EXTENSION,
     }
     codes = REPO / "docs" / "contract" / "StructureDefinition-bp-measurement-status.json"
     described = json.loads(codes.read_text(encoding="utf-8"))["description"]

@@ -52,7 +52,7 @@ def test_fhir_payloads_parse_as_fhir_observations(tmp_path) -> None:
         obs = observation_r4b.Observation.model_validate_json(row["payload"])
         assert obs.status == "final"
         assert obs.code.coding[0].system == "http://loinc.org"
-        assert obs.code.coding[0].code in {"14743-9", "41653-7", "2339-0"}
+        assert obs.code.coding[0].code in {"2339-0", "15074-8"}  # no sample type: "Blood" (docs/contract.md)
         assert obs.valueQuantity.system == "http://unitsofmeasure.org"
         assert obs.valueQuantity.code in {"mg/dL", "mmol/L"}
 

@@ -15,6 +15,7 @@ from gateway.records import Referral
 from gateway.store import referrals
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings
+from gateway.store.sessions import start_session
 from gateway.wire import contract
 
 
@@ -25,6 +26,7 @@ def _status(receiver) -> dict | None:
 
 def test_referral_is_validated_stored_once_and_listed(tmp_path, broker, receiver_factory) -> None:
     store = make_store(tmp_path / "gw", SystemClock("assume_synced"))
+    start_session(store, "retina", patient_id="P-0042", operator="tom")  # a patient this clinic has seen
     receiver = receiver_factory(broker)
     referral = Referral(
         referral_id="ref-1", decision="refer_urgent", capture_id="c" * 32, patient_id="P-0042",

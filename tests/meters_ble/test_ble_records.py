@@ -8,7 +8,8 @@ from decimal import Decimal
 from gateway.meters.codec import gls
 from gateway.meters.codec.ieee11073 import Special
 from gateway.meters.drivers.gls import to_meter_record
-from gateway.records import Meal, Unit
+from gateway.records import Health, Meal, Unit
+from gateway.records import Tester as ContextTester  # (not a pytest class)
 
 
 def _measurement(**kw: object) -> gls.GlucoseMeasurement:
@@ -37,9 +38,10 @@ def test_mg_dl_with_time_offset_status_and_context() -> None:
     assert record.meter_time == datetime(2026, 3, 1, 8, 30)  # base time + offset: the user facing time
     assert record.meal is Meal.AFTER_MEAL
     assert record.sample_type == "capillary_plasma" and record.sample_location == "finger"
+    # tester and health are typed context (coded in the contract), not flag names
+    assert (record.tester, record.health) == (ContextTester.SELF, Health.UNDER_STRESS)
     assert record.flags == (
-        "sensor_battery_low", "sensor_result_too_high", "time_offset_applied",
-        "tester_self", "health_under_stress", "medication_long_acting_insulin",
+        "sensor_battery_low", "sensor_result_too_high", "time_offset_applied", "medication_long_acting_insulin",
     )  # fmt: skip
     assert not record.control_solution
 

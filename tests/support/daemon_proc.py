@@ -22,8 +22,18 @@ REPO = Path(__file__).resolve().parents[2]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def write_config(path: Path, state: Path, *, web: bool, web_port: int = 0, extra: str = "") -> Path:
-    """A daemon config: no broker reachable (a closed port), no meters, pages on or off."""
+def write_config(
+    path: Path,
+    state: Path,
+    *,
+    web: bool,
+    web_port: int = 0,
+    extra: str = "",
+    broker_port: int | None = None,
+    payload_format: str = "json",
+) -> Path:
+    """A daemon config: no broker reachable (a closed port) unless ``broker_port``, no meters unless ``extra``
+    adds them, pages on or off."""
     path.write_text(
         f"""
 [gateway]
@@ -36,7 +46,8 @@ sync_check = "assume_synced"
 
 [forward]
 host = "127.0.0.1"
-port = {free_port()}
+port = {broker_port or free_port()}
+payload_format = "{payload_format}"
 
 [web]
 enabled = {"true" if web else "false"}

@@ -6,10 +6,13 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from gateway.clock import FakeClock
+from gateway.emulate.serial_meter import SerialMeterEmulator
 from gateway.meters.discovery import ALL_FAMILIES, identify
 from gateway.meters.drivers import Timeouts
 from gateway.meters.session import DownloadSession, SessionResult
 from gateway.store import Store
+from gateway.store import qc as store_qc
+from gateway.store import readings as store_readings
 
 TZ = ZoneInfo("Asia/Shanghai")
 FAST = Timeouts(response_s=0.25, retries=3, probe_s=0.25)
@@ -38,6 +41,16 @@ async def download(
         set_meter_clock=set_meter_clock,
     )
     return await session.run()
+
+
+def stored_records(store: Store) -> int:
+    """Meter records the store holds: the patients' readings and the meters' control-solution results."""
+    return store_readings.count_readings(store) + store_qc.count_results(store)
+
+
+def controls_in(emu: SerialMeterEmulator) -> int:
+    """How many of the emulated meter's records are control-solution tests."""
+    return sum(r.control_solution for r in emu.state.readings)
 
 
 class ReplayPort:

@@ -50,7 +50,7 @@ def test_waitress_serves_and_stops_on_cancel(runtime: Runtime) -> None:
         port = web.port
         assert port
         status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/healthz")
-        assert status == 200 and json.loads(body) == {"ok": True, "problems": []}
+        assert status == 200 and json.loads(body) == {"ok": True, "level": "green", "problems": []}
         status, _ = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/status")
         assert status == 200  # the login page, after the redirect
         assert web.snapshot()["serving"] is True

@@ -21,13 +21,13 @@ WEB_DIR = Path(i18n.__file__).parent
 
 def test_english_by_default(client: FlaskClient) -> None:
     html = client.get("/login").get_data(as_text=True)
-    assert '<html lang="en">' in html and "Log in" in html
+    assert '<html lang="en" ' in html and "Log in" in html
 
 
 def test_chinese_from_accept_language(client: FlaskClient) -> None:
     for header in ("zh-CN,zh;q=0.9,en;q=0.8", "zh", "zh-Hans-CN"):
         html = client.get("/login", headers={"Accept-Language": header}).get_data(as_text=True)
-        assert '<html lang="zh-Hans">' in html, header
+        assert '<html lang="zh-Hans" ' in html, header
         assert "登录" in html and "用户名" in html, header
 
 

@@ -17,6 +17,7 @@ from gateway.records import Referral
 from gateway.runtime import Runtime
 from gateway.store import audit
 from gateway.store import referrals as store_referrals
+from gateway.store.sessions import start_session
 
 PATIENT = "110105-RF-3307"
 NOTE = "Moderate NPDR in the left eye.\nPlease book within 4 weeks."
@@ -27,6 +28,7 @@ BADGE_RE = re.compile(r'<span class="nav-badge" id="referral-badge"[^>]*>([^<]*)
 def received(runtime: Runtime) -> dict[str, str]:
     """Three decisions as the forwarder stores them: for a patient, for a photo taken here, for another photo."""
     capture_id, _message, _chunks = store_capture(runtime.store, b"\xff\xd8 a photo \xff\xd9")  # patient P-1, R eye
+    start_session(runtime.store, "retina", patient_id=PATIENT, operator="tom")  # PATIENT was seen here
     referrals = {
         "patient": Referral(referral_id="ref-a", decision="refer_urgent", patient_id=PATIENT, note=NOTE,
                             grader="Dr Wang", decided_at=datetime(2026, 11, 22, 6, 30, tzinfo=UTC)),
@@ -56,8 +58,8 @@ def _badge(html: str) -> str | None:
 def test_desk_roles_see_every_decision_newest_first(client: FlaskClient, received: dict[str, str], user: str) -> None:
     login(client, user)
     html = client.get("/referrals").get_data(as_text=True)
-    assert re.findall(r'<tr data-referral="([^"]+)" class="(\w+)"', html) == [
-        ("ref-c", "unseen"), ("ref-b", "unseen"), ("ref-a", "unseen"),
+    assert re.findall(r'<tr data-referral="([^"]+)" class="([\w ]+)"', html) == [
+        ("ref-c", "unseen held"), ("ref-b", "unseen"), ("ref-a", "unseen"),
     ]  # fmt: skip
     assert PATIENT in html and "Refer urgently" in html and "Dr Wang" in html
     assert "Moderate NPDR in the left eye." in html and "Please book within 4 weeks." in html
@@ -212,3 +214,50 @@ def test_every_id_the_contract_admits_can_be_acknowledged(
     login(client, "nina")
     assert _acknowledge(client, referral_id).status_code == 302
     assert store_referrals.count_unseen(runtime.store) == 0
+
+
+def test_empty_inbox_says_one_thing(client: FlaskClient) -> None:
+    """Issue 14: the empty inbox showed "Every decision has been acknowledged." and "No decisions have been
+    received yet." at once."""
+    login(client, "nina")
+    html = client.get("/referrals").get_data(as_text=True)
+    assert "No decisions have been received yet." in html
+    assert "Every decision has been acknowledged." not in html and 'id="unseen-summary"' not in html
+
+
+def test_a_decision_for_a_patient_this_clinic_never_saw_is_held(client: FlaskClient, runtime: Runtime) -> None:
+    """Issue 14: a decision for a patient with no reading, photo, visit or meter link here was accepted silently;
+    it is held for review (``unknown_patient``), shown as nobody's, and said so at the desk."""
+    stranger = Referral(referral_id="ref-s", decision="refer_urgent", patient_id="999999-NEVER-SEEN")
+    added = store_referrals.add_referral(runtime.store, stranger)
+    assert added is not None and added.held == "unknown_patient"
+    assert store_referrals.list_referrals(runtime.store, patient_id="999999-NEVER-SEEN") == []
+    # A patient the clinic did see (here: a reading downloaded for them) is not held.
+    store_capture(runtime.store, b"\xff\xd8 P-1 \xff\xd9")
+    known = store_referrals.add_referral(
+        runtime.store, Referral(referral_id="ref-k", decision="no_dr", patient_id="P-1")
+    )
+    assert known is not None and known.held is None
+    login(client, "tom")
+    html = client.get("/referrals").get_data(as_text=True)
+    row = html[html.index('data-referral="ref-s"') :]
+    row = row[: row.index("</tr>")]
+    assert 'class="unseen held"' in row and 'data-held="unknown_patient"' in row
+    assert "999999-NEVER-SEEN, whom this gateway has never seen" in row
+    zh = client.application.test_client()
+    zh.environ_base["HTTP_ACCEPT_LANGUAGE"] = "zh-CN"
+    login(zh, "nina")
+    assert "本网关从未接诊过" in zh.get("/referrals").get_data(as_text=True)
+
+
+def test_acknowledged_says_by_whom_and_when(client: FlaskClient, runtime: Runtime, received: dict[str, str]) -> None:
+    """Issue 14: "Acknowledged" did not say by whom."""
+    login(client, "nina")
+    _acknowledge(client, received["capture"])
+    html = client.get("/referrals").get_data(as_text=True)
+    row = html[html.index(f'data-referral="{received["capture"]}"') :]
+    row = row[: row.index("</tr>")]
+    assert "Acknowledged by nina" in row
+    assert "2026-11-23 10:00 UTC+8" in row  # the fake clock's 02:00 UTC, in the clinic's zone, labelled
+    (seen,) = [r for r in store_referrals.inbox(runtime.store) if r["referral_id"] == received["capture"]]
+    assert seen["seen_by"] == "nina"

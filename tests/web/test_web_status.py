@@ -97,11 +97,15 @@ def test_api_status_refuses_desk_roles(client: FlaskClient) -> None:
 
 def test_healthz(client: FlaskClient, runtime: Runtime) -> None:
     ok = client.get("/healthz")
-    assert ok.status_code == 200 and ok.get_json() == {"ok": True, "problems": []}
+    assert ok.status_code == 200 and ok.get_json() == {"ok": True, "level": "green", "problems": []}
     runtime.components.append(Stuck())
     bad = client.get("/healthz")
     assert bad.status_code == 503
-    assert bad.get_json() == {"ok": False, "problems": ["stuck-thing: unhealthy"]}
+    doc = bad.get_json()
+    assert (doc["ok"], doc["level"]) == (False, "red")
+    assert [(p["kind"], p["subject"], p["text"]) for p in doc["problems"]] == [
+        ("component_failing", "stuck-thing", "component_failing: stuck-thing")
+    ]
 
 
 def test_metrics_format_and_values(client: FlaskClient, runtime: Runtime, fake_clock: FakeClock) -> None:
@@ -159,7 +163,8 @@ def test_queue_history_and_drain_rate(runtime: Runtime, fake_clock: FakeClock) -
 
 def test_queue_history_before_two_samples(runtime: Runtime) -> None:
     history = GatewayServices(runtime).queue_history()
-    assert history == {"samples": [], "drain_per_min": None, "last_ack_at": None}
+    assert (history["samples"], history["drain_per_min"], history["last_ack_at"]) == ([], None, None)
+    assert history["drain_state"] == "idle"  # nothing to send: never "none messages/min"
 
 
 def test_status_page_survives_odd_component_snapshots(client: FlaskClient, runtime: Runtime) -> None:

@@ -17,7 +17,7 @@ from typing import ClassVar, Self
 
 from gateway.errors import DeviceTimeout, GatewayError
 from gateway.meters.transport.serial import LineSettings, SerialPort
-from gateway.records import MeterInfo, MeterRecord
+from gateway.records import MeterInfo, MeterRecord, SampleType
 
 _logger = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ FLAG_ABOVE_RANGE = "above_meter_range"
 """The meter showed HI: the value is its upper limit, the true glucose is higher."""
 FLAG_BELOW_RANGE = "below_meter_range"
 """The meter showed LO: the value is below what the strip can measure."""
+LABELLED_SAMPLE_TYPE = SampleType.CAPILLARY_WHOLE_BLOOD
+"""What the serial families' meters (OneTouch Ultra 2 / UltraEasy, FreeStyle Optium, TaiDoc TD-42xx) are
+labelled for: fresh capillary whole blood from a fingertip or an alternate site. Their memory records no
+sample type, so their readings carry this one (the contract codes it "Capillary blood by Glucometer")."""
 
 
 @dataclass(frozen=True, slots=True)

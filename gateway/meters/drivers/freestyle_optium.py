@@ -16,7 +16,13 @@ from datetime import datetime
 
 from gateway.errors import DeviceTimeout, ProtocolError, RecordError
 from gateway.meters.codec import freestyle_optium as codec
-from gateway.meters.drivers.base import FLAG_ABOVE_RANGE, FLAG_DISPLAYS_MMOL_L, SerialDriver, Timeouts
+from gateway.meters.drivers.base import (
+    FLAG_ABOVE_RANGE,
+    FLAG_DISPLAYS_MMOL_L,
+    LABELLED_SAMPLE_TYPE,
+    SerialDriver,
+    Timeouts,
+)
 from gateway.meters.transport.serial import LineSettings, SerialPort
 from gateway.records import MeterInfo, MeterRecord, Unit
 
@@ -100,5 +106,6 @@ class FreeStyleOptium(SerialDriver):
                 meter_time=result.meter_time,
                 value=float(result.value_mg_dl),
                 unit=Unit.MG_DL,
+                sample_type=LABELLED_SAMPLE_TYPE,
                 flags=tuple(flags),
             )

@@ -36,7 +36,7 @@ from gateway.meters.codec import gls
 from gateway.meters.drivers.ble_gatt import TRANSPORT, BleGattDriver
 from gateway.meters.transport.ble import BleLink
 from gateway.meters.transport.ble import scan as scan_ble
-from gateway.records import Meal, Measures, MeterRecord, Unit
+from gateway.records import Health, Meal, Measures, MeterRecord, Tester, Unit
 
 _logger = logging.getLogger(__name__)
 
@@ -48,6 +48,18 @@ _MEALS = {
     gls.MealCode.FASTING: Meal.FASTING,
     gls.MealCode.CASUAL: Meal.CASUAL,
     gls.MealCode.BEDTIME: Meal.BEDTIME,
+}
+_TESTERS = {
+    gls.Tester.SELF: Tester.SELF,
+    gls.Tester.HEALTH_CARE_PROFESSIONAL: Tester.HEALTH_CARE_PROFESSIONAL,
+    gls.Tester.LAB_TEST: Tester.LAB_TEST,
+}
+_HEALTH = {
+    gls.Health.MINOR_HEALTH_ISSUES: Health.MINOR_HEALTH_ISSUES,
+    gls.Health.MAJOR_HEALTH_ISSUES: Health.MAJOR_HEALTH_ISSUES,
+    gls.Health.DURING_MENSES: Health.DURING_MENSES,
+    gls.Health.UNDER_STRESS: Health.UNDER_STRESS,
+    gls.Health.NO_HEALTH_ISSUES: Health.NO_HEALTH_ISSUES,
 }
 _UNITS = {"mg/dL": Unit.MG_DL, "mmol/L": Unit.MMOL_L}
 
@@ -81,13 +93,12 @@ def to_meter_record(event: gls.Measurement) -> MeterRecord | None:
         flags.extend(f"sensor_{name}" for name in gls.sensor_status_names(m.sensor_status))
     if m.time_offset_min:
         flags.append("time_offset_applied")
-    meal = None
+    meal = tester = health = None
     if ctx is not None:
         meal = _MEALS.get(ctx.meal) if isinstance(ctx.meal, gls.MealCode) else None
-        if ctx.tester is not None:
-            flags.append(f"tester_{gls.code_name(ctx.tester)}")
-        if ctx.health is not None:
-            flags.append(f"health_{gls.code_name(ctx.health)}")
+        # "not available" and reserved nibbles say nothing: left out rather than coded
+        tester = _TESTERS.get(ctx.tester) if isinstance(ctx.tester, gls.Tester) else None
+        health = _HEALTH.get(ctx.health) if isinstance(ctx.health, gls.Health) else None
         if ctx.medication_id is not None:
             flags.append(f"medication_{gls.code_name(ctx.medication_id)}")
     control = (
@@ -101,6 +112,8 @@ def to_meter_record(event: gls.Measurement) -> MeterRecord | None:
         sample_type=gls.code_name(m.sample_type),
         sample_location=gls.code_name(m.sample_location),
         meal=meal,
+        tester=tester,
+        health=health,
         control_solution=control,
         flags=tuple(flags),
     )

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from gateway.errors import DeviceTimeout, ProtocolError, RecordError
 from gateway.meters.codec import lifescan_ascii as codec
-from gateway.meters.drivers.base import FLAG_DISPLAYS_MMOL_L, SerialDriver, Timeouts
+from gateway.meters.drivers.base import FLAG_DISPLAYS_MMOL_L, LABELLED_SAMPLE_TYPE, SerialDriver, Timeouts
 from gateway.meters.transport.serial import LineSettings, SerialPort
 from gateway.records import MeterInfo, MeterRecord, Unit
 
@@ -99,6 +99,7 @@ class OneTouchUltra2(SerialDriver):
             meter_time=rec.meter_time,
             value=float(rec.value_mg_dl),
             unit=Unit.MG_DL,
+            sample_type=LABELLED_SAMPLE_TYPE,
             meal=rec.meal,
             control_solution=rec.control_solution,
             flags=tuple(flags),

@@ -27,7 +27,13 @@ from datetime import datetime
 
 from gateway.errors import DeviceTimeout, FrameError, LinkControlError
 from gateway.meters.codec import lifescan_binary as codec
-from gateway.meters.drivers.base import FLAG_ABOVE_RANGE, FLAG_DISPLAYS_MMOL_L, SerialDriver, Timeouts
+from gateway.meters.drivers.base import (
+    FLAG_ABOVE_RANGE,
+    FLAG_DISPLAYS_MMOL_L,
+    LABELLED_SAMPLE_TYPE,
+    SerialDriver,
+    Timeouts,
+)
 from gateway.meters.transport.serial import LineSettings, SerialPort
 from gateway.records import MeterInfo, MeterRecord, Unit
 
@@ -157,8 +163,9 @@ class OneTouchUltraEasy(SerialDriver):
         if self._unit is Unit.MMOL_L:
             flags.append(FLAG_DISPLAYS_MMOL_L)
         return MeterRecord(
-            sequence=None, meter_time=meter_time, value=float(value), unit=Unit.MG_DL, flags=tuple(flags)
-        )
+            sequence=None, meter_time=meter_time, value=float(value), unit=Unit.MG_DL,
+            sample_type=LABELLED_SAMPLE_TYPE, flags=tuple(flags),
+        )  # fmt: skip
 
     async def records(self, since_sequence: int | None) -> AsyncIterator[MeterRecord]:
         # The count the session just asked for is still right: a meter in PC mode takes no readings.

@@ -29,7 +29,7 @@ from datetime import datetime
 
 from gateway.errors import DeviceTimeout, ProtocolError, RecordError
 from gateway.meters.codec import taidoc as codec
-from gateway.meters.drivers.base import FLAG_ABOVE_RANGE, FLAG_BELOW_RANGE, SerialDriver, Timeouts
+from gateway.meters.drivers.base import FLAG_ABOVE_RANGE, FLAG_BELOW_RANGE, LABELLED_SAMPLE_TYPE, SerialDriver, Timeouts
 from gateway.meters.transport.serial import LineSettings, SerialPort
 from gateway.records import MeterInfo, MeterRecord, Unit
 
@@ -139,6 +139,7 @@ def _to_record(when: datetime, result: codec.RecordValue) -> MeterRecord:
         meter_time=when,
         value=float(value),
         unit=Unit.MG_DL,
+        sample_type=LABELLED_SAMPLE_TYPE,
         meal=result.meal,
         control_solution=result.control_solution,
         flags=tuple(flags),

@@ -1,0 +1,82 @@
+"""``gateway demo`` as a new user runs it: a taken web port, the referral example, a loud line when its broker
+dies. The demo runs as a real subprocess (its own broker, receiver, emulated meter and camera, the daemon)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.broker import mosquitto_available, wait_until
+
+pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed (scripts/setup)")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--state-dir", str(tmp_path / "demo"), "--no-ble", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        yield busy.getsockname()[1]
+
+
+def test_a_taken_web_port_is_a_clear_error_naming_the_option(tmp_path: Path, taken_port: int) -> None:
+    """Issue 14: with its port taken the demo printed the address anyway and ran without pages."""
+    demo = _demo(tmp_path, "--web-port", str(taken_port), "--duration", "30")
+    out, err = demo.communicate(timeout=60)
+    assert demo.returncode != 0
+    assert "--web-port" in err and f"127.0.0.1:{taken_port}" in err
+    assert f"http://127.0.0.1:{taken_port}/" not in out  # never announces pages it cannot serve
+
+
+class _Lines:
+    """The demo's stdout, read by a thread, so that the test can wait on a line appearing."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert proc.stdout is not None
+        stream = proc.stdout
+        threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True).start()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def test_the_demo_prints_a_referral_example_and_shouts_when_its_broker_dies(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = _demo(tmp_path, "--web-port", str(port), "--duration", "300")
+    out = _Lines(demo)
+    try:
+        wait_until(lambda: "Ctrl-C stops the demo" in out.text() or demo.poll() is not None, what="the demo banner")
+        text = out.text()
+        assert "gateway receiver refer --host 127.0.0.1 --port" in text and "--site-id chc-demo" in text
+        assert "--decision refer_routine" in text
+        pid = int(text.split("loopback, pid ", 1)[1].split(")", 1)[0])
+        os.kill(pid, signal.SIGKILL)  # the demo's own mosquitto (its pid as the demo printed it)
+        wait_until(lambda: "!!! demo: the demo's broker" in out.text(), what="the loud line")
+        assert "STOPPED" in out.text()
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait()
