@@ -469,12 +469,13 @@ def start_demo_ble(
     add_every_s: float = 120.0,
     timezone: str = "Asia/Shanghai",
 ) -> DemoBle:
-    """Start an emulated BlueZ (gateway on hci0) and one GLS meter process on hci1 that takes a new reading every
+    """Start an emulated BlueZ (gateway on hci0, hci2 left for a cuff) and one GLS meter process on hci1 that takes
+    a new reading every
     ``add_every_s`` seconds, its clock on ``timezone`` local time (the clinic's, like a real meter's).
     Raises DeviceError (or OSError) when dbus-daemon or bluezoo cannot run."""
     from gateway.emulate.bluez_env import BluezEnv
 
-    env = BluezEnv(adapters=2, set_environ=False).start()
+    env = BluezEnv(adapters=3, set_environ=False).start()  # hci2: the demo's blood pressure cuff
     serial = "EMU-DEMO-1"
     log = state_dir / "ble-meter.log"
     cmd = [sys.executable, "-m", "gateway.emulate.ble_meter", "--adapter", env.adapter_path(1), "--count", str(count),

@@ -240,7 +240,10 @@ class MeterSource:
 
     def _on_progress(self, request_id: str, transport: Transport, **device_fields: Any) -> Callable[[Progress], None]:
         def on_progress(p: Progress) -> None:
-            self._progress(request_id, meter_id=p.meter_id, done=p.done, total=p.total, state=p.state)
+            # The end (done, interrupted, failed) is said once, by download(), together with the counts (added,
+            # other cuff users): a page polling for "finished" never sees the end without them.
+            state = {} if p.state.finished else {"state": p.state}
+            self._progress(request_id, meter_id=p.meter_id, done=p.done, total=p.total, **state)
             if p.meter_id:
                 self.device(p.meter_id, transport, DeviceState.of_download(p.state), **device_fields)
 

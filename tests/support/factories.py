@@ -80,6 +80,7 @@ def bp_reading(
     status: tuple[CuffStatus, ...] = (),
     patient_id: str | None = "P-0001",
     minutes: int = 0,
+    session_id: str | None = None,
 ) -> BloodPressureReading:
     """A plausible blood pressure reading; ``seq=None`` for cuffs that do not number their records."""
     meter_time = datetime(2026, 11, 1, 7, 30) + timedelta(minutes=minutes + (seq or 0) * 30)
@@ -98,6 +99,7 @@ def bp_reading(
         pulse_bpm=pulse_bpm,
         status=status,
         patient_id=patient_id,
+        session_id=session_id,
     )
 
 
