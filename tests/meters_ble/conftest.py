@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.ble import GATEWAY_NOW, TZ
+from support.ble import GATEWAY_NOW, TZ, emulated_bluez
 
 from gateway.clock import FakeClock
 from gateway.config import GatewayConfig, parse_config
@@ -17,14 +17,8 @@ from gateway.store import Store, open_store
 
 @pytest.fixture
 def bluez() -> Iterator[BluezEnv]:
-    env = BluezEnv(adapters=3)
-    env.start()
-    try:
+    with emulated_bluez(3) as env:
         yield env
-    finally:
-        env.stop()
-        errors = env.errors_logged()
-        assert not errors, errors[0]  # an exception inside the emulated BlueZ fails the test
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from support.ble import emulated_bluez
 from support.factories import bp_reading
 from web_harness import CoreThread, add_users, csrf_of, login, make_config, post_form
 
@@ -47,14 +48,8 @@ def _bp_rows(html: str) -> list[tuple[bool, str]]:
 
 @pytest.fixture
 def bluez() -> Iterator[BluezEnv]:
-    env = BluezEnv(adapters=2)
-    env.start()
-    try:
+    with emulated_bluez(2) as env:
         yield env
-    finally:
-        env.stop()
-        errors = env.errors_logged()
-        assert not errors, errors[0]
 
 
 @pytest.fixture
