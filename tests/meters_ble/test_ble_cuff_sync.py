@@ -279,7 +279,10 @@ def test_cuff_readings_reach_the_reference_receiver(bluez, tmp_path, broker, rec
             assert sorted(d["sequence"] for d in docs) == list(range(1, 31))
             assert sorted(d["systolic_mmhg"] for d in docs) == sorted(to_mmhg(float(e.systolic), PressureUnit.KPA)
                                                                       for e in expected)  # fmt: skip
-        else:
+        else:  # as the platform received them, parsed by an independent FHIR library
+            observation = pytest.importorskip("fhir.resources.R4B.observation")
+            parsed = [observation.Observation.model_validate(d) for d in docs]
+            assert {p.category[0].coding[0].code for p in parsed} == {"vital-signs"}
             assert {d["code"]["coding"][0]["code"] for d in docs} == {"85354-9"}
             systolic = sorted(
                 c["valueQuantity"]["value"] for d in docs for c in d["component"]
