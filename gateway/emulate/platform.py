@@ -1,9 +1,10 @@
 """The reference receiver: the hospital platform's stand-in for the demo and the tests.
 
-It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``qc``, ``retina/#``, ``events``,
-``status``), validates each payload against the contract's JSON Schemas (a glucose message may be
+It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``qc``, ``blood-pressure``, ``retina/#``,
+``events``, ``status``), validates each payload against the contract's JSON Schemas (a glucose message may be
 ``cg.glucose/1`` or a FHIR Observation, a meter's quality-control result ``cg.qc/1`` or its FHIR form, kept
-apart from every patient's readings), deduplicates on ``message_id``, stores everything in its own SQLite database
+apart from every patient's readings, a blood pressure message ``cg.blood-pressure/1`` or its FHIR panel),
+deduplicates on ``message_id``, stores everything in its own SQLite database
 (:class:`~gateway.emulate.platform_store.PlatformStore`), reassembles image chunks and checks their SHA-256,
 and acknowledges on ``<prefix>ack`` in batches, *only after its own durable commit*. It can send a
 referral decision down to a gateway (``cmd/referral``).
@@ -43,7 +44,8 @@ from gateway.wire import chunks, contract
 _logger = logging.getLogger(__name__)
 
 
-UP_TOPICS = ("cg/v1/+/+/glucose", "cg/v1/+/+/qc", "cg/v1/+/+/retina/#", "cg/v1/+/+/events", "cg/v1/+/+/status")
+UP_TOPICS = ("cg/v1/+/+/glucose", "cg/v1/+/+/qc", "cg/v1/+/+/blood-pressure", "cg/v1/+/+/retina/#",
+             "cg/v1/+/+/events", "cg/v1/+/+/status")  # fmt: skip
 ACK_MAX_IDS = 10_000  # cg.ack/1 maxItems
 
 
@@ -269,6 +271,11 @@ class Receiver:
                 contract.validate(contract.SCHEMA_FHIR_QC if fhir else contract.SCHEMA_QC, doc)
                 if db.add_message(str(message_id), item.topic, **ids, kind="qc", payload=item.payload):
                     db.add_qc(str(message_id), doc, "fhir" if fhir else "json")
+            elif relative == contract.TOPIC_BLOOD_PRESSURE:
+                fhir = doc.get("resourceType") == "Observation"
+                contract.validate(contract.SCHEMA_FHIR_BLOOD_PRESSURE if fhir else contract.SCHEMA_BLOOD_PRESSURE, doc)
+                if db.add_message(str(message_id), item.topic, **ids, kind="blood_pressure", payload=item.payload):
+                    db.add_blood_pressure(str(message_id), doc, "fhir" if fhir else "json")
             elif relative == contract.TOPIC_CAPTURE:
                 contract.validate(contract.SCHEMA_CAPTURE, doc)
                 if db.add_message(str(message_id), item.topic, **ids, kind="capture", payload=item.payload):
@@ -322,6 +329,13 @@ class Receiver:
     def readings(self) -> list[dict[str, Any]]:
         """Stored readings in arrival order, with their documents parsed."""
         rows = self.store.query("SELECT * FROM readings ORDER BY id")
+        for row in rows:
+            row["doc"] = json.loads(row["doc"])
+        return rows
+
+    def blood_pressure(self) -> list[dict[str, Any]]:
+        """Stored blood pressure readings in arrival order, with their documents parsed."""
+        rows = self.store.query("SELECT * FROM blood_pressure ORDER BY id")
         for row in rows:
             row["doc"] = json.loads(row["doc"])
         return rows

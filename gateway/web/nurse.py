@@ -17,6 +17,7 @@ from flask_login import current_user
 from gateway.services import DeskSession, DeskUnavailable, DeviceView
 from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services
+from gateway.web.i18n import CUFF_STATUS_NAMES
 
 _logger = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ bp = Blueprint("nurse", __name__, url_prefix="/nurse")
 HYPO_MMOL_L = 3.9
 HYPER_MMOL_L = 13.9
 MAX_PATIENT_ID = 64
+CUFF_USERS = range(1, 5)
+"""The cuff users the desk offers (home cuffs keep two to four; the Blood Pressure Service allows 0-254)."""
 
 
 def clean_patient_id(raw: str | None) -> str | None:
@@ -33,6 +36,12 @@ def clean_patient_id(raw: str | None) -> str | None:
     if not value or len(value) > MAX_PATIENT_ID or not value.isprintable():
         return None
     return value
+
+
+def clean_cuff_user(raw: str | None) -> int | None:
+    """The cuff user chosen for a multi-user cuff, or None (every measurement is this patient's)."""
+    value = (raw or "").strip()
+    return int(value) if value.isdigit() and int(value) <= 254 else None
 
 
 def glucose_band(mmol_l: float) -> str:
@@ -62,6 +71,7 @@ def desk() -> ResponseReturnValue:
         patient_id=patient_id,
         meters=_meters(),
         sessions=services().sessions_today("meter"),
+        cuff_users=CUFF_USERS,
     )
 
 
@@ -76,11 +86,20 @@ def start_sync() -> ResponseReturnValue:
         return redirect(url_for("nurse.desk"))
     svc = services()
     try:
-        session_id = svc.request_meter_sync(target, patient_id=patient_id, operator=current_user.username)
+        session_id = svc.request_meter_sync(
+            target,
+            patient_id=patient_id,
+            operator=current_user.username,
+            cuff_user=clean_cuff_user(request.form.get("cuff_user")),
+        )
     except DeskUnavailable:
         flash(_("No meter service is running. Ask IT to check the gateway."), "error")
         return render_template(
-            "nurse.html", patient_id=patient_id, meters=_meters(), sessions=svc.sessions_today("meter")
+            "nurse.html",
+            patient_id=patient_id,
+            meters=_meters(),
+            sessions=svc.sessions_today("meter"),
+            cuff_users=CUFF_USERS,
         )
     _logger.info("user %s started meter download %s on %s", current_user.username, session_id, target)
     return redirect(url_for("nurse.session", session_id=session_id))
@@ -112,6 +131,9 @@ def session(session_id: str) -> ResponseReturnValue:
     qc_here = services().session_qc(session_id) if finished else []
     meter_id = desk_session.meter_id
     qc_history = services().meter_qc_history(meter_id) if finished and meter_id else []
+    # The visit's blood pressure beside the glucose readings (templates/_blood_pressure.html: a partial of its own,
+    # so that a redone nurse page or visit sheet includes it as it is).
+    blood_pressure = services().visit_blood_pressure(session_id) if finished else []
     return render_template(
         "nurse_session.html",
         session_id=session_id,
@@ -124,6 +146,9 @@ def session(session_id: str) -> ResponseReturnValue:
         hyper=HYPER_MMOL_L,
         qc_here={row["qc_id"] for row in qc_here},
         qc_history=qc_history,
+        blood_pressure=blood_pressure,
+        bp_target=services().bp_target(),
+        cuff_status_names=CUFF_STATUS_NAMES,
     )
 
 
