@@ -40,14 +40,16 @@ WIDTHS = {"desktop": 1280, "phone": 390}
 """The widths every page is checked at: a clinic PC and a phone in the corridor (iPhone 12-15: 390 px)."""
 LANGUAGES = {"en": "en-GB", "zh": "zh-CN"}
 """Page language -> the browser locale (Accept-Language) that selects it."""
-DEFAULT_TIMEOUT_MS = 10_000
+DEFAULT_TIMEOUT_MS = 30_000
+"""How long a locator or ``expect`` waits (a bound for a broken page on a loaded runner, never a measured time)."""
 
 
 @contextmanager
 def launch() -> Iterator[Any]:
     """One headless Chromium (the Debian package; nothing downloaded), closed at the end."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=DEFAULT_TIMEOUT_MS)  # expect() has its own 5 s default, apart from the context's
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
