@@ -266,8 +266,8 @@ def _technician_journey(page: object) -> None:
     expect(page.locator("#quality-verdict")).to_be_visible(timeout=15000)
     # The looping emulated camera can hand back a frame identical to the first photo: stored once, said so.
     duplicate = page.locator("#result").inner_text().count("already stored") > 0  # type: ignore[attr-defined]
-    expect(page.locator("#captures-table tbody tr")).to_have_count(2 if duplicate else 3)
-    expect(page.locator("#captures-table tbody")).not_to_contain_text("R")
+    expect(page.locator("#gallery figure.photo")).to_have_count(2 if duplicate else 3)
+    expect(page.locator("#gallery")).not_to_contain_text("Right (OD)")
     _wait_for_preview(page)
     _shot(page, "11-technician-retake")
     assert TECH_PATIENT not in page.url  # type: ignore[attr-defined]
