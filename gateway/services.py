@@ -955,8 +955,8 @@ class PhotoDesk:
         self._lock = threading.Lock()
 
     def visit(self, session_id: str, *, limit: int = 60) -> list[VisitPhoto]:
-        """A visit's photos, newest first: each with its delivery state and, when a later photo of the same eye
-        and field replaced it (the retake), that photo."""
+        """A visit's photos, newest first: each with its delivery state and, when the next photo of the same
+        eye and field replaced it (the retake), that photo; a gradable photo is replaced only by a gradable one."""
         rows = store_captures.list_captures(self.store, session_id=session_id, limit=limit)
         delivery = store_captures.delivery_states(self.store, [r["capture_id"] for r in rows])
         photos: list[VisitPhoto] = []
@@ -964,8 +964,10 @@ class PhotoDesk:
         later: dict[tuple[str, str], dict[str, Any]] = {}
         for row in rows:  # newest first: remember the next-newer photo of each eye and field
             key = (row["eye"], row["field"])
-            if key in later:
-                replaced_by[row["capture_id"]] = later[key]
+            successor = later.get(key)
+            # A gradable photo is not replaced by a retake that failed the gate (that one is the outlier).
+            if successor is not None and (successor["quality_ok"] or not row["quality_ok"]):
+                replaced_by[row["capture_id"]] = successor
             later[key] = row
         for row in rows:
             successor = replaced_by.get(row["capture_id"])

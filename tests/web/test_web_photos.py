@@ -21,18 +21,16 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from support import degrade
-from support.factories import confirm
+from support.factories import confirm, store_triaged_photo
 from web_harness import CoreThread, add_users, csrf_of, login, make_config, post_form
 
 from gateway.clock import SystemClock
 from gateway.emulate import camera as emulated_camera
-from gateway.records import Capture, Eye, Field, QualityVerdict, TriageDecision, TriageResult
+from gateway.records import Field, TriageDecision
 from gateway.retina import quality
 from gateway.retina.service import RetinaService
 from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
-from gateway.store.captures import add_capture
-from gateway.store.db import new_id
 from gateway.web.app import create_app
 
 PATIENT = "330106-RET-7781"
@@ -190,6 +188,10 @@ def test_gallery_greys_the_shot_its_retake_replaced_and_tells_shots_apart(desk: 
         assert f'data-replaced-by="{second}"' in html
         assert "Replaced by the retake of" in html
     assert "superseded" not in figures[second] and "superseded" not in figures[other]
+    # A gradable photo stays the visit's photo when its retake fails the gate.
+    dark = _shown_id(_upload(desk, _dark(), eye="L", field="disc"))
+    html = desk.client.get(desk.session_url).get_data(as_text=True)
+    assert f'id="photo-{other}" data-capture' in html and f'data-replaced-by="{dark}"' not in html
     # Times in the clinic-time convention, with seconds: shots a few seconds apart do not all read "10:40".
     assert re.search(r'<span class="when">\d\d:\d\d:\d\d UTC', html)
 
@@ -240,26 +242,8 @@ def test_each_photo_says_whether_it_is_still_queued_for_the_hospital(desk: Desk)
 
 def _store_triaged(desk: Desk, decision: TriageDecision, seed: int) -> str:
     image = emulated_camera.encode(emulated_camera.synthetic_fundus(seed, eye="R"))
-    import hashlib
-
-    capture = Capture(
-        capture_id=new_id(),
-        sha256=hashlib.sha256(image).hexdigest(),
-        size_bytes=len(image),
-        media_type="image/jpeg",
-        width=640,
-        height=480,
-        eye=Eye.RIGHT,
-        field=Field.MACULA if seed % 2 else Field.DISC,
-        source="camera",
-        captured_at=desk.runtime.clock.utc_now(),
-        quality=QualityVerdict(ok=True),
-        triage=TriageResult(referable_probability=0.9, decision=decision, model_version="test-1"),
-        patient_id=PATIENT,
-        session_id=desk.session_id,
-    )
-    add_capture(desk.runtime.store, capture, image, chunk_size=64 * 1024)
-    return capture.capture_id
+    return store_triaged_photo(desk.runtime.store, image, patient_id=PATIENT, session_id=desk.session_id,
+                               decision=decision, field=Field.MACULA if seed % 2 else Field.DISC)  # fmt: skip
 
 
 def test_refer_and_rescreen_look_different(desk: Desk) -> None:
