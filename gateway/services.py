@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -460,6 +461,19 @@ class GatewayServices:
         """Block (on a condition, never a polling loop) until some desk session's progress changed after
         ``version``, or ``timeout`` seconds; the version now. Callers then read :meth:`progress` again."""
         return self.runtime.progress.wait_newer(version, timeout)
+
+    def wait_finished(self, request_id: str, timeout: float) -> DeskProgress | None:
+        """Wait (on the progress board's condition) until a desk request is finished, at most ``timeout``
+        seconds; its live progress then (None once the core has forgotten it). The technician's page asks
+        for the photo and waits here for the verdict: the answer is then the verdict page itself."""
+        deadline = time.monotonic() + timeout  # real waiting time (a test's fake clock does not move)
+        while True:
+            version = self.runtime.progress.version
+            live = self.runtime.progress.get(request_id)
+            left = deadline - time.monotonic()
+            if live is None or live.state.finished or left <= 0:
+                return live
+            self.runtime.progress.wait_newer(version, left)
 
     def session_readings(
         self,

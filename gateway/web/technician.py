@@ -18,7 +18,7 @@ import logging
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
@@ -39,6 +39,8 @@ bp = Blueprint("technician", __name__, url_prefix="/technician")
 
 EYES = ("R", "L")
 FIELDS = ("disc", "macula")
+VERDICT_WAIT_S = 2.0
+"""How long taking or uploading a photo waits for its verdict before answering (holding one server thread)."""
 PREVIEW_SECONDS = 300
 """A preview stream ends after this long (it holds a server thread); the page offers to restart it."""
 
@@ -218,6 +220,9 @@ def _submit(session_id: str, *, upload: bool) -> ResponseReturnValue:
     # The audit row is written by the store together with the photo (never here, after handing it over).
     action = "upload" if upload else "capture"
     _logger.info("user %s asked for retina %s %s (session %s)", current_user.username, action, request_id, session_id)
+    # Long-poll: the check takes a fraction of a second, so wait for it here and answer with the verdict page
+    # itself (one page load). A slower check shows "Checking…" and the verdict is pushed to the page.
+    svc.wait_finished(request_id, float(current_app.config.get("CG_VERDICT_WAIT_S", VERDICT_WAIT_S)))
     return redirect(url_for("technician.result", session_id=session_id, request_id=request_id, eye=eye, field=field))
 
 

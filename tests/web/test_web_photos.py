@@ -212,6 +212,17 @@ def test_retake_repeats_the_way_the_photo_was_taken(desk: Desk) -> None:
     assert 'data-source="camera"' in box and f'action="{desk.session_url}/capture"' in box
 
 
+def test_the_answer_to_the_shutter_is_the_verdict_page_itself(desk: Desk) -> None:
+    """Long-polling: taking the photo waits for its verdict (on the progress board's condition) and answers with
+    the verdict, instead of a "Checking…" page that learns it a polling interval and a reload later."""
+    assert desk.client.application.config.setdefault("CG_VERDICT_WAIT_S", 2.0) == 2.0
+    desk.client.application.config["CG_VERDICT_WAIT_S"] = 120.0  # this machine may be slow: no race in the test
+    token = csrf_of(desk.client, desk.session_url)
+    taken = desk.client.post(desk.session_url + "/capture", data={"eye": "R", "field": "disc", "csrf_token": token})
+    html = desk.client.get(taken.headers["Location"]).get_data(as_text=True)  # at once: no waiting here
+    assert 'id="quality-verdict"' in html and "data-poll-url" not in html
+
+
 def test_upload_without_a_file_says_so_next_to_the_file_field(desk: Desk) -> None:
     token = csrf_of(desk.client, desk.session_url)
     answer = desk.client.post(
