@@ -22,13 +22,12 @@ import pytest
 from flask.testing import FlaskClient
 from support import degrade
 from support.factories import confirm, store_triaged_photo
-from web_harness import CoreThread, add_users, csrf_of, login, make_config, post_form
+from web_harness import add_users, csrf_of, login, make_config, post_form, retina_core
 
 from gateway.clock import SystemClock
 from gateway.emulate import camera as emulated_camera
 from gateway.records import Field, TriageDecision
 from gateway.retina import quality
-from gateway.retina.service import RetinaService
 from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.web.app import create_app
@@ -57,19 +56,13 @@ def desk(tmp_path: Path) -> Iterator[Desk]:
     )
     runtime = open_runtime(config, clock=SystemClock("assume_synced"))
     add_users(runtime)
-    service = RetinaService(runtime, load=False)
-    runtime.components.append(service)
-    core = CoreThread(runtime)
-    for request_type in RetinaService.serves:
-        runtime.desk.queue(request_type)
-    core.start(service.run)
     try:
-        client = create_app(GatewayServices(runtime), runtime.config).test_client()
-        login(client, "tom")
-        location = post_form(client, "/technician", "/technician", {"patient_id": PATIENT}).headers["Location"]
-        yield Desk(runtime, client, location)
+        with retina_core(runtime):
+            client = create_app(GatewayServices(runtime), runtime.config).test_client()
+            login(client, "tom")
+            location = post_form(client, "/technician", "/technician", {"patient_id": PATIENT}).headers["Location"]
+            yield Desk(runtime, client, location)
     finally:
-        core.stop()
         runtime.store.close()
 
 

@@ -19,12 +19,11 @@ import browser_kit as kit
 import pytest
 from support import degrade
 from support.factories import store_triaged_photo
-from web_harness import PASSWORD, CoreThread, add_users, make_config
+from web_harness import PASSWORD, add_users, make_config, retina_core
 
 from gateway.clock import SystemClock
 from gateway.emulate import camera as emulated_camera
 from gateway.records import Field, TriageDecision
-from gateway.retina.service import RetinaService
 from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.web.component import WebServer
@@ -61,23 +60,18 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     add_users(runtime)
     services = GatewayServices(runtime)
     visit = services.start_retina_session(PATIENT, operator="tom")
-    retina = RetinaService(runtime, load=False)  # the real quality gate; no camera: photos are uploaded
     web = WebServer(runtime, services)
-    runtime.components.extend([retina, web])
-    core = CoreThread(runtime)
-    for request_type in RetinaService.serves:
-        runtime.desk.queue(request_type)
-    core.start(retina.run)
-    core.start(web.run)
-    assert web.started.wait(10), "web component did not start"
+    runtime.components.append(web)
     # Two gradable photos with the model's advisory decisions: refer and rescreen side by side.
     for seed, decision, field in ((1, TriageDecision.REFER, Field.DISC), (2, TriageDecision.RESCREEN, Field.MACULA)):
         image = emulated_camera.encode(emulated_camera.synthetic_fundus(seed, eye="R"))
         store_triaged_photo(runtime.store, image, patient_id=PATIENT, session_id=visit, decision=decision, field=field)
     try:
-        yield Gateway(f"http://127.0.0.1:{web.port}", runtime, visit)
+        with retina_core(runtime) as core:  # the real quality gate; no camera: photos are uploaded
+            core.start(web.run)
+            assert web.started.wait(10), "web component did not start"
+            yield Gateway(f"http://127.0.0.1:{web.port}", runtime, visit)
     finally:
-        core.stop()
         runtime.store.close()
 
 
@@ -187,10 +181,7 @@ def test_technician_pages_fit_are_accessible_and_speak_the_language(
         try:
             kit.check_page(page, name, lang=lang, width=width)
             if width == kit.WIDTHS["phone"]:
-                for box in page.locator("main button:visible").evaluate_all(
-                    "els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.right]; })"
-                ):
-                    assert box[0] >= 0 and box[1] <= width, f"{name}: a button sticks out: {box}"
+                kit.assert_buttons_reachable(page, width)  # every action without scrolling sideways
         finally:
             page.context.close()
 
