@@ -27,6 +27,7 @@ from gateway.records import Field, TriageDecision
 from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.web.component import WebServer
+from gateway.web.push import stream_slots
 
 pytestmark = pytest.mark.browser
 
@@ -46,6 +47,7 @@ class Gateway:
     runtime: Runtime
     visit: str
     """The seeded visit's session id."""
+    web: WebServer
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         with retina_core(runtime) as core:  # the real quality gate; no camera: photos are uploaded
             core.start(web.run)
             assert web.started.wait(10), "web component did not start"
-            yield Gateway(f"http://127.0.0.1:{web.port}", runtime, visit)
+            yield Gateway(f"http://127.0.0.1:{web.port}", runtime, visit, web)
     finally:
         runtime.store.close()
 
@@ -154,6 +156,29 @@ def test_a_retake_after_an_upload_asks_for_a_file_and_greys_the_old_shot(browser
         page.locator("#quality-verdict.good").wait_for(timeout=30_000)
         assert page.locator(f"#photo-{first}.superseded .replaced").count() == 1
     finally:
+        page.context.close()
+
+
+def test_without_a_free_event_stream_the_page_polls_for_the_verdict(browser: Any, gateway: Gateway) -> None:
+    """The polling fallback: every stream slot taken (503) and no waiting in the upload's answer, the page still
+    gets the verdict, by asking the polling endpoint."""
+    app = gateway.web.app
+    assert app is not None
+    slots = stream_slots(app)
+    limit = slots.limit
+    slots.limit, app.config["CG_VERDICT_WAIT_S"] = 0, 0.0
+    page = kit.open_page(browser, gateway.url, width=kit.WIDTHS["desktop"], lang="en")
+    polled: list[str] = []
+    page.on("request", lambda r: polled.append(r.url) if "/technician/api/request/" in r.url else None)
+    try:
+        kit.login(page, "tom", PASSWORD)
+        page.goto(f"/technician/session/{gateway.visit}")
+        _upload_dark(page, seed=77)
+        assert "not gradable" in page.locator("#quality-verdict").inner_text()
+        assert polled, "the page did not fall back to polling"
+    finally:
+        slots.limit = limit
+        app.config.pop("CG_VERDICT_WAIT_S")
         page.context.close()
 
 
