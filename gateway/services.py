@@ -53,8 +53,6 @@ from gateway.health import (
 )
 from gateway.meters import sync_request_type
 from gateway.records import Eye, Field, QualityGeometry
-from gateway.retina import imaging, quality
-from gateway.retina.intake import WORKING_SIDE
 from gateway.runtime import Component, Runtime
 from gateway.store import audit
 from gateway.store import backup as store_backup
@@ -1033,6 +1031,8 @@ class PhotoDesk:
             if data is not None:
                 self._cache.move_to_end(key)
         if data is None:
+            from gateway.retina import imaging  # OpenCV: loaded by the pages' first photo, not by every command
+
             original = store_captures.image_bytes(self.store, capture_id)
             if original is None:
                 return None
@@ -1057,6 +1057,9 @@ class PhotoDesk:
                 found = outcome.geometry
                 break
         if found is None:
+            from gateway.retina import imaging, quality
+            from gateway.retina.intake import WORKING_SIDE
+
             original = store_captures.image_bytes(self.store, capture_id)
             if original is None:
                 return None
@@ -1072,7 +1075,7 @@ class PhotoDesk:
 
     def _limits(self) -> dict[str, int]:
         retina = self.runtime.config.retina
-        return {"max_bytes": int(retina.max_image_mb * imaging.MIB), "max_pixels": retina.max_pixels}
+        return {"max_bytes": int(retina.max_image_mb * 1024 * 1024), "max_pixels": retina.max_pixels}
 
 
 class UserAdmin:

@@ -193,9 +193,7 @@ def _submit(session_id: str, *, upload: bool) -> ResponseReturnValue:
             if not data:
                 # Said next to the file field, on the page the technician is on (a flash after a reload
                 # read as nothing happening), with a client-error status.
-                page = _session_page(session_id, eye=eye, field=field, upload_error=True,
-                                     retake_of=request.form.get("retake_of") or None)  # fmt: skip
-                return page, 400
+                return _session_page(session_id, eye=eye, field=field, upload_error=True), 400
             request_id = svc.upload_capture(
                 data,
                 patient_id=patient_id,
@@ -279,9 +277,7 @@ def photo(capture_id: str, size: str) -> ResponseReturnValue:
     by this browser only (``private``: never by a shared cache), revalidated by its ETag."""
     try:
         found = services().photos.photo(capture_id, PhotoSize(size))
-    except ValueError:
-        abort(404)
-    except CaptureError:
+    except (ValueError, CaptureError):  # not a size we make; a stored file that no longer decodes
         abort(404)
     if found is None:
         abort(404)
