@@ -15,7 +15,7 @@ import asyncio
 import sys
 from typing import Any, TextIO
 
-from gateway.commands.common import EXIT_ERROR, EXIT_OK, add_config_argument, config_from
+from gateway.commands.common import EXIT_ERROR, EXIT_OK, add_config_argument, config_from, local_time
 from gateway.config import GatewayConfig
 from gateway.meters.session import Progress, SessionResult
 
@@ -102,7 +102,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         services.close()
     print("known meters:")
     for m in meters:
-        print(f"  {m.device_id}  {m.model or m.family}  last sync {m.last_sync or 'never'}")
+        print(f"  {m.device_id}  {m.model or m.family}  last sync {local_time(config, m.last_sync, empty='never')}")
     if not meters:
         print("  (none)")
     return EXIT_OK

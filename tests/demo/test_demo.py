@@ -3,17 +3,24 @@ dies. The demo runs as a real subprocess (its own broker, receiver, emulated met
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.broker import mosquitto_available, wait_until
+from support.broker import MosquittoBroker, mosquitto_available, wait_until
+
+from gateway.emulate.platform import Receiver
+
+DEMO_START_S = 240.0
+"""How long a demo may take to start before the test gives up on it (a bound, never a measured time)."""
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed (scripts/setup)")
 
@@ -39,7 +46,7 @@ def taken_port() -> Iterator[int]:
 def test_a_taken_web_port_is_a_clear_error_naming_the_option(tmp_path: Path, taken_port: int) -> None:
     """Issue 14: with its port taken the demo printed the address anyway and ran without pages."""
     demo = _demo(tmp_path, "--web-port", str(taken_port), "--duration", "30")
-    out, err = demo.communicate(timeout=60)
+    out, err = demo.communicate(timeout=DEMO_START_S)
     assert demo.returncode != 0
     assert "--web-port" in err and f"127.0.0.1:{taken_port}" in err
     assert f"http://127.0.0.1:{taken_port}/" not in out  # never announces pages it cannot serve
@@ -65,7 +72,13 @@ def test_the_demo_prints_a_referral_example_and_shouts_when_its_broker_dies(tmp_
     demo = _demo(tmp_path, "--web-port", str(port), "--duration", "300")
     out = _Lines(demo)
     try:
-        wait_until(lambda: "Ctrl-C stops the demo" in out.text() or demo.poll() is not None, what="the demo banner")
+        # The demo starts a broker, a receiver, emulators, the model and the pages: on a loaded 2-core runner that
+        # has taken over a minute, so the bound is generous (it only limits how long a broken demo is waited for).
+        wait_until(
+            lambda: "Ctrl-C stops the demo" in out.text() or demo.poll() is not None,
+            timeout_s=DEMO_START_S,
+            what="the demo banner",
+        )
         text = out.text()
         assert "gateway receiver refer --host 127.0.0.1 --port" in text and "--site-id chc-demo" in text
         assert "--decision refer_routine" in text
@@ -80,3 +93,37 @@ def test_the_demo_prints_a_referral_example_and_shouts_when_its_broker_dies(tmp_
         except subprocess.TimeoutExpired:
             demo.kill()
             demo.wait()
+
+
+def test_the_demo_shouts_when_its_platform_receiver_dies(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    receiver_factory: Callable[..., Receiver],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 14: when its broker or receiver died the demo said nothing beyond repeated warnings. The demo's
+    watcher over a real receiver on a real mosquitto: the receiver stops -> one loud line (stdout and stderr)."""
+    from gateway import demo
+
+    stack = demo.DemoStack(tmp_path / "demo", 0, with_ble=False)
+    stack.broker, stack.receiver = broker, receiver_factory(broker)
+    wait_until(lambda: stack.receiver.alive, what="the receiver running")
+
+    async def scenario() -> str:
+        watcher = asyncio.create_task(demo.watch_parts(stack, interval_s=0.05))
+        seen = ""
+        try:
+            await asyncio.sleep(0.2)  # a few rounds with everything up: nothing said
+            seen += capsys.readouterr().err
+            assert "!!!" not in seen
+            stack.receiver.stop()
+            deadline = time.monotonic() + 30  # a wedge detector, not a speed check
+            while "receiver has STOPPED" not in seen and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                seen += capsys.readouterr().err
+        finally:
+            watcher.cancel()
+        return seen
+
+    said = asyncio.run(scenario())
+    assert said.count("!!! demo: the demo's platform receiver has STOPPED") == 1, said
