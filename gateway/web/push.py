@@ -7,7 +7,7 @@ progress board wakes the stream through a condition: no polling loop, no CPU whi
 
 Waitress serves each stream from one of its few worker threads, so a stream is bounded on every side:
 
-- at most :data:`MAX_STREAMS` at once (half the worker threads: the pages stay usable); the next one is
+- at most :data:`MAX_STREAMS` at once (half the 8 worker threads: the pages stay usable); the next one is
   answered 503 and the page falls back to polling (``poll.js``);
 - a heartbeat comment every ``CG_PUSH_HEARTBEAT_S`` seconds keeps proxies from closing an idle stream;
 - a stream ends when its request is finished, after ``CG_PUSH_LIFETIME_S`` seconds (the browser reconnects,
@@ -34,15 +34,15 @@ from flask_login import current_user
 from gateway.desk import DeskKind, DeskProgress, RetinaProgress
 from gateway.services import DeskSession, GatewayServices
 from gateway.web.auth import desk_record, roles_required
-from gateway.web.component import WEB_THREADS
 from gateway.web.context import services
 
 _logger = logging.getLogger(__name__)
 
 bp = Blueprint("push", __name__, url_prefix="/desk")
 
-MAX_STREAMS = WEB_THREADS // 2
-"""Event streams served at once; each holds a waitress worker thread for its life."""
+MAX_STREAMS = 4
+"""Event streams served at once; each holds a waitress worker thread for its life: half of
+``gateway.web.component.WEB_THREADS`` (a test keeps the two in step; imported here, it would be a cycle)."""
 HEARTBEAT_S = 15.0
 LIFETIME_S = 300.0
 DISCONNECT_CHECK_S = 2.0

@@ -26,6 +26,7 @@ from gateway.desk import DeskState, MeterProgress, RetinaProgress
 from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.web.app import create_app
+from gateway.web.component import WEB_THREADS
 from gateway.web.push import MAX_STREAMS, stream_slots
 
 
@@ -49,6 +50,10 @@ def _events(chunks: Iterator[bytes]) -> Iterator[dict[str, str]]:
                 key, _, value = line.partition(":")
                 fields[key or "comment"] = value.strip()
             yield fields
+
+
+def test_streams_leave_half_the_server_threads_to_the_pages() -> None:
+    assert MAX_STREAMS == WEB_THREADS // 2
 
 
 def test_a_photo_verdict_is_pushed_as_soon_as_the_core_posts_it(live: Runtime) -> None:
