@@ -159,10 +159,12 @@ def zone_label(moment: datetime) -> str:
     return f"UTC{sign}{hours}" + (f":{rest:02d}" if rest else "")
 
 
-def clinic_time(value: str | datetime | None, tz: tzinfo, *, date: bool = True, empty: str = "\u2013") -> str:
+def clinic_time(
+    value: str | datetime | None, tz: tzinfo, *, date: bool = True, seconds: bool = False, empty: str = "\u2013"
+) -> str:
     """A moment as people at the clinic read it, on every page and in every command's output:
-    ``2026-11-23 10:40 UTC+8`` (``date=False``: ``10:40 UTC+8``), in the clinic's time zone
-    (``gateway.timezone``), always labelled.
+    ``2026-11-23 10:40 UTC+8`` (``date=False``: ``10:40 UTC+8``; ``seconds=True``: ``10:40:12``, for photos
+    taken a minute apart), in the clinic's time zone (``gateway.timezone``), always labelled.
 
     ``value`` is a datetime or a stored ISO 8601 text (the store writes them with their offset); a naive one
     is a wall-clock time already in the clinic's zone (a meter's own time), shown as it is.
@@ -178,4 +180,5 @@ def clinic_time(value: str | datetime | None, tz: tzinfo, *, date: bool = True, 
     else:
         moment = value
     local = moment.replace(tzinfo=tz) if moment.tzinfo is None else moment.astimezone(tz)
-    return f"{local.strftime('%Y-%m-%d %H:%M' if date else '%H:%M')} {zone_label(local)}"
+    clock = "%H:%M:%S" if seconds else "%H:%M"
+    return f"{local.strftime(f'%Y-%m-%d {clock}' if date else clock)} {zone_label(local)}"

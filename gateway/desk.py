@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import ClassVar, Protocol
 
 from gateway.errors import ErrorInfo
-from gateway.records import Eye, Field, TriageDecision
+from gateway.records import Eye, Field, QualityGeometry, TriageDecision
 from gateway.store.audit import AuditEntry
 
 
@@ -170,6 +170,8 @@ class RetinaOutcome:
     referable_probability: float | None
     model_version: str | None
     triage_error: str | None
+    geometry: QualityGeometry | None = None
+    """Where the gate saw its reasons (the page's overlay on the photo)."""
 
     @property
     def eye_differs(self) -> bool:

@@ -303,13 +303,52 @@ class BloodPressureReading:
         return None if self.mean_arterial is None else to_mmhg(self.mean_arterial, self.unit)
 
 
+@dataclass(frozen=True, slots=True)
+class FieldCircle:
+    """The camera's circular field as the quality gate found it, in the analysed image's pixels."""
+
+    cx: float
+    cy: float
+    r: float
+
+
+@dataclass(frozen=True, slots=True)
+class ImageBox:
+    """A rectangle of the analysed image (pixels): one tile of a region the gate marked."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QualityGeometry:
+    """Where the quality gate saw its reasons, for the technician's overlay (pixels of the analysed image,
+    ``width`` x ``height``; the page scales them onto the photo, whatever size it shows it at).
+
+    ``circle`` is the detected field; ``dark``, ``bright`` and ``blurred`` are tiles of the field that are too
+    dark (or much darker than the rest), clipped, or without fine detail; each is filled only when a reason
+    of its kind failed the photo. Never part of the message contract: a page aid, recomputable from the image.
+    """
+
+    width: int
+    height: int
+    circle: FieldCircle | None = None
+    dark: tuple[ImageBox, ...] = ()
+    bright: tuple[ImageBox, ...] = ()
+    blurred: tuple[ImageBox, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QualityVerdict:
-    """Image-quality gate result: ``ok`` or the reasons a technician can act on."""
+    """Image-quality gate result: ``ok`` or the reasons a technician can act on, and where in the image it saw
+    them (``geometry``; None when not computed)."""
 
     ok: bool
     reasons: tuple[str, ...] = ()
     metrics: Mapping[str, float] = field(default_factory=dict)
+    geometry: QualityGeometry | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

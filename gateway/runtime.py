@@ -114,13 +114,29 @@ class DeskBus:
 class Board(Generic[V]):
     """A small thread-safe keyed store of typed records (progress of desk requests, devices seen), oldest first.
 
-    Records are frozen: a change is a new record, made from the old one with :meth:`update`.
+    Records are frozen: a change is a new record, made from the old one with :meth:`update`. Every change
+    bumps :attr:`version` and wakes the threads in :meth:`wait_newer` (the pages' pushed events wait there, on
+    a condition: no polling loop).
     """
 
     def __init__(self, keep: int = 200) -> None:
         self._items: dict[str, V] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._version = 0
         self._keep = keep
+
+    @property
+    def version(self) -> int:
+        """How many changes the board has seen (read it before the records, then wait for a newer one)."""
+        with self._lock:
+            return self._version
+
+    def wait_newer(self, version: int, timeout: float) -> int:
+        """Block until the board changed after ``version`` or ``timeout`` seconds passed; the version now."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._version > version, timeout)
+            return self._version
 
     def put(self, key: str, value: V) -> None:
         """Set the record for ``key`` (it becomes the newest)."""
@@ -133,6 +149,8 @@ class Board(Generic[V]):
             self._items[key] = value
             while len(self._items) > self._keep:
                 self._items.pop(next(iter(self._items)))
+            self._version += 1
+            self._changed.notify_all()
             return value
 
     def get(self, key: str) -> V | None:
@@ -148,7 +166,9 @@ class Board(Generic[V]):
     def remove(self, key: str) -> None:
         """Forget ``key``."""
         with self._lock:
-            self._items.pop(key, None)
+            if self._items.pop(key, None) is not None:
+                self._version += 1
+                self._changed.notify_all()
 
 
 @dataclass(frozen=True, slots=True)

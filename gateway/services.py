@@ -14,9 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -50,11 +54,12 @@ from gateway.health import (
     assess,
 )
 from gateway.meters import sync_request_type
-from gateway.records import Eye, Field
+from gateway.records import Eye, Field, QualityGeometry
 from gateway.runtime import Component, Runtime
 from gateway.store import audit
 from gateway.store import backup as store_backup
 from gateway.store import blood_pressure as store_bp
+from gateway.store import captures as store_captures
 from gateway.store import dead_letters as store_dead_letters
 from gateway.store import logins as store_logins
 from gateway.store import qc as store_qc
@@ -62,6 +67,7 @@ from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
 from gateway.store.audit import AuditEntry
+from gateway.store.captures import Delivery
 from gateway.store.db import Store, new_id
 from gateway.store.events import recent_events
 from gateway.store.logins import LoginThrottled
@@ -72,7 +78,11 @@ from gateway.store.users import ROLES, Role, UserError, UserRow
 
 __all__ = [
     "ROLES",
+    "BloodPressureRow",
+    "BloodPressureTarget",
+    "DeskSession",
     "DeskUnavailable",
+    "DeviceView",
     "GatewayServices",
     "Health",
     "Level",
@@ -90,18 +100,6 @@ __all__ = [
 ]
 """The facade and what its callers need; LoginThrottled, ROLES, Role, UserError and UserRow are the store's,
 re-exported here so that nothing above the facade imports the store."""
-
-__all__ = [
-    "BloodPressureRow",
-    "BloodPressureTarget",
-    "DeskSession",
-    "DeskUnavailable",
-    "DeviceView",
-    "GatewayServices",
-    "Health",
-    "Level",
-    "ProblemKind",
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +283,7 @@ class GatewayServices:
         self.store = runtime.store
         self.outbox = OutboxAdmin(runtime.store)
         self.users = UserAdmin(runtime.store)
+        self.photos = PhotoDesk(runtime)
 
     def close(self) -> None:
         """Close the store (CLI commands, when done)."""
@@ -510,6 +509,29 @@ class GatewayServices:
         return DeskSession(session_id, live, patient_id=stored["patient_id"], meter_id=meter_id,
                            stored_error=stored["error"])  # fmt: skip
 
+    def progress_version(self) -> int:
+        """The desk progress board's change counter: read it before :meth:`progress`, then
+        :meth:`wait_progress` for a newer one (pushed events)."""
+        return self.runtime.progress.version
+
+    def wait_progress(self, version: int, timeout: float) -> int:
+        """Block (on a condition, never a polling loop) until some desk session's progress changed after
+        ``version``, or ``timeout`` seconds; the version now. Callers then read :meth:`progress` again."""
+        return self.runtime.progress.wait_newer(version, timeout)
+
+    def wait_finished(self, request_id: str, timeout: float) -> DeskProgress | None:
+        """Wait (on the progress board's condition) until a desk request is finished, at most ``timeout``
+        seconds; its live progress then (None once the core has forgotten it). The technician's page asks
+        for the photo and waits here for the verdict: the answer is then the verdict page itself."""
+        deadline = time.monotonic() + timeout  # real waiting time (a test's fake clock does not move)
+        while True:
+            version = self.runtime.progress.version
+            live = self.runtime.progress.get(request_id)
+            left = deadline - time.monotonic()
+            if live is None or live.state.finished or left <= 0:
+                return live
+            self.runtime.progress.wait_newer(version, left)
+
     def session_readings(
         self,
         session_id: str,
@@ -558,10 +580,7 @@ class GatewayServices:
 
     def sessions_today(self, kind: store_sessions.SessionKind | None = None) -> list[dict[str, Any]]:
         """Desk sessions started since midnight in the clinic's time zone."""
-        tz = ZoneInfo(self.runtime.config.gateway.timezone)
-        local_midnight = self.runtime.clock.utc_now().astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
-        since = local_midnight.astimezone(UTC).isoformat(timespec="milliseconds")
-        return store_sessions.sessions_since(self.store, since, kind)
+        return store_sessions.sessions_since(self.store, _clinic_midnight(self.runtime), kind)
 
     def link_meter(self, meter_id: str, patient_id: str, *, actor: str) -> None:
         """Register a meter to a patient (audited)."""
@@ -693,7 +712,15 @@ class GatewayServices:
         return self.runtime.desk.handles(RetinaCaptureRequest)
 
     def start_retina_session(self, patient_id: str, *, operator: str) -> str:
-        """Open a retinal capture session for a patient at the technician's desk (audited, same transaction)."""
+        """Open a retinal capture session (a visit) for a patient at the technician's desk (audited, same
+        transaction); a patient who already has one today gets that one back (their photos with it), audited as
+        resumed, never a second, empty visit."""
+        today = [s for s in self.sessions_today("retina") if s["patient_id"] == patient_id]
+        if today:
+            session_id = str(today[0]["session_id"])  # newest first
+            audit.add(self.store, actor=operator, action="retina_session_resumed", target_kind="session",
+                      target_id=session_id, patient_id=patient_id)  # fmt: skip
+            return session_id
         session_id = new_id()
         with self.store.transaction():
             store_sessions.start_session(
@@ -755,17 +782,20 @@ class GatewayServices:
         field: str,
         operator: str,
         session_id: str | None = None,
+        retake_of: str | None = None,
     ) -> str:
         """Hand a photo uploaded at the desk to the core; poll :meth:`progress` with the returned id.
 
-        Audited (``retina_upload``) in the transaction that stores it. Raises CaptureError for an eye or field
-        that is not one; IntakeRefused / DiskFull when the store cannot take ``data`` now; DeskUnavailable
-        when the retina service is not running.
+        Audited (``retina_upload``, or ``retina_retake`` with ``retake_of``: a retake of an uploaded photo is
+        another file) in the transaction that stores it. Raises CaptureError for an eye or field that is not
+        one; IntakeRefused / DiskFull when the store cannot take ``data`` now; DeskUnavailable when the retina
+        service is not running.
         """
         eye_, field_ = _eye_field(eye, field)
         request = RetinaUploadRequest(request_id=new_id(), operator=operator, patient_id=patient_id, eye=eye_,
                                       field=field_, session_id=session_id, data=data)  # fmt: skip
-        return self._submit_retina(request, action="retina_upload", nbytes=len(data))
+        action = "retina_retake" if retake_of else "retina_upload"
+        return self._submit_retina(request, action=action, nbytes=len(data), retake_of=retake_of)
 
     def preview_stream(self, max_frames: int | None = None) -> tuple[str, Iterator[bytes]] | None:
         """The camera's live preview as (content type, MJPEG parts), or None when no retina component runs.
@@ -779,14 +809,10 @@ class GatewayServices:
 
     def captures(self, *, session_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Stored captures, newest first (patient data: behind login)."""
-        from gateway.store import captures as store_captures
-
         return store_captures.list_captures(self.store, session_id=session_id, limit=limit)
 
     def capture(self, capture_id: str) -> dict[str, Any] | None:
         """One stored capture with its verdicts (patient data: behind login)."""
-        from gateway.store import captures as store_captures
-
         return store_captures.get_capture(self.store, capture_id)
 
     def referrals(self, *, patient_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
@@ -864,6 +890,13 @@ def _with_link_error(events: list[dict[str, Any]], link: LinkFacts | None) -> li
     return merged[: max(len(events), 1)]
 
 
+def _clinic_midnight(runtime: Runtime) -> str:
+    """Today's midnight in the clinic's time zone, as the store's UTC text (where "today" starts)."""
+    tz = ZoneInfo(runtime.config.gateway.timezone)
+    local_midnight = runtime.clock.utc_now().astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    return local_midnight.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
 def _eye_field(eye: str, field: str) -> tuple[Eye, Field]:
     """The desk's eye and field choice as values; CaptureError when they are not one."""
     try:
@@ -939,6 +972,182 @@ class OutboxAdmin:
     def dead_letter_payload(self, dead_letter_id: int) -> tuple[bytes, int] | None:
         """The kept bytes of one dead letter and its full size, for IT's terminal (never for logs or pages)."""
         return store_dead_letters.payload_of(self.store, dead_letter_id)
+
+
+class PhotoSize(StrEnum):
+    """The renditions of a photo the technician's page shows: a thumbnail, and a view for the screen."""
+
+    THUMB = "thumb"
+    SCREEN = "screen"
+
+
+_PHOTO_SIDES = {PhotoSize.THUMB: 320, PhotoSize.SCREEN: 1600}
+_PHOTO_CACHE = 64
+"""Renditions kept in memory (a thumbnail is ~20 KB, a screen view ~300 KB): a morning's gallery."""
+
+
+@dataclass(frozen=True, slots=True)
+class Photo:
+    """A rendition of a stored photo (JPEG), with its validator: it never changes for a capture."""
+
+    media_type: str
+    data: bytes
+    etag: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VisitPhoto:
+    """A photo of a visit as the technician's gallery shows it (patient data: behind login)."""
+
+    capture_id: str
+    captured_at: str
+    eye: Eye
+    field: Field
+    source: str
+    """How it was taken: ``camera``, ``upload`` or ``folder`` (a retake repeats it)."""
+    quality_ok: bool
+    reasons: tuple[str, ...]
+    decision: str | None
+    referable_probability: float | None
+    delivery: Delivery
+    superseded_by: str | None = None
+    """The later photo of the same eye and field that replaced this one in the visit (its capture id)."""
+    superseded_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetinaVisit:
+    """A technician's visit of today for the start page (patient data: behind login)."""
+
+    session_id: str
+    patient_id: str
+    started_at: str
+    operator: str | None
+    photos: int
+    gradable: int
+
+
+class PhotoDesk:
+    """``services.photos``: the technician's visits and their photos, the renditions the page shows, and where
+    the gate saw its reasons (the overlay). Reads the store; renders with the retina area's pure functions."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._geometry: OrderedDict[str, QualityGeometry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def visit(self, session_id: str, *, limit: int = 60) -> list[VisitPhoto]:
+        """A visit's photos, newest first: each with its delivery state and, when the next photo of the same
+        eye and field replaced it (the retake), that photo; a gradable photo is replaced only by a gradable one."""
+        rows = store_captures.list_captures(self.store, session_id=session_id, limit=limit)
+        delivery = store_captures.delivery_states(self.store, [r["capture_id"] for r in rows])
+        photos: list[VisitPhoto] = []
+        replaced_by: dict[str, dict[str, Any]] = {}
+        later: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:  # newest first: remember the next-newer photo of each eye and field
+            key = (row["eye"], row["field"])
+            successor = later.get(key)
+            # A gradable photo is not replaced by a retake that failed the gate (that one is the outlier).
+            if successor is not None and (successor["quality_ok"] or not row["quality_ok"]):
+                replaced_by[row["capture_id"]] = successor
+            later[key] = row
+        for row in rows:
+            successor = replaced_by.get(row["capture_id"])
+            photos.append(
+                VisitPhoto(
+                    capture_id=row["capture_id"],
+                    captured_at=row["captured_at"],
+                    eye=Eye(row["eye"]),
+                    field=Field(row["field"]),
+                    source=row["source"],
+                    quality_ok=row["quality_ok"],
+                    reasons=tuple(row["quality_reasons"]),
+                    decision=row["decision"],
+                    referable_probability=row["referable_probability"],
+                    delivery=delivery[row["capture_id"]],
+                    superseded_by=None if successor is None else successor["capture_id"],
+                    superseded_at=None if successor is None else successor["captured_at"],
+                )
+            )
+        return photos
+
+    def visits_today(self) -> list[RetinaVisit]:
+        """Today's visits (since the clinic's midnight), newest first, with how many photos each has."""
+        visits = []
+        for row in store_sessions.sessions_since(self.store, _clinic_midnight(self.runtime), "retina"):
+            photos = store_captures.list_captures(self.store, session_id=row["session_id"], limit=200)
+            visits.append(
+                RetinaVisit(
+                    session_id=row["session_id"],
+                    patient_id=row["patient_id"] or "",
+                    started_at=row["started_at"],
+                    operator=row["operator"],
+                    photos=len(photos),
+                    gradable=sum(1 for p in photos if p["quality_ok"]),
+                )
+            )
+        return visits
+
+    def photo(self, capture_id: str, size: PhotoSize) -> Photo | None:
+        """A JPEG rendition of a stored photo (None for an unknown capture or a missing file); kept in memory
+        for the next view (a capture's image never changes: its id and its hash name it).
+
+        Raises:
+            CaptureError: the stored file cannot be decoded.
+        """
+        key = (capture_id, str(size))
+        with self._lock:
+            data = self._cache.get(key)
+            if data is not None:
+                self._cache.move_to_end(key)
+        if data is None:
+            from gateway.retina import imaging  # OpenCV: loaded by the pages' first photo, not by every command
+
+            original = store_captures.image_bytes(self.store, capture_id)
+            if original is None:
+                return None
+            data = imaging.rendition(original, max_side=_PHOTO_SIDES[size], **self._limits())
+            with self._lock:
+                self._cache[key] = data
+                while len(self._cache) > _PHOTO_CACHE:
+                    self._cache.popitem(last=False)
+        return Photo(media_type="image/jpeg", data=data, etag=f"{capture_id}-{size}")
+
+    def geometry(self, capture_id: str) -> QualityGeometry | None:
+        """Where the quality gate saw its reasons on a stored photo (the overlay), or None for an unknown
+        capture; from the desk's live result when the core still has it, else measured again on the image (a
+        page aid, never stored: the same pure gate gives the same answer)."""
+        with self._lock:
+            found = self._geometry.get(capture_id)
+        if found is not None:
+            return found
+        for _, progress in reversed(self.runtime.progress.items()):
+            outcome = getattr(progress, "outcome", None)
+            if outcome is not None and outcome.capture_id == capture_id and outcome.geometry is not None:
+                found = outcome.geometry
+                break
+        if found is None:
+            from gateway.retina import imaging, quality
+            from gateway.retina.intake import WORKING_SIDE
+
+            original = store_captures.image_bytes(self.store, capture_id)
+            if original is None:
+                return None
+            decoded = imaging.decode(original, reduce_to=WORKING_SIDE, **self._limits())
+            found = quality.assess(decoded.image).geometry
+        if found is None:  # pragma: no cover - assess always locates
+            return None
+        with self._lock:
+            self._geometry[capture_id] = found
+            while len(self._geometry) > 4 * _PHOTO_CACHE:
+                self._geometry.popitem(last=False)
+        return found
+
+    def _limits(self) -> dict[str, int]:
+        retina = self.runtime.config.retina
+        return {"max_bytes": int(retina.max_image_mb * 1024 * 1024), "max_pixels": retina.max_pixels}
 
 
 class UserAdmin:

@@ -300,3 +300,21 @@ def encode_jpeg(image_bgr: npt.NDArray[np.uint8], quality: int = 92) -> bytes:
     if not ok:
         raise CaptureError("the frame could not be encoded as JPEG")
     return bytes(buf.tobytes())
+
+
+def rendition(data: bytes, *, max_side: int, max_bytes: int, max_pixels: int, quality: int = 85) -> bytes:
+    """A JPEG of the photo ``data`` no larger than ``max_side`` pixels (a thumbnail, or a view for the screen
+    that any browser shows, whatever the camera wrote: TIFF, 16-bit PNG). Large JPEGs are decoded at reduced
+    size, so a thumbnail of a 20-megapixel photo costs a fraction of a full decode.
+
+    Raises:
+        CaptureError: the stored bytes cannot be decoded (as :func:`decode`).
+    """
+    decoded = decode(data, max_bytes=max_bytes, max_pixels=max_pixels, reduce_to=max_side)
+    image = decoded.image
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+    return encode_jpeg(image, quality)

@@ -1,4 +1,4 @@
-"""Image-quality gate: a decoded photo -> QualityVerdict(ok, reasons, metrics) (PURE).
+"""Image-quality gate: a decoded photo -> QualityVerdict(ok, reasons, metrics, geometry) (PURE).
 
 Fast (a few tens of milliseconds on one core at any camera resolution: the image is downscaled first)
 and explainable: every reason is one a technician can act on while the patient is still in the chair.
@@ -34,13 +34,17 @@ split of the shared photos by ``bench/quality_eval.py``; rates on the *valid* sp
    :data:`FOCUS_DIAMETER` pixels across the fundus; motion from the same ratio measured per direction
    (gradient energy at two scales): a smear leaves one direction blurred while the others stay sharp.
 
+5. :func:`locate` says where the reasons are, as typed geometry (:class:`~gateway.records.QualityGeometry`) for
+   the technician's overlay: the fitted field circle, and tiles of the field that are dark, clipped or
+   without fine detail, from the arrays the metrics were computed on (nothing measured twice).
+
 Imports numpy and OpenCV's array functions only; no I/O.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -48,7 +52,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from gateway.records import Eye, QualityVerdict
+from gateway.records import Eye, FieldCircle, ImageBox, QualityGeometry, QualityVerdict
 
 Image = npt.NDArray[np.uint8]
 Floats = npt.NDArray[np.float32]
@@ -323,8 +327,28 @@ def _disc_offset(work: Image, mask: npt.NDArray[np.uint8], circle: _Circle) -> f
     return (x - circle.cx) / circle.r
 
 
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What :func:`measure` computed on the way, kept for :func:`locate` (nothing is computed twice)."""
+
+    work: Image
+    work_scale: float
+    """``work`` pixels per input pixel."""
+    mask: npt.NDArray[np.uint8]
+    circle: _Circle | None
+    view_scale: float
+    """Focus-view pixels per input pixel."""
+    fine: Floats
+    coarse: Floats
+    vmask: npt.NDArray[np.bool_]
+
+
 def measure(image: Image) -> dict[str, float]:
     """All quality metrics of a BGR uint8 photo (see the module docstring for what each one means)."""
+    return _measure(image)[0]
+
+
+def _measure(image: Image) -> tuple[dict[str, float], _Parts]:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 BGR image, got {image.shape} {image.dtype}")
     work = _downscale(image, WORK_SIDE)
@@ -378,7 +402,68 @@ def measure(image: Image) -> dict[str, float]:
     metrics["focus_dir"] = low
     metrics["blur_anisotropy"] = 1.0 - low / max(high, 1e-6)
     metrics["block_damage"] = _block_damage(work, cv2.erode(mask, np.ones((7, 7), np.uint8)).astype(bool))
-    return {k: round(v, 4) for k, v in metrics.items()}
+    parts = _Parts(work, work_scale, mask, circle, view.shape[1] / image.shape[1], fine, coarse, vmask)
+    return {k: round(v, 4) for k, v in metrics.items()}, parts
+
+
+TILES: Final = 12
+"""The overlay's grid: the longest side of the photo in this many tiles."""
+DARK_REASONS: Final = frozenset({"too_dark", "uneven_illumination", "small_pupil_vignetting"})
+BRIGHT_REASONS: Final = frozenset({"overexposed"})
+BLUR_REASONS: Final = frozenset({"out_of_focus", "motion_blur"})
+
+
+def _tiles(shape: tuple[int, int], inside: npt.NDArray[np.bool_]) -> Iterator[tuple[int, int, int, int]]:
+    """(x, y, w, h) of the grid's tiles that lie mostly inside the fundus."""
+    h, w = shape
+    side = max(8, round(max(h, w) / TILES))
+    for y in range(0, h - side // 2, side):
+        for x in range(0, w - side // 2, side):
+            if inside[y : y + side, x : x + side].mean() >= 0.5:
+                yield x, y, min(side, w - x), min(side, h - y)
+
+
+def locate(image: Image, reasons: tuple[str, ...], parts: _Parts | None = None) -> QualityGeometry:
+    """Where in ``image`` the gate saw ``reasons``: the field circle, and the tiles that are too dark (or much
+    darker than the rest of the field), clipped, or without fine detail (only for reasons of their kind).
+
+    Pure and cheap (the tiles reuse what :func:`measure` computed); coordinates are ``image`` pixels.
+    """
+    if parts is None:
+        parts = _measure(image)[1]
+    height, width = image.shape[:2]
+    ws, vs = parts.work_scale, parts.view_scale
+    circle = parts.circle
+    field = None if circle is None else FieldCircle(*(round(v / ws, 1) for v in (circle.cx, circle.cy, circle.r)))
+    inside = parts.mask.astype(bool)
+
+    def box(x: int, y: int, w: int, h: int, scale: float) -> ImageBox:
+        return ImageBox(round(x / scale, 1), round(y / scale, 1), round(w / scale, 1), round(h / scale, 1))
+
+    dark: list[ImageBox] = []
+    bright: list[ImageBox] = []
+    if set(reasons) & (DARK_REASONS | BRIGHT_REASONS):
+        luma = _luma(parts.work)
+        tiles = list(_tiles(luma.shape, inside))
+        means = [float(luma[y : y + h, x : x + w].mean()) for x, y, w, h in tiles]
+        if tiles and set(reasons) & DARK_REASONS:
+            # Absolutely too dark, or far darker than the well-lit part of this very field.
+            limit = max(THRESHOLDS.min_luma, 0.5 * float(np.percentile(means, 75)))
+            dark = [box(*t, ws) for t, m in zip(tiles, means, strict=True) if m < limit]
+        if tiles and set(reasons) & BRIGHT_REASONS:
+            top = parts.work.max(axis=2) >= 250
+            for (x, y, w, h), m in zip(tiles, means, strict=True):
+                if m > THRESHOLDS.max_luma or top[y : y + h, x : x + w].mean() > THRESHOLDS.max_clipped:
+                    bright.append(box(x, y, w, h, ws))
+    blurred: list[ImageBox] = []
+    if set(reasons) & BLUR_REASONS:
+        for x, y, w, h in _tiles(parts.vmask.shape, parts.vmask):
+            fine = float(parts.fine[y : y + h, x : x + w].std())
+            coarse = float(parts.coarse[y : y + h, x : x + w].std())
+            if fine / max(coarse, 1e-3) < THRESHOLDS.min_focus:
+                blurred.append(box(x, y, w, h, vs))
+    return QualityGeometry(width=width, height=height, circle=field, dark=tuple(dark), bright=tuple(bright),
+                           blurred=tuple(blurred))  # fmt: skip
 
 
 def decide(metrics: dict[str, float], t: Thresholds = THRESHOLDS) -> tuple[str, ...]:
@@ -434,6 +519,7 @@ def assess(image: Image, thresholds: Thresholds = THRESHOLDS) -> QualityVerdict:
     Raises:
         ValueError: ``image`` is not an ``(H, W, 3)`` uint8 array (a caller bug; decoding guarantees it).
     """
-    metrics = measure(image)
+    metrics, parts = _measure(image)
     reasons = decide(metrics, thresholds)
-    return QualityVerdict(ok=not reasons, reasons=reasons, metrics=metrics)
+    geometry = locate(image, reasons, parts)
+    return QualityVerdict(ok=not reasons, reasons=reasons, metrics=metrics, geometry=geometry)

@@ -366,6 +366,7 @@ def describe_result(result: IntakeResult) -> RetinaOutcome:
         referable_probability=None if triage is None else triage.referable_probability,
         model_version=None if triage is None else triage.model_version,
         triage_error=result.triage_error,
+        geometry=capture.quality.geometry,
     )
 
 

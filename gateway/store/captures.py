@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,54 @@ def image_path(store: Store, capture_id: str) -> Path | None:
     return None if relative is None else store.image_dir / str(relative)
 
 
+def image_bytes(store: Store, capture_id: str) -> bytes | None:
+    """The stored bytes of a capture's image (None for an unknown capture or a missing file)."""
+    path = image_path(store, capture_id)
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"image file of capture {capture_id} cannot be read: {exc.strerror}") from exc
+
+
+class Delivery(StrEnum):
+    """Where a capture stands with the hospital, from its outbox rows (the capture message and its chunks)."""
+
+    QUEUED = "queued"
+    """Some of it is not yet acknowledged by the platform (the link is down, or it is on its way)."""
+    HELD = "held"
+    """The broker refused part of it: parked until IT retries (status page)."""
+    DELIVERED = "delivered"
+    """The platform acknowledged all of it (or its acknowledged rows were already pruned)."""
+
+
+def delivery_states(store: Store, capture_ids: list[str]) -> dict[str, Delivery]:
+    """Each capture's :class:`Delivery`, from the outbox rows its ``record_ref`` names (one indexed query)."""
+    if not capture_ids:
+        return {}
+    refs = [f"capture:{c}" for c in capture_ids]
+    marks = ", ".join("?" for _ in refs)
+    rows = store.query(
+        "SELECT record_ref, sum(state = 'parked') AS parked, sum(state IN ('pending', 'sent')) AS waiting "
+        f"FROM outbox WHERE record_ref IN ({marks}) GROUP BY record_ref",
+        refs,
+    )
+    found = {r["record_ref"].removeprefix("capture:"): r for r in rows}
+    out: dict[str, Delivery] = {}
+    for capture_id in capture_ids:
+        row = found.get(capture_id)
+        if row is not None and row["parked"]:
+            out[capture_id] = Delivery.HELD
+        elif row is not None and row["waiting"]:
+            out[capture_id] = Delivery.QUEUED
+        else:
+            out[capture_id] = Delivery.DELIVERED
+    return out
+
+
 def _row(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("quality_reasons", "quality_metrics", "thresholds"):
         row[key] = json.loads(row[key])
@@ -322,12 +371,15 @@ def folder_ledger(store: Store, *, limit: int = 50) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "Delivery",
     "StoredCapture",
     "add_capture",
     "count_captures",
+    "delivery_states",
     "folder_file_seen",
     "folder_ledger",
     "get_capture",
+    "image_bytes",
     "image_path",
     "list_captures",
     "read_body",

@@ -26,7 +26,7 @@ from werkzeug.security import generate_password_hash
 from gateway.config import GatewayConfig, read_secret
 from gateway.errors import ConfigError, DiskFull, IntakeRefused, StoreError
 from gateway.services import GatewayServices
-from gateway.web import auth, i18n, nurse, referrals, status, technician
+from gateway.web import auth, i18n, nurse, push, referrals, status, technician
 from gateway.web.context import EXTENSION_KEY, WebContext
 
 _logger = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def create_app(services: GatewayServices, config: GatewayConfig) -> Flask:
     auth.init_login(app)
     for blueprint in (auth.bp, i18n.bp, status.bp, nurse.bp, technician.bp, referrals.bp):
         app.register_blueprint(blueprint)
+    push.init_app(app)
 
     @app.context_processor
     def _globals() -> dict[str, object]:
@@ -108,7 +109,9 @@ def create_app(services: GatewayServices, config: GatewayConfig) -> Flask:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"  # CSRF over HTTPS checks the referrer
         response.headers["X-Frame-Options"] = "DENY"
-        if not request.path.startswith("/static/"):
+        if not request.path.startswith("/static/") and "Cache-Control" not in response.headers:
+            # Pages hold patient data: never stored. A view that may be cached says how itself (a photo:
+            # ``private``, by this browser only).
             response.headers["Cache-Control"] = "no-store"
         response.vary.add("Accept-Language")
         response.vary.add("Cookie")

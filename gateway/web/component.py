@@ -73,6 +73,9 @@ class WebServer:
                 threads=WEB_THREADS,
                 ident="clinic-gateway",
                 asyncore_loop_timeout=LOOP_TIMEOUT_S,
+                # Read ahead on a connection while its request runs: a closed tab is noticed at once, and an
+                # event stream (gateway.web.push) sees it through ``waitress.client_disconnected``.
+                channel_request_lookahead=1,
                 clear_untrusted_proxy_headers=True,
                 **proxy_settings(web.trusted_proxy),
             )

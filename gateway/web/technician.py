@@ -2,23 +2,32 @@
 reasons and retake, the advisory triage result, and referral decisions from the platform.
 
 Captures run in the retina service (``gateway.retina.service``) in the asyncio core; this page asks for
-them through the facade and polls the outcome. Without the retina service (or without a camera) the page
-still works and says so. Patient ids stay in POST bodies and server-rendered pages, never in URLs or logs.
+them through the facade and is told the outcome (pushed, :mod:`gateway.web.push`; polled where events cannot
+flow). Without the retina service (or without a camera) the page still works and says so. Patient ids stay in
+POST bodies and server-rendered pages, never in URLs or logs.
+
+The photo is shown as soon as it is stored: a thumbnail (enlarged on click) with the quality gate's reasons
+drawn over it (the field circle, the dark, clipped or blurred tiles: ``services.photos.geometry``), and each
+visit's photos as a gallery where a photo replaced by its retake is greyed and says so. A retake repeats the
+way the photo came: the camera again, a file again, or the camera's export folder.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 
+from gateway.clock import clinic_time
 from gateway.desk import RetinaProgress
-from gateway.services import DeskSession, DeskUnavailable
+from gateway.errors import CaptureError
+from gateway.services import DeskSession, DeskUnavailable, PhotoSize, VisitPhoto
 from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services, web_context
 from gateway.web.nurse import clean_patient_id
@@ -30,6 +39,8 @@ bp = Blueprint("technician", __name__, url_prefix="/technician")
 
 EYES = ("R", "L")
 FIELDS = ("disc", "macula")
+VERDICT_WAIT_S = 2.0
+"""How long taking or uploading a photo waits for its verdict before answering (holding one server thread)."""
 PREVIEW_SECONDS = 300
 """A preview stream ends after this long (it holds a server thread); the page offers to restart it."""
 
@@ -50,6 +61,27 @@ DECISION_TEXT = {
     "rescreen": _l("Rescreen at the usual interval (advisory)"),
     "ungradable": _l("Ungradable: treat as refer (advisory)"),
 }
+DECISION_ICON = {"refer": "\u26a0", "rescreen": "\u2713", "ungradable": "?"}
+"""Refer and rescreen differ in colour, icon and words, not in colour alone (colour-blind readers, print)."""
+SOURCE_TEXT = {
+    "camera": _l("camera"),
+    "upload": _l("uploaded file"),
+    "folder": _l("camera's export folder"),
+}
+DELIVERY_TEXT = {
+    "queued": _l("Queued for the hospital"),
+    "held": _l("Held: the hospital link refused it (IT can retry)"),
+    "delivered": _l("At the hospital"),
+}
+EYE_TEXT = {"R": _l("Right (OD)"), "L": _l("Left (OS)")}
+FIELD_TEXT = {"macula": _l("Macula-centred"), "disc": _l("Disc-centred")}
+MARK_TEXT = {
+    "circle": _l("the camera's field as found"),
+    "dark": _l("too dark"),
+    "bright": _l("overexposed"),
+    "blurred": _l("no sharp detail"),
+}
+"""The overlay's legend: what each kind of mark on the photo means."""
 
 
 def reason_text(reason: str) -> str:
@@ -80,30 +112,62 @@ def desk() -> ResponseReturnValue:
         else:
             session_id = services().start_retina_session(patient_id, operator=current_user.username)
             return redirect(url_for("technician.session", session_id=session_id))
-    return render_template("technician.html", retina_available=services().retina_available())
+    return render_template(
+        "technician.html",
+        retina_available=services().retina_available(),
+        visits=services().photos.visits_today(),
+    )
 
 
 def _session_page(session_id: str, result: RetinaProgress | None = None, **extra: Any) -> str:
     row = _retina_session(session_id)
     svc = services()
-    captures = svc.captures(session_id=session_id)
-    referrals = svc.referrals(patient_id=row.patient_id)
+    photos = svc.photos.visit(session_id)
+    outcome = None if result is None else result.outcome
+    shown = next((p for p in photos if outcome is not None and p.capture_id == outcome.capture_id), None)
+    tz = ZoneInfo(web_context().config.gateway.timezone)
     return render_template(
         "technician_session.html",
         session_id=session_id,
         patient_id=row.patient_id,
         retina_available=svc.retina_available(),
         camera_enabled=web_context().config.retina.camera.enabled,
-        captures=captures,
-        referrals=referrals,
+        photos=photos,
+        shown=shown,
+        geometry=_geometry,
+        referrals=svc.referrals(patient_id=row.patient_id),
         result=result,
         eyes=EYES,
         fields=FIELDS,
         reason_text=reason_text,
         decision_text=DECISION_TEXT,
+        decision_icon=DECISION_ICON,
+        source_text=SOURCE_TEXT,
+        delivery_text=DELIVERY_TEXT,
+        mark_text=MARK_TEXT,
         referral_text=referral_text,
+        texts={
+            "eye": EYE_TEXT,
+            "field": FIELD_TEXT,
+            "source": SOURCE_TEXT,
+            "icon": DECISION_ICON,
+            "decision": DECISION_TEXT,
+            "delivery": DELIVERY_TEXT,
+            # Photos a minute apart must not all read "10:40": the gallery shows seconds.
+            "time": lambda value: clinic_time(value, tz, date=False, seconds=True),
+        },
         **extra,
     )
+
+
+def _geometry(photo: VisitPhoto) -> Any:
+    """The overlay of a photo that failed the gate (a photo that passed has nothing to show)."""
+    if photo.quality_ok:
+        return None
+    try:
+        return services().photos.geometry(photo.capture_id)
+    except CaptureError:  # a stored file that no longer decodes: the photo itself says so (no thumbnail)
+        return None
 
 
 @bp.get("/session/<session_id>")
@@ -127,10 +191,17 @@ def _submit(session_id: str, *, upload: bool) -> ResponseReturnValue:
             file = request.files.get("photo")
             data = file.read() if file is not None else b""
             if not data:
-                flash(_("Choose a photo file to upload."), "error")
-                return redirect(url_for("technician.session", session_id=session_id, eye=eye, field=field))
+                # Said next to the file field, on the page the technician is on (a flash after a reload
+                # read as nothing happening), with a client-error status.
+                return _session_page(session_id, eye=eye, field=field, upload_error=True), 400
             request_id = svc.upload_capture(
-                data, patient_id=patient_id, eye=eye, field=field, operator=current_user.username, session_id=session_id
+                data,
+                patient_id=patient_id,
+                eye=eye,
+                field=field,
+                operator=current_user.username,
+                session_id=session_id,
+                retake_of=request.form.get("retake_of") or None,
             )
         else:
             request_id = svc.request_capture(
@@ -147,6 +218,9 @@ def _submit(session_id: str, *, upload: bool) -> ResponseReturnValue:
     # The audit row is written by the store together with the photo (never here, after handing it over).
     action = "upload" if upload else "capture"
     _logger.info("user %s asked for retina %s %s (session %s)", current_user.username, action, request_id, session_id)
+    # Long-poll: the check takes a fraction of a second, so wait for it here and answer with the verdict page
+    # itself (one page load). A slower check shows "Checking…" and the verdict is pushed to the page.
+    svc.wait_finished(request_id, float(current_app.config.get("CG_VERDICT_WAIT_S", VERDICT_WAIT_S)))
     return redirect(url_for("technician.result", session_id=session_id, request_id=request_id, eye=eye, field=field))
 
 
@@ -160,7 +234,8 @@ def capture(session_id: str) -> ResponseReturnValue:
 @bp.post("/session/<session_id>/upload")
 @roles_required("technician")
 def upload(session_id: str) -> ResponseReturnValue:
-    """Take a photo file from this computer (a camera that saves files, a USB stick)."""
+    """Take a photo file from this computer (a camera that saves files, a USB stick); also the retake of an
+    uploaded photo (``retake_of``), which asks for a file again, never the camera."""
     return _submit(session_id, upload=True)
 
 
@@ -193,6 +268,23 @@ def api_request(request_id: str) -> ResponseReturnValue:
     """State of a capture request for the polling script (no patient data)."""
     state = _request_state(request_id)
     return {"state": str(state.state), "finished": state.state.finished, "storage_full": state.storage_full}
+
+
+@bp.get("/photo/<capture_id>/<size>.jpg")
+@roles_required("technician")
+def photo(capture_id: str, size: str) -> ResponseReturnValue:
+    """A stored photo as a thumbnail or a screen-sized view (JPEG). Only the opaque capture id in the URL; kept
+    by this browser only (``private``: never by a shared cache), revalidated by its ETag."""
+    try:
+        found = services().photos.photo(capture_id, PhotoSize(size))
+    except (ValueError, CaptureError):  # not a size we make; a stored file that no longer decodes
+        abort(404)
+    if found is None:
+        abort(404)
+    response = Response(found.data, mimetype=found.media_type)
+    response.set_etag(found.etag)
+    response.headers["Cache-Control"] = "private, max-age=86400"
+    return response.make_conditional(request)
 
 
 @bp.get("/preview.mjpg")

@@ -16,6 +16,8 @@ from gateway.records import (
     GlucoseReading,
     PressureUnit,
     QualityVerdict,
+    TriageDecision,
+    TriageResult,
     Unit,
 )
 from gateway.store import Store, open_store
@@ -142,3 +144,28 @@ def confirm(store: Store, message_ids: list[str]) -> int:
     applied = outbox.ack(message_ids).applied
     outbox.requeue([m for m in claimed if m not in set(message_ids)])
     return applied
+
+
+def store_triaged_photo(
+    store: Store, image: bytes, *, patient_id: str, session_id: str, decision: TriageDecision, field: Field
+) -> str:
+    """A gradable camera photo of a desk visit with an advisory triage ``decision`` (as the model would give it),
+    stored by the real intake path; its capture id."""
+    capture = Capture(
+        capture_id=new_id(),
+        sha256=hashlib.sha256(image).hexdigest(),
+        size_bytes=len(image),
+        media_type="image/jpeg",
+        width=640,
+        height=480,
+        eye=Eye.RIGHT,
+        field=field,
+        source="camera",
+        captured_at=store.clock.utc_now(),
+        quality=QualityVerdict(ok=True),
+        triage=TriageResult(referable_probability=0.9, decision=decision, model_version="test-1"),
+        patient_id=patient_id,
+        session_id=session_id,
+    )
+    add_capture_to_store(store, capture, image, chunk_size=64 * 1024)
+    return capture.capture_id

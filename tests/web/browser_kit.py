@@ -10,6 +10,7 @@ For the desk pages too: import what you need and call it on a Playwright ``Page`
   scroll), :func:`assert_accessible` (axe-core, zero serious or critical violations) and, on a Chinese page,
   :func:`assert_no_english` (the walker below).
 - :func:`english_words`: the walker itself, if a test wants the list.
+- :func:`assert_buttons_reachable`: at phone width, every button lies inside the window.
 - :func:`wait_for` : poll a condition in the test (the pages' CSP forbids Playwright's ``wait_for_function``).
 
 No fixed sleeps anywhere: the checks run on what the page shows once the test has waited for it.
@@ -228,6 +229,15 @@ def assert_no_english(page: Any) -> None:
     """A Chinese page shows no English UI words (see :func:`english_words` for the rule)."""
     words = english_words(page)
     assert not words, f"{page.url}: English on a Chinese page: {words[:12]}"
+
+
+# -- reach ------------------------------------------------------------------------------------------------------
+def assert_buttons_reachable(page: Any, width: int) -> None:
+    """Every visible button of the page's main part lies inside the window (no action needs a sideways scroll)."""
+    for box in page.locator("main button:visible").evaluate_all(
+        "els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.right]; })"
+    ):
+        assert box[0] >= 0 and box[1] <= width, f"{page.url}: a button sticks out: {box}"
 
 
 # -- all of it --------------------------------------------------------------------------------------------------

@@ -260,14 +260,21 @@ def _technician_journey(page: object) -> None:
     expect(page.locator("#quality-reasons li[data-reason=too_dark]")).to_contain_text("Too dark")
     _wait_for_preview(page)
     _shot(page, "10-technician-too-dark")
+    # Retake repeats the way the photo came: after an upload it asks for a file (it never fires the camera).
+    expect(page.locator("#retake-box")).to_have_attribute("data-source", "upload")
+    good = emulated_camera.encode(emulated_camera.synthetic_fundus(11, eye="L"))
+    page.set_input_files(  # type: ignore[attr-defined]
+        "#retake-photo", files=[{"name": "again.jpg", "mimeType": "image/jpeg", "buffer": good}]
+    )
     before = page.url  # type: ignore[attr-defined]
     page.click("#retake")  # type: ignore[attr-defined]
     page.wait_for_url(lambda url: url != before)  # type: ignore[attr-defined]
     expect(page.locator("#quality-verdict")).to_be_visible(timeout=15000)
-    # The looping emulated camera can hand back a frame identical to the first photo: stored once, said so.
-    duplicate = page.locator("#result").inner_text().count("already stored") > 0  # type: ignore[attr-defined]
-    expect(page.locator("#captures-table tbody tr")).to_have_count(2 if duplicate else 3)
-    expect(page.locator("#captures-table tbody")).not_to_contain_text("R")
+    expect(page.locator("#gallery figure.photo")).to_have_count(3)
+    # The dark upload is greyed and marked as replaced by its retake (the newest, first in the gallery).
+    expect(page.locator("#gallery figure.photo").first).not_to_have_class(re.compile("superseded"))
+    expect(page.locator("#gallery figure.photo.superseded .replaced").first).to_be_visible()
+    expect(page.locator("#gallery")).not_to_contain_text("Right (OD)")
     _wait_for_preview(page)
     _shot(page, "11-technician-retake")
     assert TECH_PATIENT not in page.url  # type: ignore[attr-defined]

@@ -112,6 +112,24 @@ class CoreThread:
 
 
 @contextmanager
+def retina_core(runtime: Runtime, *, load: bool = False) -> Iterator[CoreThread]:
+    """The real retina service (real quality gate; the triage model with ``load``) serving the desk's photo
+    requests on a core thread, as the daemon runs it; stopped at the end."""
+    from gateway.retina.service import RetinaService
+
+    service = RetinaService(runtime, load=load)
+    runtime.components.append(service)
+    core = CoreThread(runtime)
+    for request_type in RetinaService.serves:
+        runtime.desk.queue(request_type)  # consumed from now on, so the pages see the service as running
+    core.start(service.run)
+    try:
+        yield core
+    finally:
+        core.stop()
+
+
+@contextmanager
 def serving(runtime: Runtime) -> Iterator[WebServer]:
     """The daemon's own web component (waitress, its settings) serving ``runtime`` on a free loopback port."""
     core = CoreThread(runtime)
