@@ -33,7 +33,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from gateway import records
-from gateway.errors import ModelError
+from gateway.errors import ModelError, ModelInputMismatch
 from gateway.records import QualityVerdict, TriageDecision, TriageResult
 from gateway.retina.preprocess import INPUT_SIZE, prepare_input
 
@@ -54,6 +54,8 @@ class ModelInfo:
     input_size: int
     output_name: str
     thresholds: Mapping[str, float]
+    validation: Mapping[str, Any] | None = None
+    """The validation summary the model was published (and installed) with, if its sidecar has one."""
 
     def describe(self) -> dict[str, Any]:
         """For the status page and ``gateway triage``: version, file name, thresholds (no paths of data)."""
@@ -62,16 +64,17 @@ class ModelInfo:
             "file": self.path.name,
             "input_size": self.input_size,
             "thresholds": dict(self.thresholds),
+            "validation": None if self.validation is None else dict(self.validation),
         }
 
 
-def read_sidecar(model_path: Path) -> ModelInfo:
-    """Read and check ``<model>.json`` next to the ONNX file.
+def read_sidecar(model_path: Path, sidecar: Path | None = None) -> ModelInfo:
+    """Read and check the model's description: ``sidecar``, by default ``<model>.json`` next to the ONNX file.
 
     Raises:
         ModelError: missing or unreadable file, or missing / wrong keys (named).
     """
-    sidecar = model_path.with_suffix(".json")
+    sidecar = sidecar or model_path.with_suffix(".json")
     try:
         doc = json.loads(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -99,17 +102,32 @@ def read_sidecar(model_path: Path) -> ModelInfo:
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
             raise ModelError(f"model description {sidecar}: thresholds.{key} must be a number in 0..1")
         clean[str(key)] = float(value)
-    return ModelInfo(path=model_path, model_version=version, input_size=size, output_name=str(output), thresholds=clean)
+    validation = doc.get("validation")
+    return ModelInfo(
+        path=model_path,
+        model_version=version,
+        input_size=size,
+        output_name=str(output),
+        thresholds=clean,
+        validation=validation if isinstance(validation, dict) else None,
+    )
 
 
 class TriageModel:
     """The referable-DR model, loaded once; :meth:`triage` is safe to call from several threads."""
 
-    def __init__(self, path: Path | None = None, *, threads: int = 1, low_memory: bool = True) -> None:
+    def __init__(
+        self, path: Path | None = None, *, sidecar: Path | None = None, threads: int = 1, low_memory: bool = True
+    ) -> None:
+        """Load ``path`` (default: the shipped model) with its sidecar (default: ``<path>.json``).
+
+        Raises:
+            ModelError: missing or unloadable model or sidecar; ModelInputMismatch for a wrong input shape.
+        """
         path = path or DEFAULT_MODEL
         if not path.is_file():
             raise ModelError(f"triage model not found at {path}; set retina.model.path")
-        self.info = read_sidecar(path)
+        self.info = read_sidecar(path, sidecar)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -130,13 +148,19 @@ class TriageModel:
         if len(inputs) != 1:
             raise ModelError(f"triage model {path.name} has {len(inputs)} inputs, expected 1 image input")
         self._input_name = inputs[0].name
+        self.input_type: str = inputs[0].type
+        """onnxruntime's element type of the input, e.g. ``tensor(float)``."""
         shape = list(inputs[0].shape)
+        self.input_shape: list[int | str | None] = shape
+        """The input's declared shape (symbolic axes as names)."""
         expected = [3, self.info.input_size, self.info.input_size]
         static = [d if isinstance(d, int) else None for d in shape[1:]]
         if len(shape) != 4 or any(d is not None and d != e for d, e in zip(static, expected, strict=True)):
-            raise ModelError(
+            raise ModelInputMismatch(
                 f"triage model {path.name} takes input shape {shape}, expected [N, 3, {self.info.input_size}, "
-                f"{self.info.input_size}] (input_size from its description)"
+                f"{self.info.input_size}] (input_size from its description)",
+                shape=list(shape),
+                expected=["N", *expected],
             )
         outputs = [o.name for o in self._session.get_outputs()]
         if self.info.output_name not in outputs:
@@ -148,6 +172,11 @@ class TriageModel:
     def model_version(self) -> str:
         """The loaded model's version string."""
         return self.info.model_version
+
+    @property
+    def input_name(self) -> str:
+        """The name of the model's one image input."""
+        return str(self._input_name)
 
     def probability(self, image_bgr: npt.NDArray[np.uint8]) -> float:
         """Referable-DR probability of one decoded BGR photo.

@@ -36,7 +36,7 @@
     }
     if (f === "model") {
       if (!value) { return t.tNone; }
-      return value.version || value.name || value.error || JSON.stringify(value);
+      return value.model_version || value.version || value.name || value.error || JSON.stringify(value);
     }
     if (value == null || value === "") { return t.tNone; }
     return String(value);
