@@ -5,6 +5,9 @@ itself to one core with ``--cpu``). Measures, on synthetic pixels (no patient da
 
 * ``model_ms``: the ONNX model alone on a preprocessed ``(1, 3, S, S)`` tensor, one intra-op thread;
 * ``preprocess_ms``: ``gateway.retina.preprocess.prepare_input`` on a camera-sized 3872x2592 frame;
+* ``quality_ms`` and ``preprocess_intake_ms``: the quality gate and ``prepare_input`` on the 1936x1296 frame
+  the intake actually hands them for a camera JPEG (decoded at 1/2 size, ``intake.WORKING_SIDE``);
+  ``per_image_ms`` = quality gate + preprocessing + model, the figure whose budget is 1 s;
 * ``baseline_matmul_ms``: a fixed 512x512 float32 matmul in the same run, as a yardstick of this
   core's speed; ``model_vs_baseline`` is the ratio.
 
@@ -30,7 +33,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.retina import preprocess  # noqa: E402
+from gateway.retina import preprocess, quality  # noqa: E402
 
 PI4_FACTOR = 6.0
 
@@ -79,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     x = preprocess.prepare_input(frame, size)
     model_med, model_p90 = timed(lambda: session.run(None, {"image": x}), args.runs)
     pre_med, pre_p90 = timed(lambda: preprocess.prepare_input(frame, size), max(10, args.runs // 10), warmup=2)
+    half = synthetic_frame(1296, 1936)
+    gate_med, _ = timed(lambda: quality.assess(half), max(10, args.runs // 10), warmup=2)
+    pre_half, _ = timed(lambda: preprocess.prepare_input(half, size), max(10, args.runs // 10), warmup=2)
     a = np.random.default_rng(1).standard_normal((512, 512)).astype(np.float32)
     base_med, _ = timed(lambda: a @ a, args.runs)
     print(
@@ -96,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
                 "model_p90_ms": round(model_p90, 2),
                 "preprocess_ms": round(pre_med, 2),
                 "preprocess_p90_ms": round(pre_p90, 2),
+                "quality_ms": round(gate_med, 2),
+                "preprocess_intake_ms": round(pre_half, 2),
+                "per_image_ms": round(gate_med + pre_half + model_med, 2),
                 "baseline_matmul_ms": round(base_med, 3),
                 "model_vs_baseline": round(model_med / base_med, 1),
                 "pi4_estimate_ms": round(model_med * PI4_FACTOR, 1),

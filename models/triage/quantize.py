@@ -81,17 +81,10 @@ def latency_ms(path: Path, size: int, runs: int = 50) -> float:
 
 
 def refer_point(report: dict[str, object]) -> dict[str, object]:
-    """The figures the shipping rule compares."""
-    eye = report["per_eye"]
-    patient = report["per_patient"]
-    assert isinstance(eye, dict) and isinstance(patient, dict)
+    """The figures the shipping rule compares: the validation summary, thresholds and the nested estimate."""
     return {
-        "auc": report["auc"],
-        "auc_ci95": report["auc_ci95_patient_bootstrap"],
+        **evaluate.validation_summary(report),
         "thresholds": report["thresholds"],
-        "refer_per_eye": {k: eye["refer"][k] for k in ("sensitivity", "specificity")},
-        "refer_per_patient": {k: patient["refer"][k] for k in ("sensitivity", "specificity")},
-        "high_specificity_per_eye": {k: eye["high_specificity"][k] for k in ("sensitivity", "specificity")},
         "nested_refer": report["nested_refer"],
     }
 

@@ -10,7 +10,20 @@ import pytest
 
 from gateway.cli import REGISTRARS, build_parser
 
-EXPECTED = {"run", "demo", "config", "outbox", "receiver", "meters", "triage", "model", "user", "export", "import", "prune"}
+EXPECTED = {
+    "run",
+    "demo",
+    "config",
+    "outbox",
+    "receiver",
+    "meters",
+    "triage",
+    "model",
+    "user",
+    "export",
+    "import",
+    "prune",
+}
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
