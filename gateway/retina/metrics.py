@@ -197,15 +197,12 @@ def per_patient(
     )
 
 
-def nested_operating_point(
+def nested_decisions(
     labels: npt.ArrayLike, scores: npt.ArrayLike, folds: npt.ArrayLike, target: float = REFER_SENSITIVITY
-) -> OperatingPoint:
-    """Threshold chosen in-fold, applied out-of-fold: an honest estimate of sensitivity on new patients.
-
-    For each fold, the "refer" threshold is chosen by :func:`threshold_for_sensitivity` on the *other*
-    folds' out-of-fold scores and applied to this fold's; the decisions are pooled. ``threshold`` of the
-    result is the mean of the per-fold thresholds (for the record only).
-    """
+) -> tuple[BoolArray, list[float]]:
+    """Threshold chosen in-fold, applied out-of-fold: each fold's "refer" decisions use a threshold chosen by
+    :func:`threshold_for_sensitivity` on the *other* folds' out-of-fold scores. Returns the decisions and the
+    per-fold thresholds."""
     y = np.asarray(labels, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     f = np.asarray(folds)
@@ -216,6 +213,16 @@ def nested_operating_point(
         t = threshold_for_sensitivity(y[inside], s[inside], target).threshold
         chosen.append(t)
         pred[~inside] = s[~inside] >= t
+    return pred, chosen
+
+
+def nested_operating_point(
+    labels: npt.ArrayLike, scores: npt.ArrayLike, folds: npt.ArrayLike, target: float = REFER_SENSITIVITY
+) -> OperatingPoint:
+    """Pooled sensitivity and specificity of :func:`nested_decisions`: an honest estimate for new patients,
+    because no decision uses a threshold chosen on its own fold. ``threshold`` is the mean per-fold threshold."""
+    y = np.asarray(labels, dtype=bool)
+    pred, chosen = nested_decisions(labels, scores, folds, target)
     return OperatingPoint(
         threshold=float(np.mean(chosen)),
         sensitivity=float(pred[y].mean()),

@@ -147,6 +147,8 @@ def oof_report(rows: Sequence[OofRow]) -> dict[str, object]:
     thresholds = metrics.choose_thresholds(y, s)
     report = summarise(y, s, patients, [r.dr_grade for r in rows], thresholds)
     nested = metrics.nested_operating_point(y, s, folds)
+    decided, _ = metrics.nested_decisions(y, s, folds)
+    nested_ci = metrics.confusion(y, decided.astype(np.float64), patients, 0.5)
     report["protocol"] = (
         f"{len(set(folds.tolist()))}-fold cross-validation over all {len(rows)} developer photos, patient-grouped, "
         "stratified by any eye referable; out-of-fold predictions of the fold models"
@@ -156,7 +158,9 @@ def oof_report(rows: Sequence[OofRow]) -> dict[str, object]:
         "method": "refer threshold chosen on the other folds' OOF predictions, applied to each held-out fold",
         "mean_threshold": round(nested.threshold, 6),
         "sensitivity": round(nested.sensitivity, 4),
+        "sensitivity_ci95": [round(v, 4) for v in nested_ci.sensitivity_ci95],
         "specificity": round(nested.specificity, 4),
+        "specificity_ci95": [round(v, 4) for v in nested_ci.specificity_ci95],
     }
     report["misses_at_refer"] = [
         {"file": r.file, "dr_grade": r.dr_grade, "probability": round(r.probability, 4)}

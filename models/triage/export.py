@@ -95,7 +95,15 @@ def reference_outputs(wrapper: ProbabilityModel, size: int, data_dir: Path) -> d
     }
 
 
-def build_sidecar(cfg: TrainConfig, onnx: Path, report: dict[str, object]) -> dict[str, object]:
+def weights_note(ship: str) -> str:
+    """What the shipped weights were trained on, for the sidecar."""
+    if ship == "final":
+        return "refit on all 478 photos / 239 patients with the cross-validation recipe"
+    return (f"the network of cross-validation {ship.replace('cv/', '')} (trained on the other four folds, about 382 "
+            "photos), fixed before any result was seen; its held-out patients' OOF scores are its own")  # fmt: skip
+
+
+def build_sidecar(cfg: TrainConfig, onnx: Path, report: dict[str, object], ship: str = "final") -> dict[str, object]:
     """The ``referable_dr.json`` contents: what ``gateway model install`` checks, and the OOF report."""
     thresholds = report["thresholds"]
     return {
@@ -110,12 +118,13 @@ def build_sidecar(cfg: TrainConfig, onnx: Path, report: dict[str, object]) -> di
         "validation": evaluate.validation_summary(report),
         "trained_on": {
             "dataset": "SRahimDR DR-image-dataset (Rahim S. S., 2025), all 478 developer photos (train+valid)",
-            "split": "weights: refit on all 478 photos / 239 patients; thresholds and figures: out-of-fold "
-            "predictions of a 5-fold patient-grouped cross-validation with the same recipe",
+            "split": f"weights: {weights_note(ship)}; thresholds and figures: out-of-fold predictions of a "
+            "5-fold patient-grouped cross-validation with the same recipe",
             "licence": "academic, non-commercial use with attribution",
             "label": "referable = ICDR grade >= 2",
         },
         "training_config": asdict(cfg),
+        "weights_run": ship,
         "metrics": report,
     }
 
@@ -125,14 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=RUNS_DIR)
     parser.add_argument("--k", type=int, default=DEFAULT_K)
+    parser.add_argument("--ship", default="final", help="run to ship, under --runs: final (refit) or cv/fold<F>")
     args = parser.parse_args(argv)
     data_dir = fundus_dir()
     rows = oof_predictions(args.runs, data_dir, args.k)
     evaluate.write_oof(rows, evaluate.DEFAULT_OOF)
     report = evaluate.oof_report(evaluate.read_oof(evaluate.DEFAULT_OOF))  # exactly what --check re-derives
-    wrapper, cfg = export_run(args.runs / "final", ONNX_PATH)
+    wrapper, cfg = export_run(args.runs / args.ship, ONNX_PATH)
     REFERENCE_PATH.write_text(json.dumps(reference_outputs(wrapper, cfg.size, data_dir), indent=1) + "\n")
-    SIDECAR_PATH.write_text(json.dumps(build_sidecar(cfg, ONNX_PATH, report), indent=2) + "\n")
+    SIDECAR_PATH.write_text(json.dumps(build_sidecar(cfg, ONNX_PATH, report, args.ship), indent=2) + "\n")
     print(json.dumps({"onnx": str(ONNX_PATH), "bytes": ONNX_PATH.stat().st_size, **report}, indent=1))
 
 

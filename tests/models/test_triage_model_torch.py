@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from support.retina import fundus_files, read_bgr, require_real_model
@@ -40,9 +42,10 @@ def test_export_path_matches_torch(tmp_path) -> None:
 
 def test_shipped_onnx_matches_the_training_checkpoint() -> None:
     model = require_real_model()
-    if not (RUNS_DIR / "final" / "model.pt").is_file():
+    run = RUNS_DIR / json.loads(model.with_suffix(".json").read_text()).get("weights_run", "final")
+    if not (run / "model.pt").is_file():
         pytest.skip("no local training checkpoint (run scripts/train-model)")
-    net, cfg = load_checkpoint(RUNS_DIR / "final")
+    net, cfg = load_checkpoint(run)
     wrapper = ProbabilityModel(referable_net(net), flip_tta=cfg.flip_tta).eval()
     x = photos(8)
     (onnx_probs,) = evaluate.open_session(model).run(None, {"image": x})
