@@ -99,8 +99,8 @@ def weights_note(ship: str) -> str:
     """What the shipped weights were trained on, for the sidecar."""
     if ship == "final":
         return "refit on all 478 photos / 239 patients with the cross-validation recipe"
-    return (f"the network of cross-validation {ship.replace('cv/', '')} (trained on the other four folds, about 382 "
-            "photos), fixed before any result was seen; its held-out patients' OOF scores are its own")  # fmt: skip
+    return (f"the network of cross-validation {ship.replace('cv/', '')} (trained on the other folds' photos), chosen "
+            "before any result was seen; its held-out patients' OOF scores are its own")  # fmt: skip
 
 
 def build_sidecar(cfg: TrainConfig, onnx: Path, report: dict[str, object], ship: str = "final") -> dict[str, object]:
@@ -119,7 +119,7 @@ def build_sidecar(cfg: TrainConfig, onnx: Path, report: dict[str, object], ship:
         "trained_on": {
             "dataset": "SRahimDR DR-image-dataset (Rahim S. S., 2025), all 478 developer photos (train+valid)",
             "split": f"weights: {weights_note(ship)}; thresholds and figures: out-of-fold predictions of a "
-            "5-fold patient-grouped cross-validation with the same recipe",
+            "patient-grouped cross-validation with the same recipe (see metrics.protocol)",
             "licence": "academic, non-commercial use with attribution",
             "label": "referable = ICDR grade >= 2",
         },

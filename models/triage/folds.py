@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from models.triage.data import Sample
 
-DEFAULT_K = 5
+DEFAULT_K = 3
 DEFAULT_SEED = 20261123
 
 

@@ -1,13 +1,14 @@
 """Fine-tune EfficientNet-Lite0 for referable DR (grade >= 2) on all 478 photos of the developer set.
 
-The protocol (``python -m models.triage.train``, what ``scripts/train-model`` runs):
+The protocol (``python -m models.triage.train``; ``scripts/train-model`` runs it):
 
 1. **K-fold cross-validation over train+valid together** (:func:`models.triage.folds.patient_folds`:
-   whole patients, stratified by "any eye referable"): one network per fold, trained on the other
-   K-1 folds with the fixed schedule below and saved to ``runs/cv/fold<F>/``. ``export.py`` scores
-   each fold's held-out photos with that fold's network (out-of-fold, OOF), through ONNX and the
-   gateway's preprocessing, and chooses the thresholds on those OOF predictions.
-2. **Refit**: one network on all photos with the same schedule (``runs/final/``): the shipped model.
+   whole patients, stratified by "any eye referable"; K = 3 by default, see MODEL_CARD.md for why): one
+   network per fold, trained on the other folds with the fixed schedule below and saved to
+   ``runs/cv/fold<F>/``. ``export.py`` scores each fold's held-out photos with that fold's network
+   (out-of-fold, OOF), through ONNX and the gateway's preprocessing, and chooses the thresholds on those
+   OOF predictions.
+2. **Refit** (unless ``--no-refit``): one network on all photos with the same schedule (``runs/final/``).
 
 Folds already trained with the same config are kept (``--retrain`` forces), so an interrupted run
 resumes. Nothing is tuned on the OOF predictions except the two thresholds.

@@ -8,7 +8,7 @@ from support.retina import REPO_ROOT, require_fundus
 
 from models.triage import evaluate
 from models.triage.data import Sample, read_labels
-from models.triage.folds import fold_of, patient_folds
+from models.triage.folds import DEFAULT_K, fold_of, patient_folds
 
 OOF = REPO_ROOT / "models" / "triage" / "oof_predictions.csv"
 
@@ -52,7 +52,7 @@ def test_folds_are_patient_disjoint_and_stratified(n_patients: int, k: int, seed
 def test_real_split_covers_all_478_photos() -> None:
     samples = read_labels(require_fundus())
     assert len(samples) == 478 and {s.split for s in samples} == {"train", "valid"}  # train+valid together
-    check_split(samples, 5)
+    check_split(samples, DEFAULT_K)
 
 
 def test_shipped_oof_predictions_follow_the_split() -> None:
