@@ -194,24 +194,26 @@ def validation_summary(report: Mapping[str, object]) -> dict[str, object]:
     }
 
 
-def miss_details(rows: Sequence[OofRow], threshold: float, data_dir: Path) -> list[dict[str, object]]:
-    """Every referable photo under ``threshold``: grade, probability and the gateway's quality verdict."""
-    out: list[dict[str, object]] = []
+QUALITY_KEYS = ("luma_mean", "clipped", "focus", "texture", "field_inside", "illum_slope")
+
+
+def miss_details(rows: Sequence[OofRow], threshold: float, data_dir: Path) -> dict[str, object]:
+    """Every referable photo under ``threshold`` (grade, probability, the gateway's quality verdict and metrics),
+    and the median quality metrics of the referable photos that were caught, for comparison."""
+    misses: list[dict[str, object]] = []
+    caught: list[dict[str, float]] = []
     for r in sorted(rows, key=lambda r: r.probability):
-        if not r.referable or r.probability >= threshold:
+        if not r.referable:
             continue
         verdict = quality.assess(read_bgr(data_dir / r.file))
-        out.append(
-            {
-                "file": r.file,
-                "dr_grade": r.dr_grade,
-                "probability": round(r.probability, 4),
-                "quality_ok": verdict.ok,
-                "reasons": list(verdict.reasons),
-                "metrics": {k: round(float(v), 4) for k, v in verdict.metrics.items()},
-            }
-        )
-    return out
+        picked = {k: round(float(verdict.metrics[k]), 4) for k in QUALITY_KEYS if k in verdict.metrics}
+        if r.probability >= threshold:
+            caught.append(picked)
+            continue
+        misses.append({"file": r.file, "dr_grade": r.dr_grade, "probability": round(r.probability, 4),
+                       "quality_ok": verdict.ok, "reasons": list(verdict.reasons), "metrics": picked})  # fmt: skip
+    medians = {k: round(float(np.median([c[k] for c in caught if k in c])), 4) for k in QUALITY_KEYS}
+    return {"misses": misses, "caught_referable_median": medians, "n_caught_referable": len(caught)}
 
 
 def evaluate_files(
