@@ -10,6 +10,9 @@ for the shipped recipe (:func:`models.triage.evaluate.oof_report`):
 * ``size288`` / ``size320``: the shipped flip pair on a larger input (the networks are fully convolutional;
   small lesions such as microaneurysms cover more pixels).
 
+``--runs models/triage/runs/s320`` scores fold networks *trained* at another size (``train --size 320 --runs
+...``) the same way; the card reports both.
+
 Nothing here changes what ships unless the card says so; the output is one JSON object.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -40,10 +44,10 @@ def _dihedral8(x: torch.Tensor) -> list[torch.Tensor]:
     return [torch.rot90(v, k, dims=[2, 3]) for v in _flip2(x) for k in range(4)]
 
 
-VARIANTS: dict[str, tuple[int, Views]] = {
-    "flip2": (256, _flip2),
-    "single": (256, lambda x: [x]),
-    "dihedral8": (256, _dihedral8),
+VARIANTS: dict[str, tuple[int | None, Views]] = {
+    "flip2": (None, _flip2),  # None: the size the networks were trained at
+    "single": (None, lambda x: [x]),
+    "dihedral8": (None, _dihedral8),
     "size288": (288, _flip2),
     "size320": (320, _flip2),
 }
@@ -67,21 +71,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--k", type=int, default=DEFAULT_K)
+    parser.add_argument("--runs", type=Path, default=RUNS_DIR, help="runs directory with cv/fold<F>/ networks")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     data = load_dataset(fundus_dir())
     names = args.variants.split(",")
     probs = {n: np.full(len(data.samples), np.nan) for n in names}
     for f, held in enumerate(patient_folds(data.samples, args.k)):
-        trained, _ = load_checkpoint(fold_dir(RUNS_DIR, f))
+        trained, cfg = load_checkpoint(fold_dir(args.runs, f))
         net = referable_net(trained).eval()
         for n in names:
             size, views = VARIANTS[n]
-            probs[n][held] = scores(net, data.squares[held], size, views)
+            probs[n][held] = scores(net, data.squares[held], size or cfg.size, views)
     result: dict[str, object] = {}
     for n in names:
         rows = evaluate.oof_rows(data.samples, probs[n], args.k)
-        evaluate.write_oof(rows, RUNS_DIR / f"oof_predictions.{n}.csv")
+        evaluate.write_oof(rows, args.runs / f"oof_predictions.{n}.csv")
         report = evaluate.oof_report(rows)
         eye = report["per_eye"]
         misses = report["misses_at_refer"]
