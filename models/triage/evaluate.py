@@ -43,6 +43,9 @@ DEFAULT_ONNX = HERE / "referable_dr.onnx"
 DEFAULT_SIDECAR = HERE / "referable_dr.json"
 DEFAULT_OOF = HERE / "oof_predictions.csv"
 PARITY_TOLERANCE = 1e-4
+# reference_outputs.json (the shipped file's own outputs at export): int8 kernels round slightly differently
+# on other CPUs (AVX2, AVX-512 VNNI, NEON), so the check allows more than the fp32 torch/ONNX parity.
+REFERENCE_TOLERANCE = 5e-3
 """Largest absolute difference in probability accepted between torch and onnxruntime."""
 METRIC_TOLERANCE = 1e-3
 """Largest difference accepted when re-deriving the published metrics."""
