@@ -91,6 +91,9 @@ class RetinaService:
         cfg = runtime.config.retina
         self.model_error: str | None = None
         self.active = active_model(runtime)
+        # Installs and rollbacks are followed only when the component loads its model itself: a model given by
+        # the caller, or load=False (no model: pages and tests without triage), stays as it is.
+        self._follow_installs = model is None and load
         if model is None and load:
             model, self.model_error = self.active.load(), self.active.error
         elif model is None:
@@ -160,7 +163,7 @@ class RetinaService:
             async with asyncio.TaskGroup() as group:
                 for queue in queues:
                     group.create_task(self._serve_queue(queue))
-                if self.model is self.active.model:  # a model given by the caller (tests) is not swapped
+                if self._follow_installs:
                     group.create_task(self._watch_model())
                 if self.folder is not None:
                     group.create_task(self._watch_folder())
