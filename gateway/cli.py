@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.commands import config, daemon, meters, outbox, receiver, retina, store, users
+from gateway.commands import config, daemon, meters, model, outbox, receiver, retina, store, users
 from gateway.commands.common import EXIT_ERROR
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import setup_logging
@@ -29,6 +29,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     receiver.register,  # receiver, receiver refer
     meters.register,  # meters list | scan | sync
     retina.register,  # triage
+    model.register,  # model validate | install | rollback | list
     users.register,  # user add | list | disable | enable | passwd
     store.register,  # export, import, prune
 )

@@ -278,7 +278,13 @@ class ModelSection(_Section):
     """Triage model (ONNX)."""
 
     path: Path | None = None
-    """ONNX file; default: the model shipped in ``models/triage/``."""
+    """ONNX file; default: the model installed with ``gateway model install`` (``<state_dir>/models/active``), else
+    the model shipped in ``models/triage/``. Setting it pins that file: installs are then not picked up."""
+    signing_key_file: Path | None = None
+    """Ed25519 public key (PEM) of whoever may publish models: when set, ``gateway model install`` refuses a model
+    without a valid detached signature over its sidecar (``<model>.json.sig``)."""
+    watch_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    """How often the daemon looks for a newly installed (or rolled back) model; it switches between captures."""
     threads: int = Field(default=1, ge=1, le=8)
     low_memory: bool = True
     """onnxruntime without memory arena/patterns and layout-changing graph rewrites: with an EfficientNet-Lite0
@@ -439,6 +445,9 @@ def _file_problems(cfg: GatewayConfig, reader_uid: int | None) -> list[tuple[str
                 problems.append((key, f"file {p} does not exist"))
     if cfg.retina.model.path is not None and not cfg.retina.model.path.is_file():
         problems.append(("retina.model.path", f"file {cfg.retina.model.path} does not exist"))
+    signing_key = cfg.retina.model.signing_key_file
+    if signing_key is not None and not signing_key.is_file():
+        problems.append(("retina.model.signing_key_file", f"file {signing_key} does not exist"))
     return problems
 
 

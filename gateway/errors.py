@@ -15,6 +15,9 @@ Callers branch on the type and on attributes, never on message text::
     │   └── DeviceDisconnected   .records_kept
     ├── CaptureError         unreadable / oversize / unsupported image
     ├── ModelError           model missing, wrong version or input shape
+    │   ├── ModelInputMismatch  the ONNX input is not the shape the sidecar names: .shape, .expected
+    │   └── ModelRefused     ``gateway model install/rollback`` refused a model: .reason (RefusalReason), .detail
+    ├── LabelsError          ``gateway model validate``: the labels CSV cannot be used (.path, .line, .problem)
     ├── DeskUnavailable      no running component serves this desk request   .request_type
     ├── StoreError           SQLite or image directory
     │   ├── DiskFull
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 
@@ -162,6 +166,58 @@ class DeskUnavailable(GatewayError):
     def __init__(self, message: str, *, request_type: str) -> None:
         self.request_type = request_type
         super().__init__(message)
+
+
+class ModelInputMismatch(ModelError):
+    """The ONNX model's input shape is not ``expected`` (from its sidecar); ``shape`` is what it declares."""
+
+    def __init__(self, message: str, *, shape: list[object], expected: list[object]) -> None:
+        self.shape = shape
+        self.expected = expected
+        super().__init__(message)
+
+
+class RefusalReason(StrEnum):
+    """Why a model was not installed (or not rolled back to)."""
+
+    UNREADABLE = "unreadable"
+    """The ONNX file, its sidecar or its signature cannot be read."""
+    SIDECAR_INVALID = "sidecar_invalid"
+    """The sidecar JSON is not valid or lacks a required key."""
+    SHA256_MISMATCH = "sha256_mismatch"
+    """The ONNX file is not the one the sidecar pins (tampered or truncated)."""
+    SIGNATURE_MISSING = "signature_missing"
+    """A signing key is configured but the model comes without a signature."""
+    SIGNATURE_INVALID = "signature_invalid"
+    """The signature does not verify with the configured key."""
+    INPUT_CONTRACT = "input_contract"
+    """The model's input (name, shape, type) is not what the sidecar and the gateway's preprocessing expect."""
+    NOT_LOADABLE = "not_loadable"
+    """onnxruntime cannot load or run the model."""
+    NO_PREVIOUS = "no_previous"
+    """Rollback asked for, but no previous model is kept."""
+
+
+class ModelRefused(ModelError):
+    """A model was refused by ``gateway model install`` (or rollback); the running model stays.
+
+    ``reason``: a :class:`RefusalReason`; ``detail``: what exactly did not match (no patient data).
+    """
+
+    def __init__(self, reason: RefusalReason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"model refused ({reason}): {detail}")
+
+
+class LabelsError(GatewayError):
+    """The labels CSV of a local validation cannot be used: ``line`` (1-based, 0 for the file as a whole)."""
+
+    def __init__(self, path: Path, line: int, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        super().__init__(f"{path.name} line {line}: {problem}")
 
 
 class StoreError(GatewayError):

@@ -58,13 +58,13 @@ from gateway.errors import (
     ErrorInfo,
     GatewayError,
     IntakeRefused,
-    ModelError,
     StoreError,
 )
 from gateway.records import Eye, Field
 from gateway.retina import imaging, quality
 from gateway.retina.imaging import MIB
 from gateway.retina.intake import CaptureMeta, IntakeResult, RetinaIntake, Source
+from gateway.retina.model_store import ActiveModel, ModelStore, model_root
 from gateway.retina.source import MJPEG_CONTENT_TYPE, Camera, ExportFolder, ReadyFile, eye_field_from_name
 from gateway.retina.triage import TriageModel
 from gateway.runtime import Component, Runtime
@@ -90,14 +90,11 @@ def _name_digest(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8", "replace")).hexdigest()[:10]
 
 
-def load_model(runtime: Runtime) -> tuple[TriageModel | None, str | None]:
-    """Load the configured triage model once; (None, reason) when it cannot be loaded."""
+def active_model(runtime: Runtime) -> ActiveModel:
+    """The daemon's model holder: the configured path, else the installed (``gateway model install``) or shipped one."""
     cfg = runtime.config.retina.model
-    try:
-        return TriageModel(cfg.path, threads=cfg.threads, low_memory=cfg.low_memory), None
-    except ModelError as exc:
-        _logger.error("triage model not loaded: %s", exc)
-        return None, str(exc)
+    store = ModelStore(model_root(runtime.config.gateway.state_dir), signing_key=cfg.signing_key_file)
+    return ActiveModel(store, cfg.path, threads=cfg.threads, low_memory=cfg.low_memory)
 
 
 class RetinaService:
@@ -113,8 +110,12 @@ class RetinaService:
         self.runtime = runtime
         cfg = runtime.config.retina
         self.model_error: str | None = None
+        self.active = active_model(runtime)
+        # Installs and rollbacks are followed only when the component loads its model itself: a model given by
+        # the caller, or load=False (no model: pages and tests without triage), stays as it is.
+        self._follow_installs = model is None and load
         if model is None and load:
-            model, self.model_error = load_model(runtime)
+            model, self.model_error = self.active.load(), self.active.error
         elif model is None:
             self.model_error = "not loaded"
         self.model = model
@@ -162,6 +163,7 @@ class RetinaService:
     def snapshot(self) -> dict[str, Any]:
         """State for the status page (no patient data)."""
         model = self.model.info.describe() if self.model is not None else {"error": self.model_error}
+        model.update(self.active.installed() if self.model is self.active.model else {})
         return {
             "model": model,
             "camera": None
@@ -186,6 +188,8 @@ class RetinaService:
             async with asyncio.TaskGroup() as group:
                 for queue in queues:
                     group.create_task(self._serve_queue(queue))
+                if self._follow_installs:
+                    group.create_task(self._watch_model())
                 if self.folder is not None:
                     group.create_task(self._watch_folder())
                 else:
@@ -193,6 +197,19 @@ class RetinaService:
         finally:
             if self.camera is not None:
                 self.camera.close()
+
+    async def _watch_model(self) -> None:
+        while True:
+            await asyncio.sleep(self.runtime.config.retina.model.watch_interval_s)
+            await asyncio.to_thread(self.reload_model_if_changed)
+
+    def reload_model_if_changed(self) -> bool:
+        """Switch to a newly installed or rolled-back model between captures (a capture in flight keeps its own)."""
+        if not self.active.refresh():
+            return False
+        self.model = self.intake.model = self.active.model
+        self.model_error = None
+        return True
 
     async def _heartbeat(self) -> None:
         while True:

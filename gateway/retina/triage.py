@@ -19,11 +19,12 @@ Errors: a missing, unreadable or mismatched model (file, sidecar, input shape, o
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from gateway import records
-from gateway.errors import ModelError
+from gateway.errors import ModelError, ModelInputMismatch
 from gateway.records import QualityVerdict, TriageDecision, TriageResult
 from gateway.retina.preprocess import INPUT_SIZE, prepare_input
 
@@ -45,6 +46,22 @@ OUTPUT_NAME = "referable_probability"
 ADVISORY_NOTE = "Advisory triage by software, not a diagnosis; a grader reviews every image."
 
 
+def _glibc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None where the C library is not glibc (musl, macOS)."""
+    try:
+        trim: Callable[[int], object] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return lambda: trim(0)
+
+
+# Without the arena, onnxruntime frees every activation buffer after a run, but glibc keeps the freed blocks
+# in its heap: the daemon held about 40 MB more after the first photo (the three-network ensemble; process RSS
+# 227 MB instead of 186 MB in bench/retina_intake.py). Trimming after each photo costs about 30 ms of CPU
+# (refaulting those pages in the next run); a fixed mmap threshold instead cost about 100 ms.
+_TRIM = _glibc_trim()
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     """What the sidecar JSON says about the model (plus the path it came from)."""
@@ -54,6 +71,8 @@ class ModelInfo:
     input_size: int
     output_name: str
     thresholds: Mapping[str, float]
+    validation: Mapping[str, Any] | None = None
+    """The validation summary the model was published (and installed) with, if its sidecar has one."""
 
     def describe(self) -> dict[str, Any]:
         """For the status page and ``gateway triage``: version, file name, thresholds (no paths of data)."""
@@ -62,16 +81,17 @@ class ModelInfo:
             "file": self.path.name,
             "input_size": self.input_size,
             "thresholds": dict(self.thresholds),
+            "validation": None if self.validation is None else dict(self.validation),
         }
 
 
-def read_sidecar(model_path: Path) -> ModelInfo:
-    """Read and check ``<model>.json`` next to the ONNX file.
+def read_sidecar(model_path: Path, sidecar: Path | None = None) -> ModelInfo:
+    """Read and check the model's description: ``sidecar``, by default ``<model>.json`` next to the ONNX file.
 
     Raises:
         ModelError: missing or unreadable file, or missing / wrong keys (named).
     """
-    sidecar = model_path.with_suffix(".json")
+    sidecar = sidecar or model_path.with_suffix(".json")
     try:
         doc = json.loads(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -99,17 +119,32 @@ def read_sidecar(model_path: Path) -> ModelInfo:
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
             raise ModelError(f"model description {sidecar}: thresholds.{key} must be a number in 0..1")
         clean[str(key)] = float(value)
-    return ModelInfo(path=model_path, model_version=version, input_size=size, output_name=str(output), thresholds=clean)
+    validation = doc.get("validation")
+    return ModelInfo(
+        path=model_path,
+        model_version=version,
+        input_size=size,
+        output_name=str(output),
+        thresholds=clean,
+        validation=validation if isinstance(validation, dict) else None,
+    )
 
 
 class TriageModel:
     """The referable-DR model, loaded once; :meth:`triage` is safe to call from several threads."""
 
-    def __init__(self, path: Path | None = None, *, threads: int = 1, low_memory: bool = True) -> None:
+    def __init__(
+        self, path: Path | None = None, *, sidecar: Path | None = None, threads: int = 1, low_memory: bool = True
+    ) -> None:
+        """Load ``path`` (default: the shipped model) with its sidecar (default: ``<path>.json``).
+
+        Raises:
+            ModelError: missing or unloadable model or sidecar; ModelInputMismatch for a wrong input shape.
+        """
         path = path or DEFAULT_MODEL
         if not path.is_file():
             raise ModelError(f"triage model not found at {path}; set retina.model.path")
-        self.info = read_sidecar(path)
+        self.info = read_sidecar(path, sidecar)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -130,24 +165,36 @@ class TriageModel:
         if len(inputs) != 1:
             raise ModelError(f"triage model {path.name} has {len(inputs)} inputs, expected 1 image input")
         self._input_name = inputs[0].name
+        self.input_type: str = inputs[0].type
+        """onnxruntime's element type of the input, e.g. ``tensor(float)``."""
         shape = list(inputs[0].shape)
+        self.input_shape: list[int | str | None] = shape
+        """The input's declared shape (symbolic axes as names)."""
         expected = [3, self.info.input_size, self.info.input_size]
         static = [d if isinstance(d, int) else None for d in shape[1:]]
         if len(shape) != 4 or any(d is not None and d != e for d, e in zip(static, expected, strict=True)):
-            raise ModelError(
+            raise ModelInputMismatch(
                 f"triage model {path.name} takes input shape {shape}, expected [N, 3, {self.info.input_size}, "
-                f"{self.info.input_size}] (input_size from its description)"
+                f"{self.info.input_size}] (input_size from its description)",
+                shape=list(shape),
+                expected=["N", *expected],
             )
         outputs = [o.name for o in self._session.get_outputs()]
         if self.info.output_name not in outputs:
             raise ModelError(f"triage model {path.name} has no output {self.info.output_name!r} (has {outputs})")
         self._lock = threading.Lock()
+        self._trim = _TRIM if low_memory else None
         _logger.info("triage model %s loaded (%s, %d thread(s))", path.name, self.info.model_version, threads)
 
     @property
     def model_version(self) -> str:
         """The loaded model's version string."""
         return self.info.model_version
+
+    @property
+    def input_name(self) -> str:
+        """The name of the model's one image input."""
+        return str(self._input_name)
 
     def probability(self, image_bgr: npt.NDArray[np.uint8]) -> float:
         """Referable-DR probability of one decoded BGR photo.
@@ -162,6 +209,8 @@ class TriageModel:
         try:
             with self._lock:  # one session, one caller at a time: memory stays flat on the Pi
                 (out,) = self._session.run([self.info.output_name], {self._input_name: batch})
+                if self._trim is not None:
+                    self._trim()  # low_memory: give the freed activation buffers back to the OS
         except Exception as exc:  # onnxruntime's own exception types
             raise ModelError(f"triage model failed on an image: {exc}") from exc
         values = np.asarray(out, dtype=np.float64).ravel()

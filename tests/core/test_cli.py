@@ -10,7 +10,20 @@ import pytest
 
 from gateway.cli import REGISTRARS, build_parser
 
-EXPECTED = {"run", "demo", "config", "outbox", "receiver", "meters", "triage", "user", "export", "import", "prune"}
+EXPECTED = {
+    "run",
+    "demo",
+    "config",
+    "outbox",
+    "receiver",
+    "meters",
+    "triage",
+    "model",
+    "user",
+    "export",
+    "import",
+    "prune",
+}
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -31,7 +44,7 @@ def walk(
 
 
 def test_every_area_registers_its_commands() -> None:
-    assert len(REGISTRARS) == 8
+    assert len(REGISTRARS) == 9
     assert set(subcommands(build_parser())) >= EXPECTED
 
 

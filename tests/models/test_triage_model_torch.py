@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from support.retina import fundus_files, read_bgr, require_real_model
@@ -38,12 +40,16 @@ def test_export_path_matches_torch(tmp_path) -> None:
     np.testing.assert_allclose(onnx_probs, torch_probs(wrapper, x), rtol=0, atol=evaluate.PARITY_TOLERANCE)
 
 
-def test_shipped_onnx_matches_the_training_checkpoint() -> None:
+def test_shipped_members_match_their_training_checkpoints() -> None:
+    """Each fold network the ensemble is built from (its fp32 export, one view) gives its checkpoint's outputs."""
     model = require_real_model()
-    if not (RUNS_DIR / "final" / "model.pt").is_file():
-        pytest.skip("no local training checkpoint (run scripts/train-model)")
-    net, cfg = load_checkpoint(RUNS_DIR / "final")
-    wrapper = ProbabilityModel(referable_net(net), flip_tta=cfg.flip_tta).eval()
-    x = photos(8)
-    (onnx_probs,) = evaluate.open_session(model).run(None, {"image": x})
-    np.testing.assert_allclose(onnx_probs, torch_probs(wrapper, x), rtol=0, atol=evaluate.PARITY_TOLERANCE)
+    weights = json.loads(model.with_suffix(".json").read_text())["weights"]
+    runs = [RUNS_DIR / m for m in weights["members"]]
+    if not all((run / "model.pt").is_file() and run.with_suffix(".onnx").is_file() for run in runs):
+        pytest.skip("no local training checkpoints (run scripts/train-model)")
+    x = photos(4)
+    for run in runs:
+        net, _ = load_checkpoint(run)
+        wrapper = ProbabilityModel(referable_net(net), flip_tta=weights["views_per_member"] == 2).eval()
+        (onnx_probs,) = evaluate.open_session(run.with_suffix(".onnx")).run(None, {"image": x})
+        np.testing.assert_allclose(onnx_probs, torch_probs(wrapper, x), rtol=0, atol=evaluate.PARITY_TOLERANCE)
