@@ -94,7 +94,9 @@ def test_installed_model_is_picked_up_between_captures(tmp_path: Path) -> None:
     (first,) = results
     assert first.capture.triage is not None and first.capture.triage.model_version == "model-a"
     assert second.capture.triage is not None and second.capture.triage.model_version == "model-b"
-    rows = runtime.store.query("SELECT payload FROM outbox WHERE kind = 'capture' ORDER BY rowid")
+    rows = runtime.store.query(
+        "SELECT b.payload FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.kind = 'capture' ORDER BY o.seq"
+    )
     versions = [json.loads(r["payload"])["triage"]["model_version"] for r in rows]
     assert versions == ["model-a", "model-b"]  # both captures stored and queued, each naming its model
     assert service.snapshot()["model"]["model_version"] == "model-b"
