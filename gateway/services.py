@@ -50,6 +50,7 @@ from gateway.health import (
 from gateway.meters import sync_request_type
 from gateway.records import Eye, Field
 from gateway.runtime import Component, Runtime
+from gateway.store import assignments as store_assignments
 from gateway.store import audit
 from gateway.store import backup as store_backup
 from gateway.store import dead_letters as store_dead_letters
@@ -58,6 +59,7 @@ from gateway.store import qc as store_qc
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
+from gateway.store.assignments import AssignResult, UnassignedGroup
 from gateway.store.audit import AuditEntry
 from gateway.store.db import Store, new_id
 from gateway.store.events import recent_events
@@ -69,6 +71,7 @@ from gateway.store.users import ROLES, Role, UserError, UserRow
 
 __all__ = [
     "ROLES",
+    "AssignResult",
     "DeskUnavailable",
     "GatewayServices",
     "Health",
@@ -79,6 +82,7 @@ __all__ = [
     "ProblemKind",
     "ReadingsPage",
     "Role",
+    "UnassignedGroup",
     "UserAdmin",
     "UserError",
     "UserRow",
@@ -88,7 +92,17 @@ __all__ = [
 """The facade and what its callers need; LoginThrottled, ROLES, Role, UserError and UserRow are the store's,
 re-exported here so that nothing above the facade imports the store."""
 
-__all__ = ["DeskSession", "DeskUnavailable", "DeviceView", "GatewayServices", "Health", "Level", "ProblemKind"]
+__all__ = [
+    "AssignResult",
+    "DeskSession",
+    "DeskUnavailable",
+    "DeviceView",
+    "GatewayServices",
+    "Health",
+    "Level",
+    "ProblemKind",
+    "UnassignedGroup",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +155,9 @@ class DeviceView:
     last_seen: str | None = None
     last_sync: str | None = None
     last_error: str | None = None
+    downloadable: bool = False
+    """A desk download can work: a cable or Bluetooth meter whose transport is served (not the demo's
+    synthetic meter, whose readings arrive by themselves)."""
 
     def as_json(self) -> dict[str, Any]:
         """The status endpoint's JSON for this device."""
@@ -399,7 +416,13 @@ class GatewayServices:
             entry = live.pop(stored.device_id, None)
             views.append(stored if entry is None else _live_device(stored.device_id, entry, stored))
         views.extend(_live_device(device_id, entry, None) for device_id, entry in live.items())
-        return views
+        return [replace(v, downloadable=self._downloadable(v)) if v.kind == "meter" else v for v in views]
+
+    def _downloadable(self, meter: DeviceView) -> bool:
+        """A desk download of ``meter`` can work: its transport is a meter link, and a component serves it."""
+        if meter.transport not in ("serial", "ble"):
+            return False
+        return self.runtime.desk.handles(sync_request_type(meter.device_id))
 
     # -- desk: meters ---------------------------------------------------------------------------
     def request_meter_sync(self, target: str, *, patient_id: str | None, operator: str) -> str:
@@ -477,11 +500,33 @@ class GatewayServices:
         tz = ZoneInfo(self.runtime.config.gateway.timezone)
         local_midnight = self.runtime.clock.utc_now().astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
         since = local_midnight.astimezone(UTC).isoformat(timespec="milliseconds")
-        return store_sessions.sessions_since(self.store, since, kind)
+        rows = store_sessions.sessions_since(self.store, since, kind)
+        for row in rows:
+            # The core's live progress keeps a failure's error as data (its type) and the target asked for.
+            live = self.runtime.progress.get(row["session_id"])
+            row["error_type"] = None if live is None or live.error is None else live.error.type
+            row["target"] = live.target if isinstance(live, MeterProgress) else None
+        return rows
 
     def link_meter(self, meter_id: str, patient_id: str, *, actor: str) -> None:
         """Register a meter to a patient (audited)."""
         store_readings.link_meter_to_patient(self.store, meter_id, patient_id, actor=actor)
+
+    def meter_patient(self, meter_id: str) -> str | None:
+        """The patient a meter's downloads go to when none is set: the config's registry, else the desk's link
+        (the order a download resolves it in)."""
+        registered = self.runtime.config.meters.registry.get(meter_id)
+        return registered or store_readings.patient_for_meter(self.store, meter_id)
+
+    def unassigned_readings(self, meter_id: str | None = None) -> list[UnassignedGroup]:
+        """Readings downloaded without a patient (auto-sync), one group per meter (only ``meter_id``'s when given)."""
+        return store_assignments.unassigned(self.store, meter_id)
+
+    def assign_readings(self, meter_id: str, patient_id: str, *, through: int, actor: str) -> AssignResult:
+        """Give a meter's unassigned readings (up to stored row ``through``, what the page showed) to a patient:
+        audited, and a ``cg.assignment/1`` correction queued for the platform. Readings that have a patient are
+        never changed. Raises IntakeRefused / DiskFull when the store cannot take the correction."""
+        return store_assignments.assign(self.store, meter_id, patient_id, through=through, actor=actor)
 
     # -- desk logins and sessions (web area) -----------------------------------------------------
     def login_limits(self) -> store_logins.LoginLimits:

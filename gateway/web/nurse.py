@@ -15,6 +15,7 @@ from flask_babel import gettext as _
 from flask_login import current_user
 
 from gateway.services import DeskSession, DeskUnavailable, DeviceView
+from gateway.web import i18n
 from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services
 
@@ -48,6 +49,31 @@ def _meters() -> list[DeviceView]:
     return [d for d in services().devices() if d.kind == "meter"]
 
 
+def failure_reason(state: str, error_type: str | None) -> str | None:
+    """Why a download failed, in plain words in the page's language (never an exception's name or text); None
+    when it did not fail."""
+    if state != "failed":
+        return None
+    return str(i18n.DOWNLOAD_FAILURE_TEXT.get(error_type or "", i18n.DOWNLOAD_FAILED_TEXT))
+
+
+def _desk_page(patient_id: str | None) -> str:
+    """The desk: the patient, the meters detected, readings waiting for a patient, today's downloads (failed
+    ones with their reason)."""
+    svc = services()
+    sessions = svc.sessions_today("meter")
+    for row in sessions:
+        row["reason"] = failure_reason(row["state"], row["error_type"])
+    return render_template(
+        "nurse.html",
+        patient_id=patient_id,
+        meters=_meters(),
+        sessions=sessions,
+        unassigned=svc.unassigned_readings(),
+        transport_names=i18n.TRANSPORT_NAMES,
+    )
+
+
 @bp.route("", methods=["GET", "POST"])
 @roles_required("nurse")
 def desk() -> ResponseReturnValue:
@@ -57,12 +83,31 @@ def desk() -> ResponseReturnValue:
         patient_id = clean_patient_id(request.form.get("patient_id"))
         if patient_id is None:
             flash(_("Enter or scan a patient id."), "error")
-    return render_template(
-        "nurse.html",
-        patient_id=patient_id,
-        meters=_meters(),
-        sessions=services().sessions_today("meter"),
-    )
+    return _desk_page(patient_id)
+
+
+@bp.post("/assign")
+@roles_required("nurse")
+def assign() -> ResponseReturnValue:
+    """Give a meter's readings downloaded without a patient to the patient typed (one action, audited by the
+    store, a correction queued for the platform). Back to the download page it came from, else the desk."""
+    patient_id = clean_patient_id(request.form.get("patient_id"))
+    meter_id = request.form.get("meter_id", "").strip()
+    through = request.form.get("through", type=int)
+    back = request.form.get("back", "").strip()
+    if patient_id is None or not meter_id or through is None:
+        flash(_("Enter or scan a patient id, then assign the readings."), "error")
+    else:
+        # A full store answers with the desks' 507 page (the app's handler): nothing is assigned then.
+        result = services().assign_readings(meter_id, patient_id, through=through, actor=current_user.username)
+        _logger.info("user %s assigned %d readings of meter %s", current_user.username, result.count, meter_id)
+        if result.count:
+            flash(_("%(n)d readings assigned to patient %(patient)s.", n=result.count, patient=patient_id), "ok")
+        else:
+            flash(_("These readings were already assigned to a patient."), "info")
+    if back and services().progress(back) is not None:
+        return redirect(url_for("nurse.session", session_id=back))
+    return _desk_page(patient_id)
 
 
 @bp.post("/sync")
@@ -79,9 +124,7 @@ def start_sync() -> ResponseReturnValue:
         session_id = svc.request_meter_sync(target, patient_id=patient_id, operator=current_user.username)
     except DeskUnavailable:
         flash(_("No meter service is running. Ask IT to check the gateway."), "error")
-        return render_template(
-            "nurse.html", patient_id=patient_id, meters=_meters(), sessions=svc.sessions_today("meter")
-        )
+        return _desk_page(patient_id)
     _logger.info("user %s started meter download %s on %s", current_user.username, session_id, target)
     return redirect(url_for("nurse.session", session_id=session_id))
 
@@ -112,6 +155,9 @@ def session(session_id: str) -> ResponseReturnValue:
     qc_here = services().session_qc(session_id) if finished else []
     meter_id = desk_session.meter_id
     qc_history = services().meter_qc_history(meter_id) if finished and meter_id else []
+    # Readings of this meter still without a patient (this download's, or earlier auto-syncs'): a download for
+    # a patient that found nothing new must say they are here, and offer to assign them.
+    waiting = services().unassigned_readings(meter_id) if finished and meter_id else []
     return render_template(
         "nurse_session.html",
         session_id=session_id,
@@ -124,6 +170,11 @@ def session(session_id: str) -> ResponseReturnValue:
         hyper=HYPER_MMOL_L,
         qc_here={row["qc_id"] for row in qc_here},
         qc_history=qc_history,
+        unassigned=waiting[0] if waiting else None,
+        reason=failure_reason(
+            str(desk_session.state), desk_session.progress.error.type if desk_session.progress.error else None
+        ),
+        linked_patient=services().meter_patient(meter_id) if finished and meter_id else None,
     )
 
 

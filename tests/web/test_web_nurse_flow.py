@@ -1,0 +1,191 @@
+"""Issue 14, the nurse's desk (items 1-3): readings downloaded without a patient wait in an "unassigned" list and
+are assigned in one action; a later download for the patient says they are waiting; the link prompt reflects the
+linked state; progress says n of N; failed downloads are listed with a plain-language reason; the synthetic
+meter offers no Download that cannot work; "Last download" is clinic time.
+
+Real store file, real app and test client, the real DownloadSession over a scripted meter driver, the real
+MeterSource for the failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from flask.testing import FlaskClient
+from support.factories import MESSAGES
+from web_harness import (
+    CoreThread,
+    ScriptedMeter,
+    add_users,
+    login,
+    make_config,
+    post_form,
+    scripted_records,
+    serve_meter_sync,
+)
+
+from gateway.clock import FakeClock
+from gateway.desk import DeskState, MeterProgress, SerialSyncRequest
+from gateway.meters.session import DownloadSession
+from gateway.meters.source import MeterSource
+from gateway.records import MeterInfo
+from gateway.runtime import Runtime, open_runtime
+from gateway.services import GatewayServices
+from gateway.store import audit
+from gateway.store.readings import upsert_meter
+from gateway.web.app import create_app
+from gateway.wire import contract
+
+PATIENT = "110105-PX-4471"
+METER = "serial:TM0042"
+
+
+@pytest.fixture
+def core(runtime: Runtime) -> Iterator[CoreThread]:
+    core = CoreThread(runtime)
+    runtime.desk.queue(SerialSyncRequest)  # consumed from now on (as a meter source would)
+    core.start(lambda: serve_meter_sync(runtime, lambda target: ScriptedMeter(target, scripted_records(), 0.0)))
+    yield core
+    core.stop()
+
+
+def auto_sync(runtime: Runtime) -> str:
+    """What auto-sync does when the meter is plugged in before any patient is set: a download without patient."""
+    session = DownloadSession(
+        runtime.store,
+        runtime.clock,
+        ScriptedMeter(METER, scripted_records(), 0.0),
+        tz=ZoneInfo(runtime.config.gateway.timezone),
+    )
+    result = asyncio.run(session.run())
+    assert result.added == 6
+    return result.session_id
+
+
+def desk_download(client: FlaskClient) -> str:
+    started = post_form(client, "/nurse", "/nurse/sync", {"patient_id": PATIENT, "target": METER})
+    session_id = str(started.headers["Location"]).rsplit("/", 1)[-1]
+    deadline = time.monotonic() + 30
+    while not client.get(f"/nurse/api/progress/{session_id}").get_json()["finished"]:
+        assert time.monotonic() < deadline, "the download did not finish"
+        time.sleep(0.05)
+    return session_id
+
+
+def _section(html: str, element_id: str) -> str:
+    return html.split(f'id="{element_id}"', 1)[1].split("</section>", 1)[0]
+
+
+def test_auto_synced_readings_wait_unassigned_and_the_nurse_assigns_them(client: FlaskClient, runtime: Runtime) -> None:
+    auto_sync(runtime)
+    login(client, "nina")
+    desk = client.get("/nurse").get_data(as_text=True)
+    waiting = _section(desk, "unassigned")
+    assert METER in waiting and ">6<" in waiting
+    through = re.search(r'name="through" value="(\d+)"', waiting)
+    assert through is not None
+
+    answer = post_form(client, "/nurse", "/nurse/assign",
+                       {"meter_id": METER, "through": through.group(1), "patient_id": PATIENT})  # fmt: skip
+    html = answer.get_data(as_text=True)
+    assert "6 readings assigned to patient" in html and 'id="unassigned"' not in html
+
+    patients = {r["patient_id"] for r in runtime.store.query("SELECT patient_id FROM readings")}
+    assert patients == {PATIENT}
+    [entry] = [r for r in audit.recent(runtime.store) if r["action"] == "assign_readings"]
+    assert (entry["actor"], entry["patient_id"], entry["target_id"]) == ("nina", PATIENT, METER)
+    [message] = runtime.store.query(f"SELECT * FROM {MESSAGES} WHERE kind = 'assignment'")
+    doc = json.loads(message["payload"])
+    contract.validate(contract.SCHEMA_ASSIGNMENT, doc)
+    assert len(doc["reading_ids"]) == 6 and doc["patient_id"] == PATIENT
+    # "Today's downloads" now names the patient of the auto-synced download.
+    assert PATIENT in _section(client.get("/nurse").get_data(as_text=True), "sessions-table")
+
+
+def test_a_later_download_for_the_patient_says_the_readings_are_waiting(
+    client: FlaskClient, runtime: Runtime, core: CoreThread
+) -> None:
+    upsert_meter(runtime.store, MeterInfo(meter_id=METER, family="scripted", transport="serial", serial="TM0042"))
+    auto_sync(runtime)
+    login(client, "nina")
+    session_id = desk_download(client)  # nothing new: the meter's six readings are stored, without patient
+    page = client.get(f"/nurse/session/{session_id}").get_data(as_text=True)
+    assert "0 new readings" in page
+    waiting = _section(page, "session-unassigned")
+    assert "6 readings from this meter were already downloaded without a patient" in waiting
+    assert 'id="assign-earlier"' in waiting
+    through = re.search(r'name="through" value="(\d+)"', waiting)
+    assert through is not None
+    form = {"meter_id": METER, "through": through.group(1), "patient_id": PATIENT, "back": session_id}
+    back = post_form(client, f"/nurse/session/{session_id}", "/nurse/assign", form)
+    assert back.status_code == 302 and back.headers["Location"].endswith(f"/nurse/session/{session_id}")
+    again = client.get(f"/nurse/session/{session_id}").get_data(as_text=True)
+    assert "6 readings assigned to patient" in again and 'id="session-unassigned"' not in again
+    assert runtime.store.scalar("SELECT count(*) FROM readings WHERE patient_id IS NULL") == 0
+
+
+def test_the_link_prompt_reflects_the_linked_state(client: FlaskClient, runtime: Runtime, core: CoreThread) -> None:
+    upsert_meter(runtime.store, MeterInfo(meter_id=METER, family="scripted", transport="serial", serial="TM0042"))
+    login(client, "nina")
+    session_id = desk_download(client)
+    page = f"/nurse/session/{session_id}"
+    assert 'id="confirm-link"' in client.get(page).get_data(as_text=True)
+    post_form(client, page, f"{page}/link", {})
+    linked = client.get(page).get_data(as_text=True)
+    assert "Meter linked to this patient." in linked
+    assert 'id="meter-linked"' in linked
+    assert 'id="confirm-link"' not in linked and "Does this meter belong" not in linked
+
+
+def test_progress_says_connecting_then_n_of_n_with_a_bar(client: FlaskClient, runtime: Runtime) -> None:
+    login(client, "nina")
+    runtime.progress.put("s-1", MeterProgress(state=DeskState.CONNECTING, target=METER))
+    connecting = client.get("/nurse/session/s-1").get_data(as_text=True)
+    assert "connecting to the meter" in connecting
+    assert not re.search(r"Downloading…\s*<[^>]*>\s*0", connecting)
+    runtime.progress.put("s-1", MeterProgress(state=DeskState.RUNNING, done=3, total=10, target=METER))
+    running = client.get("/nurse/session/s-1").get_data(as_text=True)
+    assert "3 of 10" in running and 'max="10" value="3"' in running
+    assert client.get("/nurse/api/progress/s-1").get_json() | {"meter_id": None} == {
+        "state": "running", "done": 3, "total": 10, "meter_id": None, "finished": False}  # fmt: skip
+
+
+def test_a_failed_download_is_listed_with_a_plain_reason(tmp_path: Path, fake_clock: FakeClock) -> None:
+    runtime = open_runtime(make_config(tmp_path / "serial", meters={"serial": {"enabled": True}}), clock=fake_clock)
+    add_users(runtime)
+    client = create_app(GatewayServices(runtime), runtime.config).test_client()
+    source = MeterSource(runtime)  # the real meter component, its serial transport on
+    request = SerialSyncRequest(request_id="f" * 32, target=METER, patient_id=PATIENT, operator="nina")
+    assert asyncio.run(source.sync(request)) is None  # the meter is not plugged in
+    login(client, "nina")
+    today = _section(client.get("/nurse").get_data(as_text=True), "sessions-table")
+    assert 'class="state-failed"' in today
+    assert "The meter did not answer" in today
+    assert "DeviceNotFound" not in today and "not plugged in" not in today
+    session = client.get(f"/nurse/session/{'f' * 32}").get_data(as_text=True)
+    assert "The meter did not answer" in session and "DeviceNotFound" not in session
+    runtime.store.close()
+
+
+def test_no_download_button_for_the_synthetic_meter_and_last_download_in_clinic_time(
+    client: FlaskClient, runtime: Runtime, core: CoreThread
+) -> None:
+    upsert_meter(runtime.store, MeterInfo(meter_id="synthetic:demo-0001", family="synthetic", transport="none",
+                                                  serial="demo-0001"))  # fmt: skip
+    upsert_meter(runtime.store, MeterInfo(meter_id=METER, family="scripted", transport="serial", serial="TM0042"))
+    with runtime.store.transaction() as db:
+        db.execute("UPDATE meters SET last_sync = '2026-11-23T02:40:00.000+00:00'")
+    login(client, "nina")
+    desk = _section(post_form(client, "/nurse", "/nurse", {"patient_id": PATIENT}).get_data(as_text=True),
+                    "meters-table")  # fmt: skip
+    assert 'data-meter="synthetic:demo-0001"' not in desk and "arrive by themselves" in desk
+    assert f'data-meter="{METER}"' in desk
+    assert "2026-11-23T02:40" not in desk
+    assert "2026-11-23 10:40 UTC+8" in desk
