@@ -34,6 +34,7 @@ from gateway.desk import (
     RetinaUploadRequest,
 )
 from gateway.errors import CaptureError, DeskUnavailable, GatewayError
+from gateway.glucose_stats import GlucoseRanges, GlucoseSummary, summarize
 from gateway.health import (
     ComponentFacts,
     Health,
@@ -61,7 +62,7 @@ from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
 from gateway.store.assignments import AssignResult, UnassignedGroup
 from gateway.store.audit import AuditEntry
-from gateway.store.db import Store, new_id
+from gateway.store.db import Store, iso, new_id
 from gateway.store.events import recent_events
 from gateway.store.logins import LoginThrottled
 from gateway.store.outbox import Outbox, OutboxStats
@@ -102,6 +103,7 @@ __all__ = [
     "Level",
     "ProblemKind",
     "UnassignedGroup",
+    "VisitPicture",
 ]
 
 
@@ -217,6 +219,19 @@ DESK_READINGS_PER_PAGE = 100
 
 QC_HISTORY_ROWS = 10
 """Control-solution results in a meter's QC panel (a meter sees a few a month)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VisitPicture:
+    """A patient's readings since the last visit and their summary (patient data: behind login)."""
+
+    patient_id: str
+    since: str
+    """UTC ISO time the picture starts at: the last visit, or the window's start."""
+    last_visit: str | None
+    readings: list[dict[str, Any]]
+    summary: GlucoseSummary
+    ranges: GlucoseRanges
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,6 +526,26 @@ class GatewayServices:
     def link_meter(self, meter_id: str, patient_id: str, *, actor: str) -> None:
         """Register a meter to a patient (audited)."""
         store_readings.link_meter_to_patient(self.store, meter_id, patient_id, actor=actor)
+
+    def visit_picture(self, patient_id: str) -> VisitPicture:
+        """The patient's readings since their last visit (a desk session before today, clinic time), at most
+        ``glucose.visit_window_days`` back, with the clinicians' summary (QC results are never among them)."""
+        section = self.runtime.config.glucose
+        now = self.runtime.clock.utc_now()
+        tz = ZoneInfo(self.runtime.config.gateway.timezone)
+        midnight = now.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+        last_visit = store_sessions.last_visit_before(self.store, patient_id, iso(midnight))
+        since = now - timedelta(days=section.visit_window_days)
+        if last_visit is not None:
+            since = max(since, datetime.fromisoformat(last_visit))
+        rows = store_readings.patient_readings_since(self.store, patient_id, iso(since))
+        ranges = GlucoseRanges(low=section.low_mmol_l, high=section.high_mmol_l, gmi_min_days=section.gmi_min_days,
+                               gmi_min_readings=section.gmi_min_readings)  # fmt: skip
+        summary = summarize(
+            [float(r["mmol_l"]) for r in rows], [datetime.fromisoformat(r["corrected_time"]) for r in rows], ranges
+        )
+        return VisitPicture(patient_id=patient_id, since=iso(since), last_visit=last_visit, readings=rows,
+                            summary=summary, ranges=ranges)  # fmt: skip
 
     def meter_patient(self, meter_id: str) -> str | None:
         """The patient a meter's downloads go to when none is set: the config's registry, else the desk's link

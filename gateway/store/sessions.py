@@ -49,6 +49,14 @@ def record_failed(
         )
 
 
+def last_visit_before(store: Store, patient_id: str, before_iso: str) -> str | None:
+    """When the patient's latest desk session (meter or retina) before ``before_iso`` started: their last visit."""
+    value = store.scalar(
+        "SELECT max(started_at) FROM sessions WHERE patient_id = ? AND started_at < ?", [patient_id, before_iso]
+    )
+    return None if value is None else str(value)
+
+
 def get_session(store: Store, session_id: str) -> dict[str, Any] | None:
     rows = store.query("SELECT * FROM sessions WHERE session_id = ?", [session_id])
     return rows[0] if rows else None

@@ -8,6 +8,8 @@ for it through the facade and polls its progress.
 from __future__ import annotations
 
 import logging
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -17,7 +19,8 @@ from flask_login import current_user
 from gateway.services import DeskSession, DeskUnavailable, DeviceView
 from gateway.web import i18n
 from gateway.web.auth import desk_record, roles_required
-from gateway.web.context import services
+from gateway.web.context import services, web_context
+from gateway.web.glucose_chart import build_chart, display_value
 
 _logger = logging.getLogger(__name__)
 
@@ -171,11 +174,46 @@ def session(session_id: str) -> ResponseReturnValue:
         qc_here={row["qc_id"] for row in qc_here},
         qc_history=qc_history,
         unassigned=waiting[0] if waiting else None,
+        **(_picture(desk_session.patient_id) if finished and desk_session.patient_id else {}),
         reason=failure_reason(
             str(desk_session.state), desk_session.progress.error.type if desk_session.progress.error else None
         ),
         linked_patient=services().meter_patient(meter_id) if finished and meter_id else None,
     )
+
+
+def _picture(patient_id: str) -> dict[str, Any]:
+    """What ``_glucose_picture.html`` needs for the patient: readings since the last visit, chart and summary,
+    in the configured unit."""
+    config = web_context().config
+    glucose = config.glucose
+    picture = services().visit_picture(patient_id)
+    chart = build_chart(picture, unit=glucose.unit, very_high=glucose.very_high_mmol_l,
+                        tz=ZoneInfo(config.gateway.timezone))  # fmt: skip
+
+    def fmt(mmol_l: float | None) -> str:
+        return "\u2013" if mmol_l is None else display_value(mmol_l, glucose.unit)
+
+    return {"picture": picture, "chart": chart, "unit": glucose.unit, "fmt": fmt,
+            "very_high": glucose.very_high_mmol_l}  # fmt: skip
+
+
+@bp.get("/session/<session_id>/sheet")
+@roles_required("nurse")
+def sheet(session_id: str) -> ResponseReturnValue:
+    """The patient's printable visit sheet (one page for a normal visit): the readings since the last visit,
+    the chart and summary, the meter's QC apart, and the place for blood-pressure readings."""
+    desk_session = _session_or_404(session_id)
+    patient_id = desk_session.patient_id
+    if patient_id is None:
+        flash(_("Assign the readings to a patient first."), "error")
+        return redirect(url_for("nurse.session", session_id=session_id))
+    context = _picture(patient_id)
+    meters = sorted({row["meter_id"] for row in context["picture"].readings})
+    qc = [row for meter in meters for row in services().meter_qc_history(meter)]
+    _logger.info("user %s opened the visit sheet of session %s", current_user.username, session_id)
+    return render_template("nurse_sheet.html", session_id=session_id, patient_id=patient_id, qc=qc,
+                           **context)  # fmt: skip
 
 
 @bp.get("/api/progress/<session_id>")

@@ -14,6 +14,8 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -189,3 +191,70 @@ def test_no_download_button_for_the_synthetic_meter_and_last_download_in_clinic_
     assert f'data-meter="{METER}"' in desk
     assert "2026-11-23T02:40" not in desk
     assert "2026-11-23 10:40 UTC+8" in desk
+
+
+# -- item 4 and 5: the glucose picture and the visit sheet -------------------------------------------------------
+def _visit_with_history(runtime: Runtime) -> str:
+    """A patient seen on 10 November (a reading before it), downloaded today: the six scripted readings of
+    22 November, and two control-solution tests of the meter (2.4 and 21.0 mmol/L) that must count nowhere."""
+    with runtime.store.transaction() as db:
+        db.execute("INSERT INTO sessions (session_id, kind, patient_id, state, started_at) VALUES "
+                   "('visit-1', 'meter', ?, 'done', '2026-11-10T02:00:00.000+00:00')", [PATIENT])  # fmt: skip
+    before = replace(scripted_records()[0], sequence=100, meter_time=datetime(2026, 11, 5, 8, 0), value=2.0)
+    records = [*scripted_records(), before]
+    records += [replace(records[0], sequence=7, value=2.4, control_solution=True),
+                replace(records[3], sequence=8, value=21.0, control_solution=True)]  # fmt: skip
+    session = DownloadSession(runtime.store, runtime.clock, ScriptedMeter(METER, records, 0.0),
+                              tz=ZoneInfo(runtime.config.gateway.timezone), patient_id=PATIENT)  # fmt: skip
+    result = asyncio.run(session.run())
+    assert (result.added, result.qc_added) == (7, 2)
+    return result.session_id
+
+
+def test_the_visit_picture_chart_and_summary(client: FlaskClient, runtime: Runtime) -> None:
+    session_id = _visit_with_history(runtime)
+    login(client, "nina")
+    html = client.get(f"/nurse/session/{session_id}").get_data(as_text=True)
+    picture = _section(html, "glucose-picture")
+    assert "2026-11-10 10:00 UTC+8" in picture  # the last visit, clinic time
+    svg = picture.split("<svg", 1)[1].split("</svg>", 1)[0]
+    assert '<title id="chart-title">' in svg and '<desc id="chart-desc">' in svg and 'role="img"' in svg
+    assert 'class="band"' in svg
+    # six readings since the visit (not the one of 5 November, not the two control tests)
+    assert svg.count('class="pt low"') == 1 and svg.count('class="pt high"') == 1 and svg.count("<circle") == 4
+    # by hand: 5.6 3.2 15.1 7.8 6.1 9.0 -> mean 46.8 / 6 = 7.8; SD 4.09; 1 below 3.9, 1 above 10.0 of 6
+    assert re.search(r'id="sum-count">6<', picture)
+    assert re.search(r'id="sum-mean">7\.8 mmol/L<', picture)
+    assert re.search(r'id="sum-sd">4\.1 mmol/L<', picture)
+    assert re.search(r'id="sum-in">67 %<', picture) and re.search(r'id="sum-below">17 %<', picture)
+    assert re.search(r'id="sum-above">17 %<', picture) and re.search(r'id="sum-lowest">3\.2 mmol/L<', picture)
+    assert "not given: needs readings over at least 14 days and at least 28 readings" in picture
+    assert "http" not in svg.replace("http://www.w3.org/2000/svg", "")  # nothing fetched: no CDN
+
+
+def test_the_picture_follows_the_configured_unit(tmp_path: Path, fake_clock: FakeClock) -> None:
+    runtime = open_runtime(make_config(tmp_path / "mgdl", glucose={"unit": "mg/dL"}), clock=fake_clock)
+    add_users(runtime)
+    client = create_app(GatewayServices(runtime), runtime.config).test_client()
+    session_id = _visit_with_history(runtime)
+    login(client, "nina")
+    picture = _section(client.get(f"/nurse/session/{session_id}").get_data(as_text=True), "glucose-picture")
+    assert re.search(r'id="sum-mean">141 mg/dL<', picture)  # 7.8 x 18.016 = 140.5
+    assert re.search(r'id="sum-lowest">58 mg/dL<', picture)  # 3.2 x 18.016 = 57.7
+    assert "In range (70 to 180 mg/dL)" in picture
+    runtime.store.close()
+
+
+def test_the_printable_visit_sheet(client: FlaskClient, runtime: Runtime) -> None:
+    session_id = _visit_with_history(runtime)
+    login(client, "nina")
+    assert f"/nurse/session/{session_id}/sheet" in client.get(f"/nurse/session/{session_id}").get_data(as_text=True)
+    sheet = client.get(f"/nurse/session/{session_id}/sheet").get_data(as_text=True)
+    assert PATIENT in sheet and "<svg" in sheet and 'id="glucose-summary"' in sheet
+    readings = _section(sheet, "sheet-readings")
+    assert readings.count("<li") == 6 and "2.4" not in readings and "21.0" not in readings
+    qc = _section(sheet, "sheet-qc")
+    assert "2.4" in qc and "21.0" in qc  # the meter's QC, apart
+    assert 'id="visit-bp"' in sheet and 'data-slot="blood-pressure"' in sheet
+    css = client.get("/static/style.css").get_data(as_text=True)
+    assert "@media print" in css and "@page" in css
