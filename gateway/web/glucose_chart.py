@@ -86,7 +86,7 @@ def build_chart(picture: VisitPicture, *, unit: str, very_high: float, tz: ZoneI
         mark = "low" if mmol < ranges.low else "high" if mmol > very_high else "normal"
         label = f"{when:%Y-%m-%d %H:%M} · {display_value(mmol, unit)} {unit}"
         points.append(ChartPoint(x_of(when.hour + when.minute / 60), y_of(mmol), mark, label))
-    levels = sorted({ranges.low, ranges.high, very_high, *(v for v in (5.0, 20.0, 25.0, 30.0) if v < top_mmol)})
+    levels = sorted({ranges.low, ranges.high, very_high, *(v for v in (20.0, 25.0, 30.0) if v < top_mmol)})
     return GlucoseChart(
         width=WIDTH,
         height=HEIGHT,
