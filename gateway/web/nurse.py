@@ -28,6 +28,7 @@ bp = Blueprint("nurse", __name__, url_prefix="/nurse")
 
 HYPO_MMOL_L = 3.9
 HYPER_MMOL_L = 13.9
+"""Defaults of ``glucose.low_mmol_l`` and ``glucose.very_high_mmol_l``, which the pages use."""
 MAX_PATIENT_ID = 64
 
 
@@ -39,11 +40,11 @@ def clean_patient_id(raw: str | None) -> str | None:
     return value
 
 
-def glucose_band(mmol_l: float) -> str:
-    """``low`` below 3.9 mmol/L, ``high`` above 13.9 mmol/L, else ``normal``."""
-    if mmol_l < HYPO_MMOL_L:
+def glucose_band(mmol_l: float, low: float = HYPO_MMOL_L, high: float = HYPER_MMOL_L) -> str:
+    """``low`` below ``low`` (3.9 mmol/L), ``high`` above ``high`` (13.9 mmol/L), else ``normal``."""
+    if mmol_l < low:
         return "low"
-    if mmol_l > HYPER_MMOL_L:
+    if mmol_l > high:
         return "high"
     return "normal"
 
@@ -142,18 +143,20 @@ def session(session_id: str) -> ResponseReturnValue:
     """Step 3: progress (polled), then the readings to review and the link to confirm."""
     desk_session = _session_or_404(session_id)
     finished = desk_session.finished
+    glucose = web_context().config.glucose
+    hypo, hyper = glucose.low_mmol_l, glucose.very_high_mmol_l
     # A page of the download (the newest unless ?page=N), with counts over all of it: a first download may
     # bring a meter's whole history, thousands of readings.
     page = (
         services().session_readings(
-            session_id, page=request.args.get("page", type=int), low_below=HYPO_MMOL_L, high_above=HYPER_MMOL_L
+            session_id, page=request.args.get("page", type=int), low_below=hypo, high_above=hyper
         )
         if finished
         else None
     )
     readings = page.rows if page else []
     for row in readings:
-        row["band"] = glucose_band(row["mmol_l"])
+        row["band"] = glucose_band(row["mmol_l"], hypo, hyper)
     # Control-solution tests check the meter, not the patient: listed apart, never banded or counted as readings.
     qc_here = services().session_qc(session_id) if finished else []
     meter_id = desk_session.meter_id
@@ -169,8 +172,8 @@ def session(session_id: str) -> ResponseReturnValue:
         finished=finished,
         readings=readings,
         page=page,
-        hypo=HYPO_MMOL_L,
-        hyper=HYPER_MMOL_L,
+        hypo=hypo,
+        hyper=hyper,
         qc_here={row["qc_id"] for row in qc_here},
         qc_history=qc_history,
         unassigned=waiting[0] if waiting else None,
