@@ -80,6 +80,7 @@ def test_outbox_stats_prints_the_facades_summary(tmp_path: Path, capsys) -> None
 def test_receiver_refer_reaches_the_gateway(tmp_path: Path, broker, capsys) -> None:
     cfg = _config_file(tmp_path, broker.port)
     runtime = open_runtime(gateway_config(tmp_path / "state", port=broker.port))
+    add_readings(runtime.store, [reading(1, patient_id="P-7")])  # a patient of this clinic: shown, not held
     with ForwarderRunner(runtime.config, runtime.store) as run:
         wait_until(lambda: run.forwarder.state == "online")
         code = main(["receiver", "refer", "-c", str(cfg), "--patient-id", "P-7", "--decision", "rescreen_6m",
