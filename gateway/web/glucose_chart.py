@@ -16,7 +16,7 @@ from gateway.records import MGDL_PER_MMOLL
 from gateway.services import VisitPicture
 
 WIDTH, HEIGHT = 640, 260
-LEFT, RIGHT, TOP, BOTTOM = 48, 628, 12, 228
+LEFT, RIGHT, TOP, BOTTOM = 48, 612, 12, 228
 """The plot area inside the viewBox (axis labels outside it)."""
 Y_MIN_TOP_MMOL = 16.0
 """The y axis reaches at least this far (a calm picture is not stretched), and further for higher readings."""

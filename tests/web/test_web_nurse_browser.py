@@ -4,10 +4,11 @@
   daemon (subprocess: hotplug, auto-sync, store, forwarder, pages) downloads it and forwards the readings without
   a patient over a real mosquitto to the reference receiver; the nurse, in Chromium, finds them under "Readings
   without a patient", types the patient id and presses Assign; the receiver ends with each reading once, under
-  that patient. At 1280 px in English and 390 px in Chinese (the page checks of browser_kit on the way).
+  that patient. At 1280 and 390 px, in English and in Chinese (the page checks of browser_kit on the way).
 - Every nurse page (desk with the unassigned list and a failed download, a finished download with the glucose
   picture, the visit sheet) at 1280 and 390 px in both languages: no horizontal scroll, axe-core clean, no
-  English on the Chinese pages, every button inside the window on a phone; screenshots saved.
+  English on the Chinese pages, every button inside the window on a phone; screenshots saved. The visit sheet
+  prints on one A4 page (Chromium's print to PDF).
 
 Waits are on conditions (the receiver's rows, the page's elements), never on the clock.
 """
@@ -15,6 +16,7 @@ Waits are on conditions (the receiver's rows, the page's elements), never on the
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,7 +52,6 @@ pytest.importorskip("axe_playwright_python")
 PATIENT = "330106-GLU-8812"
 SEEDED = "330106-GLU-4410"
 SEED_METER, SEED_UNASSIGNED = "serial:SEED01", "serial:SEED02"
-JOURNEYS = [("en", kit.WIDTHS["desktop"]), ("zh", kit.WIDTHS["phone"])]
 VIEWS = [(lang, width) for lang in ("en", "zh") for width in kit.WIDTHS.values()]
 PAGES = ("nurse-desk", "nurse-download", "nurse-sheet")
 METER_VALUES = (95, 143, 212, 71, 188, 126)  # mg/dL as the meter measured them
@@ -117,7 +118,7 @@ def _answers(port: int) -> bool:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("nurse")
     broker = start_broker(tmp / "broker")
-    links = {lang: tmp / f"ttyMETER-{lang}" for lang, _ in JOURNEYS}
+    links = {f"{lang}-{width}": tmp / f"ttyMETER-{lang}-{width}" for lang, width in VIEWS}
     web_port = free_port()
     ports = ", ".join(f'"{link}"' for link in links.values())
     config = write_config(
@@ -169,23 +170,23 @@ def _buttons_inside(page: Any, width: int, name: str) -> None:
         assert box[0] >= 0 and box[1] <= width, f"{name}: an action sticks out: {box}"
 
 
-@pytest.mark.parametrize(("lang", "width"), JOURNEYS, ids=[f"{lang}-{width}" for lang, width in JOURNEYS])
+@pytest.mark.parametrize(("lang", "width"), VIEWS, ids=[f"{lang}-{width}" for lang, width in VIEWS])
 def test_nurse_assigns_auto_downloaded_readings_and_the_platform_files_each_once_under_the_patient(
     browser: Any, gateway: Gateway, lang: str, width: int
 ) -> None:
     expect = __import__("playwright.sync_api", fromlist=["expect"]).expect
-    seed = 11 if lang == "en" else 12
-    meter = MeterState("onetouch_ultra2", seed=seed)
+    view = f"{lang}-{width}"
+    meter = MeterState("onetouch_ultra2", seed=11 + VIEWS.index((lang, width)))  # a meter of its own per view
     now = meter.now()
     meter.readings = [StoredReading(now - timedelta(hours=6 * (len(METER_VALUES) - i)), v, Meal.BEFORE_MEAL)
                       for i, v in enumerate(METER_VALUES)]  # fmt: skip
     meter_id = f"onetouch_ultra2:{meter.serial}"
-    patient = f"{PATIENT}-{lang}"
+    patient = f"{PATIENT}-{view}"
 
     def platform_rows() -> list[dict[str, Any]]:
         return [r for r in gateway.receiver.readings() if r["meter_id"] == meter_id]
 
-    emu = SerialMeterEmulator(meter, link=gateway.links[lang])
+    emu = SerialMeterEmulator(meter, link=gateway.links[view])
     emu.start()  # plugged in before any patient is set: auto-sync downloads it at once
     page = _nurse_page(browser, gateway, lang, width)
     try:
@@ -262,3 +263,20 @@ def test_screenshots_of_every_nurse_page_were_saved() -> None:
     names = {p.name for p in kit.SHOTS.glob("*.png")}
     expected = {f"{page}-{lang}-{width}.png" for page in PAGES for lang, width in VIEWS}
     assert expected <= names, sorted(expected - names)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_visit_sheet_prints_on_one_page(browser: Any, gateway: Gateway, lang: str) -> None:
+    """A normal visit (40 readings over 16 days, the chart, the summary, QC, the blood-pressure block) prints on
+    one A4 page: Chromium's own print to PDF, with the sheet's print CSS."""
+    page = _open(browser, gateway, "nurse-sheet", lang, kit.WIDTHS["desktop"])
+    try:
+        page.emulate_media(media="print")
+        assert not page.locator("header.top").is_visible() and not page.locator("#print-sheet").is_visible()
+        kit.screenshot(page, f"nurse-sheet-print-{lang}")
+        pdf = page.pdf(prefer_css_page_size=True)
+        pages = len(re.findall(rb"/Type\s*/Page(?!s)", pdf))
+        (kit.SHOTS / f"nurse-sheet-print-{lang}.pdf").write_bytes(pdf)
+        assert pages == 1, f"the visit sheet prints on {pages} pages"
+    finally:
+        page.context.close()
