@@ -174,7 +174,7 @@ class HealthSection(_Section):
 
 
 class BleSection(_Section):
-    """Bluetooth LE glucose meters (Glucose Service)."""
+    """Bluetooth LE glucose meters (Glucose Service) and blood pressure cuffs (Blood Pressure Service)."""
 
     enabled: bool = False
     adapter: str = "hci0"
@@ -191,6 +191,16 @@ class BleSection(_Section):
     """With ``auto_sync``: how often to scan for meters."""
     auto_sync_cooldown_s: float = Field(default=900.0, ge=0)
     """With ``auto_sync``: do not download the same meter again within this many seconds."""
+    cuff_quiet_s: float = Field(default=5.0, gt=0)
+    """A blood pressure cuff without stored-record access (BLS 1.0) sends its measurements after connecting and
+    then ends the connection or goes quiet: this long without a measurement ends its download."""
+
+
+class BloodPressureSection(_Section):
+    """Blood pressure readings at the desk (the programme's target: readings above it are highlighted)."""
+
+    target_systolic_mmhg: int = Field(default=140, ge=60, le=250)
+    target_diastolic_mmhg: int = Field(default=90, ge=30, le=150)
 
 
 class SerialSection(_Section):
@@ -218,6 +228,7 @@ class MetersSection(_Section):
 
     ble: BleSection = BleSection()
     serial: SerialSection = SerialSection()
+    blood_pressure: BloodPressureSection = BloodPressureSection()
     max_clock_skew_days: int = Field(default=365, ge=1)
     """A meter clock further off than this is implausible: readings keep ``time_trusted = false``."""
     registry: dict[str, str] = {}

@@ -1,7 +1,8 @@
 """``gateway demo``: the whole gateway on one laptop, with nothing but loopback.
 
 Starts a private mosquitto, the reference platform receiver, emulated meters (serial on a pty, BLE on an
-emulated BlueZ when dbus-daemon and bluezoo are available) and an emulated fundus camera, then runs the real
+emulated BlueZ when dbus-daemon and bluezoo are available, with a two-user Bluetooth blood pressure cuff beside
+the glucose meter) and an emulated fundus camera, then runs the real
 daemon against them with ``config/demo.toml``, prints the page URL, the demo logins and how to send a grader's
 referral decision down, and reports what reaches the platform until Ctrl-C (or ``--duration``). Demo data
 lives in ``state/demo`` (git-ignored).
@@ -150,6 +151,18 @@ class DemoStack:
         os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = ble.bus_address
         self._set("meters.ble.adapter", ble.gateway_adapter)
         _say(f"  ble        emulated Glucose Service meter {ble.describe()} on a private BlueZ")
+        self._start_cuff(ble.env)
+
+    def _start_cuff(self, env: Any) -> None:
+        from gateway.emulate.ble_cuff import start_demo_cuff
+
+        try:
+            cuff = start_demo_cuff(env, self.state_dir)
+        except Exception as exc:  # the demo goes on with the meters; say why
+            _say(f"  cuff       emulated blood pressure cuff not started: {exc}")
+            return
+        self._stops.append(cuff.stop)
+        _say(f"  cuff       emulated Blood Pressure Service cuff {cuff.describe()} (users 1 and 2, bonding required)")
 
     def _start_camera(self) -> None:
         from gateway.emulate.camera import write_demo_video

@@ -84,7 +84,13 @@ class SerialSyncRequest(MeterSyncRequest):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BleSyncRequest(MeterSyncRequest):
-    """A meter download over Bluetooth LE."""
+    """A meter (or blood pressure cuff) download over Bluetooth LE.
+
+    ``cuff_user``: on a multi-user cuff, the cuff user the nurse said is this patient: only that user's
+    measurements are the patient's, the others are kept without a patient (None: every one is the patient's).
+    """
+
+    cuff_user: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +151,8 @@ class MeterProgress(DeskProgress):
     meter_id: str | None = None
     added: int = 0
     duplicates: int = 0
+    other_users: int = 0
+    """Measurements of other users of a multi-user cuff: kept, not this patient's."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -42,6 +42,7 @@ def escape_controls(text: str) -> str:
 
 PHI_FIELDS = frozenset(
     {"patient_id", "patient", "value", "glucose", "mmol_l", "reading", "readings", "image", "payload", "note"}
+    | {"systolic", "diastolic", "mean_arterial", "pulse", "pulse_bpm", "blood_pressure"}
 )
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 

@@ -110,9 +110,17 @@ def eye_decision(decisions: Iterable[TriageDecision | str]) -> TriageDecision:
     return TriageDecision.REFER if TriageDecision.REFER in gradable else TriageDecision.RESCREEN
 
 
+class Measures(StrEnum):
+    """What a device measures: the kind of record its download stores."""
+
+    GLUCOSE = "glucose"
+    BLOOD_PRESSURE = "blood_pressure"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MeterInfo:
-    """What a meter says about itself. ``meter_id`` is stable across visits (family + serial)."""
+    """What a meter (or a blood pressure cuff) says about itself. ``meter_id`` is stable across visits
+    (family + serial)."""
 
     meter_id: str
     family: str
@@ -121,6 +129,7 @@ class MeterInfo:
     model: str | None = None
     firmware: str | None = None
     address: str | None = None
+    measures: Measures = Measures.GLUCOSE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +212,95 @@ class ControlResult(MeterValue):
 
     lot: str | None = None
     outcome: QcOutcome | None = None
+
+
+MMHG_PER_KPA = 7.50062
+"""mmHg per kPa (1 mmHg = 133.322 Pa), as the issue fixes it for blood pressure."""
+
+
+class PressureUnit(StrEnum):
+    """Blood pressure units as a cuff reports them (Blood Pressure Measurement flags bit 0)."""
+
+    MMHG = "mmHg"
+    KPA = "kPa"
+
+
+def to_mmhg(value: float, unit: PressureUnit) -> float:
+    """A pressure in mmHg, rounded to 0.1 (cuffs report whole mmHg, or kPa to 0.1)."""
+    return round(value * MMHG_PER_KPA if unit is PressureUnit.KPA else value, 1)
+
+
+class CuffStatus(StrEnum):
+    """What a cuff says about one measurement (Measurement Status of the Blood Pressure Measurement)."""
+
+    BODY_MOVEMENT = "body_movement"
+    CUFF_TOO_LOOSE = "cuff_too_loose"
+    IRREGULAR_PULSE = "irregular_pulse"
+    PULSE_ABOVE_RANGE = "pulse_rate_above_range"
+    PULSE_BELOW_RANGE = "pulse_rate_below_range"
+    IMPROPER_POSITION = "improper_measurement_position"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CuffRecord:
+    """One measurement as a blood pressure cuff driver decodes it, before clock correction and patient link.
+
+    ``meter_time`` is the cuff's own wall-clock time (naive), None when the cuff sent no time stamp;
+    ``user_id`` is the cuff's user (multi-user cuffs), None when it does not say.
+    """
+
+    sequence: int | None
+    meter_time: datetime | None
+    user_id: int | None
+    systolic: float
+    diastolic: float
+    mean_arterial: float | None
+    unit: PressureUnit
+    pulse_bpm: float | None = None
+    status: tuple[CuffStatus, ...] = ()
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BloodPressureReading:
+    """A blood pressure reading ready for the store: the cuff's record plus clock correction and patient link.
+
+    Values are kept as the cuff reported them (``unit``); the ``*_mmhg`` properties give them in mmHg.
+    """
+
+    meter_id: str
+    sequence: int | None
+    user_id: int | None
+    meter_time: datetime | None
+    clock_offset_s: float
+    corrected_time: datetime
+    """The cuff's time corrected by the measured offset, aware UTC (the gateway's own time when the cuff sent
+    none: then ``time_trusted`` is false)."""
+    time_trusted: bool
+    systolic: float
+    diastolic: float
+    mean_arterial: float | None
+    unit: PressureUnit
+    pulse_bpm: float | None = None
+    status: tuple[CuffStatus, ...] = ()
+    patient_id: str | None = None
+    session_id: str | None = None
+    flags: tuple[str, ...] = ()
+
+    @property
+    def systolic_mmhg(self) -> float:
+        """Systolic pressure in mmHg."""
+        return to_mmhg(self.systolic, self.unit)
+
+    @property
+    def diastolic_mmhg(self) -> float:
+        """Diastolic pressure in mmHg."""
+        return to_mmhg(self.diastolic, self.unit)
+
+    @property
+    def mean_arterial_mmhg(self) -> float | None:
+        """Mean arterial pressure in mmHg (None when the cuff gave none)."""
+        return None if self.mean_arterial is None else to_mmhg(self.mean_arterial, self.unit)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,6 +12,7 @@ facade imports the store.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from zoneinfo import ZoneInfo
 from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.desk import (
+    BleSyncRequest,
     DeskKind,
     DeskProgress,
     DeskState,
@@ -54,6 +56,7 @@ from gateway.runtime import Component, Runtime
 from gateway.store import assignments as store_assignments
 from gateway.store import audit
 from gateway.store import backup as store_backup
+from gateway.store import blood_pressure as store_bp
 from gateway.store import dead_letters as store_dead_letters
 from gateway.store import logins as store_logins
 from gateway.store import qc as store_qc
@@ -95,6 +98,8 @@ re-exported here so that nothing above the facade imports the store."""
 
 __all__ = [
     "AssignResult",
+    "BloodPressureRow",
+    "BloodPressureTarget",
     "DeskSession",
     "DeskUnavailable",
     "DeviceView",
@@ -248,6 +253,52 @@ class ReadingsPage:
     first: int
     """Position of the page's first reading in the download (1-based); ``last`` of its last."""
     last: int
+
+
+@dataclass(frozen=True, slots=True)
+class BloodPressureTarget:
+    """The programme's blood pressure target (``meters.blood_pressure``): above it a reading is highlighted."""
+
+    systolic_mmhg: int
+    diastolic_mmhg: int
+
+
+@dataclass(frozen=True, slots=True)
+class BloodPressureRow:
+    """A blood pressure reading as the nurse's page shows it (patient data: behind login)."""
+
+    corrected_time: str
+    time_trusted: bool
+    systolic_mmhg: float
+    diastolic_mmhg: float
+    mean_arterial_mmhg: float | None
+    systolic: float
+    diastolic: float
+    unit: str
+    pulse_bpm: float | None
+    cuff_user: int | None
+    meter_id: str
+    status: tuple[str, ...]
+    above_target: bool
+
+    @classmethod
+    def of(cls, row: dict[str, Any], target: BloodPressureTarget) -> BloodPressureRow:
+        """A stored row, judged against the target (above it: systolic or diastolic above the target's)."""
+        return cls(
+            corrected_time=row["corrected_time"],
+            time_trusted=bool(row["time_trusted"]),
+            systolic_mmhg=row["systolic_mmhg"],
+            diastolic_mmhg=row["diastolic_mmhg"],
+            mean_arterial_mmhg=row["mean_arterial_mmhg"],
+            systolic=row["systolic"],
+            diastolic=row["diastolic"],
+            unit=row["unit"],
+            pulse_bpm=row["pulse_bpm"],
+            cuff_user=row["cuff_user"],
+            meter_id=row["meter_id"],
+            status=tuple(json.loads(row["status"])),
+            above_target=row["systolic_mmhg"] > target.systolic_mmhg or row["diastolic_mmhg"] > target.diastolic_mmhg,
+        )
 
 
 class GatewayServices:
@@ -440,8 +491,11 @@ class GatewayServices:
         return self.runtime.desk.handles(sync_request_type(meter.device_id))
 
     # -- desk: meters ---------------------------------------------------------------------------
-    def request_meter_sync(self, target: str, *, patient_id: str | None, operator: str) -> str:
+    def request_meter_sync(
+        self, target: str, *, patient_id: str | None, operator: str, cuff_user: int | None = None
+    ) -> str:
         """Ask the core to download the meter at ``target`` (BLE address, serial port or meter id); audited.
+        ``cuff_user``: on a multi-user Bluetooth cuff, the cuff user who is this patient (None: every one).
 
         Raises:
             DeskUnavailable: no meter component serves ``target``'s transport (nothing audited).
@@ -453,9 +507,14 @@ class GatewayServices:
             name = request_type.__name__
             raise DeskUnavailable("no meter service is running to serve this request", request_type=name)
         self.store.check_intake()  # a full store is said now, not after the nurse has waited for the meter
+        detail: dict[str, Any] = {"session_id": session_id}
+        options: dict[str, Any] = {}
+        if cuff_user is not None and issubclass(request_type, BleSyncRequest):
+            detail["cuff_user"] = options["cuff_user"] = cuff_user
         audit.add(self.store, actor=operator, action="meter_sync_requested", target_kind="meter", target_id=target,
-                  patient_id=patient_id, detail={"session_id": session_id})  # fmt: skip
-        request = request_type(request_id=session_id, target=target, patient_id=patient_id, operator=operator)
+                  patient_id=patient_id, detail=detail)  # fmt: skip
+        request = request_type(request_id=session_id, target=target, patient_id=patient_id, operator=operator,
+                               **options)  # fmt: skip
         self.runtime.progress.put(session_id, MeterProgress(state=DeskState.QUEUED, target=target))
         try:
             self.runtime.desk.submit(request)
@@ -509,6 +568,23 @@ class GatewayServices:
     def meter_qc_history(self, meter_id: str, *, limit: int = QC_HISTORY_ROWS) -> list[dict[str, Any]]:
         """A meter's quality-control history, newest first (the nurse's QC panel)."""
         return store_qc.history(self.store, meter_id, limit=limit)
+
+    def bp_target(self) -> BloodPressureTarget:
+        """The programme's blood pressure target (readings above it are highlighted at the desk)."""
+        bp = self.runtime.config.meters.blood_pressure
+        return BloodPressureTarget(systolic_mmhg=bp.target_systolic_mmhg, diastolic_mmhg=bp.target_diastolic_mmhg)
+
+    def visit_blood_pressure(self, session_id: str) -> list[BloodPressureRow]:
+        """The blood pressure readings of the visit a desk session belongs to, newest first (patient data: behind
+        login): those this session stored, and those stored today by the same patient's other desk sessions."""
+        stored = store_sessions.get_session(self.store, session_id)
+        ids = {session_id}
+        patient = None if stored is None else stored["patient_id"]
+        if patient is not None:
+            ids.update(s["session_id"] for s in self.sessions_today("meter") if s["patient_id"] == patient)
+        target = self.bp_target()
+        rows = store_bp.of_sessions(self.store, sorted(ids), patient_id=patient)
+        return [BloodPressureRow.of(row, target) for row in rows]
 
     def sessions_today(self, kind: store_sessions.SessionKind | None = None) -> list[dict[str, Any]]:
         """Desk sessions started since midnight in the clinic's time zone."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+from gateway.clock import clinic_time
 from gateway.config import GatewayConfig, load_config
 from gateway.logs import setup_logging
 
@@ -32,3 +35,10 @@ def config_from(args: argparse.Namespace) -> GatewayConfig:
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.format)
     return config
+
+
+def local_time(config: GatewayConfig, value: str | datetime | None, empty: str = "-") -> str:
+    """A stored time as people at the clinic read it, in every command's text output: ``2026-11-23 10:40 UTC+8``
+    in ``gateway.timezone``, labelled (:func:`gateway.clock.clinic_time`, the pages' helper too). ``--json``
+    output keeps the stored ISO 8601 text."""
+    return clinic_time(value, ZoneInfo(config.gateway.timezone), empty=empty)

@@ -2,8 +2,9 @@
 
 - ``list``: serial ports present now (with the meter families their cable suggests) and the meters the store
   knows (ids, family, last download; no patient data);
-- ``scan``: Bluetooth LE glucose meters in range;
-- ``sync TARGET [--patient ID]``: download one meter (serial port or Bluetooth address) into the store with
+- ``scan``: Bluetooth LE glucose meters and blood pressure cuffs in range;
+- ``sync TARGET [--patient ID] [--cuff-user N]``: download one meter or cuff (serial port or Bluetooth address;
+  on a multi-user cuff, only user N's measurements are the patient's) into the store with
   the daemon's own download session, with a progress bar (n of N) on stderr. Run it with the daemon stopped
   or on a port the daemon does not hold (a serial port is opened exclusively).
 """
@@ -15,7 +16,7 @@ import asyncio
 import sys
 from typing import Any, TextIO
 
-from gateway.commands.common import EXIT_ERROR, EXIT_OK, add_config_argument, config_from
+from gateway.commands.common import EXIT_ERROR, EXIT_OK, add_config_argument, config_from, local_time
 from gateway.config import GatewayConfig
 from gateway.meters.session import Progress, SessionResult
 
@@ -51,7 +52,7 @@ class ProgressBar:
 
 
 async def sync_target(
-    config: GatewayConfig, target: str, *, patient_id: str | None, bar: ProgressBar | None
+    config: GatewayConfig, target: str, *, patient_id: str | None, bar: ProgressBar | None, cuff_user: int | None = None
 ) -> SessionResult:
     """Open ``target``, run one DownloadSession into the configured store, close everything."""
     from gateway.meters.source import sync_meter
@@ -61,7 +62,7 @@ async def sync_target(
     try:
         return await sync_meter(
             target, config=config, store=runtime.store, clock=runtime.clock, patient_id=patient_id, operator="cli",
-            on_progress=bar,
+            on_progress=bar, cuff_user=cuff_user,
         )  # fmt: skip
     finally:
         runtime.store.close()
@@ -70,11 +71,12 @@ async def sync_target(
 def _cmd_sync(args: argparse.Namespace) -> int:
     config = config_from(args)
     bar = ProgressBar(sys.stderr)
-    result = asyncio.run(sync_target(config, args.target, patient_id=args.patient, bar=bar))
+    result = asyncio.run(sync_target(config, args.target, patient_id=args.patient, bar=bar, cuff_user=args.cuff_user))
     bar.finish()
     meter = result.meter.meter_id if result.meter else "-"
     print(
         f"{meter}: {result.state}, {result.received} received, {result.added} new, {result.duplicates} already stored"
+        + (f", {result.other_users} of other cuff users kept without a patient" if result.other_users else "")
         + (f" ({result.error})" if result.error else "")
     )
     if result.clock is not None and not result.clock.trusted:
@@ -102,34 +104,36 @@ def _cmd_list(args: argparse.Namespace) -> int:
         services.close()
     print("known meters:")
     for m in meters:
-        print(f"  {m.device_id}  {m.model or m.family}  last sync {m.last_sync or 'never'}")
+        print(f"  {m.device_id}  {m.model or m.family}  last sync {local_time(config, m.last_sync, empty='never')}")
     if not meters:
         print("  (none)")
     return EXIT_OK
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from gateway.meters.drivers.gls import scan
+    from gateway.meters.drivers.bluetooth import scan
 
     config = config_from(args)
     found = asyncio.run(scan(config, timeout=args.timeout))
     for meter in found:
-        print(f"{meter.address}  {meter.name or '?'}  rssi {meter.rssi}")
+        print(f"{meter.address}  {meter.name or '?'}  rssi {meter.rssi}  {meter.family}")
     if not found:
-        print("no Bluetooth glucose meter in range")
+        print("no Bluetooth glucose meter or blood pressure cuff in range")
     return EXIT_OK
 
 
 def register(subparsers: Any) -> None:
     """Add ``meters list | scan | sync`` to the ``gateway`` command."""
-    meters = subparsers.add_parser("meters", help="glucose meters: list ports and meters, scan, download one")
+    meters = subparsers.add_parser(
+        "meters", help="glucose meters and blood pressure cuffs: list ports and meters, scan, download one"
+    )
     sub = meters.add_subparsers(dest="meters_command", required=True, metavar="ACTION")
 
     list_ = sub.add_parser("list", help="serial ports present and meters the store knows")
     add_config_argument(list_)
     list_.set_defaults(func=_cmd_list)
 
-    scan = sub.add_parser("scan", help="Bluetooth LE glucose meters in range")
+    scan = sub.add_parser("scan", help="Bluetooth LE glucose meters and blood pressure cuffs in range")
     add_config_argument(scan)
     scan.add_argument(
         "--timeout", type=float, default=None, help="seconds to scan (default: meters.ble.scan_timeout_s)"
@@ -140,4 +144,7 @@ def register(subparsers: Any) -> None:
     add_config_argument(sync)
     sync.add_argument("target", help="serial port (/dev/meter-0, /dev/ttyUSB0) or Bluetooth address")
     sync.add_argument("--patient", default=None, metavar="ID", help="link the readings to this patient")
+    sync.add_argument(
+        "--cuff-user", type=int, default=None, metavar="N", help="multi-user cuff: only user N's measurements"
+    )
     sync.set_defaults(func=_cmd_sync)

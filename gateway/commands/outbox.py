@@ -15,7 +15,7 @@ import dataclasses
 import json
 from typing import Any
 
-from gateway.commands.common import EXIT_OK, EXIT_PROBLEMS, add_config_argument, config_from
+from gateway.commands.common import EXIT_OK, EXIT_PROBLEMS, add_config_argument, config_from, local_time
 from gateway.services import GatewayServices
 
 
@@ -27,6 +27,7 @@ def _open(args: argparse.Namespace) -> GatewayServices:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     services = _open(args)
+    config = services.runtime.config
     try:
         summary = services.outbox.summary(parked_limit=args.limit)
     finally:
@@ -35,7 +36,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(summary), indent=2, sort_keys=True))
         return EXIT_OK
     print(f"unsent {summary.unsent}, parked {summary.parked}, acked (kept) {summary.acked_kept}, "
-          f"last ack {summary.last_ack_at or '-'}")  # fmt: skip
+          f"last ack {local_time(config, summary.last_ack_at)}")  # fmt: skip
     for kind, by_state in sorted(summary.by_kind.items()):
         print(f"  {kind:<12} " + ", ".join(f"{state} {n}" for state, n in sorted(by_state.items())))
     for row in summary.parked_messages:
@@ -56,6 +57,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 def _cmd_dead_letters(args: argparse.Namespace) -> int:
     services = _open(args)
+    config = services.runtime.config
     try:
         summary = services.dead_letters(limit=args.limit)
         shown = None if args.show is None else services.outbox.dead_letter_payload(args.show)
@@ -76,7 +78,8 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"dead letters {summary['dead_letters']} (kept {summary['dead_letters_kept']})")
     for d in summary["recent"]:
-        print(f"  #{d['id']} {d['received_at']} {d['topic']} ({d['size_bytes']} bytes): {d['field']}: {d['reason']}")
+        when = local_time(config, d["received_at"])
+        print(f"  #{d['id']} {when} {d['topic']} ({d['size_bytes']} bytes): {d['field']}: {d['reason']}")
     return EXIT_OK
 
 

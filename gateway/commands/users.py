@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.commands.common import EXIT_OK, add_config_argument, config_from
+from gateway.commands.common import EXIT_OK, add_config_argument, config_from, local_time
 from gateway.config import read_secret
 from gateway.errors import GatewayError
 from gateway.services import ROLES, GatewayServices, UserError
@@ -70,12 +70,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     services = _services(args)
     try:
         rows = services.users.list()
+        config = services.runtime.config
     finally:
         services.close()
     print(f"{'USER':<20} {'ROLE':<11} {'LANG':<5} {'STATE':<9} CREATED")
     for row in rows:
         state = "disabled" if row.disabled else "active"
-        print(f"{row.username:<20} {row.role:<11} {row.language or '-':<5} {state:<9} {row.created_at}")
+        created = local_time(config, row.created_at)
+        print(f"{row.username:<20} {row.role:<11} {row.language or '-':<5} {state:<9} {created}")
     return EXIT_OK
 
 

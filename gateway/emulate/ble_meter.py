@@ -39,24 +39,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any, Self
 from zoneinfo import ZoneInfo
 
-from dbus_fast import BusType, DBusError, Message, MessageType, Variant
-from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import (
-    DBusBool,
-    DBusBytes,
-    DBusDict,
-    DBusObjectPath,
-    DBusSignature,
-    DBusStr,
-    DBusUInt16,
-)
-from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_property, method
+from dbus_fast import DBusError
 
-from gateway.errors import DeviceError, ProtocolError
+from gateway.emulate.gatt_peripheral import NOT_PERMITTED, Characteristic, GattPeripheral, GattTable
+from gateway.emulate.racp_server import RacpServer
+from gateway.errors import DeviceError
 from gateway.meters.codec import gls
 from gateway.records import Unit
 
@@ -65,14 +55,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-BLUEZ = "org.bluez"
-NOT_PAIRED = ("org.bluez.Error.NotPermitted", "Not paired")
-"""What BlueZ answers for ATT Insufficient Authentication / Encryption (src/gatt-client.c)."""
-DBusStrList = Annotated[list[str], DBusSignature("as")]
-
-
-# GATT table of the emulated meter: (service UUID, [(characteristic UUID, BlueZ flags)]).
-GattTable = tuple[str, list[tuple[str, list[str]]]]
+# GATT table of the emulated meter.
 GLS_GATT: GattTable = (
     gls.GLUCOSE_SERVICE_UUID,
     [
@@ -113,6 +96,10 @@ class EmuRecord:
     meal: gls.MealCode | None = None
     tester: gls.Tester | None = None
     carbohydrate_g: int | None = None
+
+    def user_facing_time(self) -> datetime:
+        """Base time plus time offset: what the RACP time filters compare."""
+        return self.time + timedelta(minutes=self.time_offset_min or 0)
 
     @property
     def has_context(self) -> bool:
@@ -229,139 +216,13 @@ class TransferStats:
         return self.finished - self.started
 
 
-# ----------------------------------------------------------------------------------------- D-Bus GATT objects
-
-
-class _Application(ServiceInterface):
-    """Root of the GATT application; dbus-fast answers ObjectManager for exported children."""
-
-
-class _Service(ServiceInterface):
-    def __init__(self, path: str, uuid: str) -> None:
-        super().__init__("org.bluez.GattService1")
-        self.path = path
-        self._uuid = uuid
-
-    @dbus_property(access=PropertyAccess.READ)
-    def UUID(self) -> DBusStr:
-        return self._uuid
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Primary(self) -> DBusBool:
-        return True
-
-
-class _Characteristic(ServiceInterface):
-    # No Notifying / Handle / NotifyAcquired properties on purpose: bluezoo forwards StartNotify only while
-    # Notifying is missing or false, assigns handles itself, and uses StartNotify + PropertiesChanged (not a
-    # socket) when NotifyAcquired is missing.
-    def __init__(
-        self, meter: "EmulatedGlucoseMeter", path: str, service: _Service, uuid: str, flags: list[str]
-    ) -> None:
-        super().__init__("org.bluez.GattCharacteristic1")
-        self.meter = meter
-        self.path = path
-        self.service = service
-        self.uuid = uuid
-        self._flags = flags
-        self._value = b""
-        self.notifying = False
-        self._confirmed: asyncio.Future[None] | None = None
-
-    @dbus_property(access=PropertyAccess.READ)
-    def UUID(self) -> DBusStr:
-        return self.uuid
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Service(self) -> DBusObjectPath:
-        return self.service.path
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Flags(self) -> DBusStrList:
-        return self._flags
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Value(self) -> DBusBytes:
-        return self._value
-
-    @method()
-    async def ReadValue(self, options: DBusDict) -> DBusBytes:
-        return await self.meter.on_read(self, _plain(options))
-
-    @method()
-    async def WriteValue(self, value: DBusBytes, options: DBusDict) -> None:
-        await self.meter.on_write(self, bytes(value), _plain(options))
-
-    @method()
-    def StartNotify(self) -> None:
-        self.notifying = True
-
-    @method()
-    def StopNotify(self) -> None:
-        self.notifying = False
-        self.meter.on_stop_notify(self)
-
-    @method()
-    def Confirm(self) -> None:
-        # bluezoo calls this after forwarding each value (notifications too): our flow control.
-        if self._confirmed is not None and not self._confirmed.done():
-            self._confirmed.set_result(None)
-
-    async def send(self, value: bytes, timeout_s: float = 2.0) -> None:
-        """Notify/indicate ``value`` and wait until bluezoo forwarded it (its Confirm)."""
-        self._value = bytes(value)
-        if not self.notifying:
-            self.emit_properties_changed({"Value": self._value})
-            return
-        self._confirmed = asyncio.get_running_loop().create_future()
-        self.emit_properties_changed({"Value": self._value})
-        try:
-            await asyncio.wait_for(self._confirmed, timeout_s)
-        except TimeoutError:
-            _logger.debug("no confirm for %s within %.1f s", self.uuid, timeout_s)
-        finally:
-            self._confirmed = None
-
-
-class _Advertisement(ServiceInterface):
-    def __init__(self, name: str) -> None:
-        super().__init__("org.bluez.LEAdvertisement1")
-        self._name = name
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Type(self) -> DBusStr:
-        return "peripheral"
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ServiceUUIDs(self) -> DBusStrList:
-        return [gls.GLUCOSE_SERVICE_UUID]
-
-    @dbus_property(access=PropertyAccess.READ)
-    def LocalName(self) -> DBusStr:
-        return self._name
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Appearance(self) -> DBusUInt16:
-        return gls.GLUCOSE_METER_APPEARANCE
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Discoverable(self) -> DBusBool:
-        return True  # bluezoo shows only discoverable advertisers
-
-    @method()
-    def Release(self) -> None:
-        pass
-
-
-def _plain(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.value if isinstance(v, Variant) else v) for k, v in (options or {}).items()}
-
-
 # ------------------------------------------------------------------------------------------------- the meter
 
 
-class EmulatedGlucoseMeter:
+class EmulatedGlucoseMeter(GattPeripheral):
     """A GLS meter on one emulated adapter. ``await start()`` registers it; ``await stop()`` removes it."""
+
+    app_interface = "org.clinicgateway.GlsApp1"
 
     def __init__(
         self,
@@ -375,60 +236,39 @@ class EmulatedGlucoseMeter:
         app_path: str = "/org/clinicgateway/gls",
         on_transfer_done: Callable[[TransferStats], None] | None = None,
     ) -> None:
-        self.adapter_path = adapter_path
-        self.records: list[EmuRecord] = sorted(records, key=lambda r: r.sequence)
         self.profile = profile or MeterProfile()
+        super().__init__(
+            adapter_path,
+            name=self.profile.name,
+            advertised_uuids=[gls.GLUCOSE_SERVICE_UUID],
+            appearance=gls.GLUCOSE_METER_APPEARANCE,
+            central_adapter_path=central_adapter_path,
+            app_path=app_path,
+            now=now,
+        )
+        self.records: list[EmuRecord] = sorted(records, key=lambda r: r.sequence)
         self.faults = faults or Faults()
-        self.central_adapter_path = central_adapter_path
-        self.now = now
-        self.app_path = app_path
         self.on_transfer_done = on_transfer_done
-        self.address: str | None = None
         self.stats = TransferStats()
-        self.log: list[tuple[Any, ...]] = []
-        self._bus: MessageBus | None = None
-        self._transfer: asyncio.Task[None] | None = None
-        self._chars: dict[str, _Characteristic] = {}
+        self.racp = RacpServer(
+            records=lambda: self.records, delete=self._delete, stream=self._stream, time_of=EmuRecord.user_facing_time
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------------------
-    async def start(self) -> "EmulatedGlucoseMeter":
-        self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        self._bus.export(self.app_path, _Application("org.clinicgateway.GlsApp1"))
-        services = [GLS_GATT, DIS_GATT] + ([CTS_GATT] if self.profile.current_time_service else [])
-        for s_index, (service_uuid, chars) in enumerate(services):
-            service = _Service(f"{self.app_path}/service{s_index}", service_uuid)
-            self._bus.export(service.path, service)
-            for c_index, (char_uuid, flags) in enumerate(chars):
-                char = _Characteristic(self, f"{service.path}/char{c_index}", service, char_uuid, flags)
-                self._bus.export(char.path, char)
-                self._chars[char_uuid] = char
-        advert_path = f"{self.app_path}/advert0"
-        self._bus.export(advert_path, _Advertisement(self.profile.name))
-        self.address = str(await self._get(self.adapter_path, "org.bluez.Adapter1", "Address"))
-        await self._call(self.adapter_path, "org.bluez.GattManager1", "RegisterApplication", "oa{sv}",
-                         [self.app_path, {}])  # fmt: skip
-        await self._call(self.adapter_path, "org.bluez.LEAdvertisingManager1", "RegisterAdvertisement", "oa{sv}",
-                         [advert_path, {}])  # fmt: skip
+    def gatt_tables(self) -> list[GattTable]:
+        """Glucose, Device Information and (unless the profile says not) Current Time."""
+        return [GLS_GATT, DIS_GATT] + ([CTS_GATT] if self.profile.current_time_service else [])
+
+    async def start(self) -> Self:
+        """Register the meter on its adapter."""
+        await super().start()
         _logger.info("emulated meter up on %s (%d records)", self.adapter_path, len(self.records))
         return self
 
     async def stop(self) -> None:
-        """Leave the bus: bluezoo drops the application and the advertisement when our name goes."""
-        if self._transfer is not None:
-            self._transfer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._transfer
-        if self._bus is not None and self._bus.connected:
-            self._bus.disconnect()
-            with contextlib.suppress(Exception):
-                await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-        self._bus = None
-
-    async def __aenter__(self) -> "EmulatedGlucoseMeter":
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        """Stop a transfer, then leave the bus."""
+        await self.racp.stop()
+        await super().stop()
 
     # -- records ------------------------------------------------------------------------------------------
     def add_records(self, count: int, **kwargs: Any) -> list[EmuRecord]:
@@ -445,42 +285,17 @@ class EmulatedGlucoseMeter:
         """The meter's clock: local time plus the configured skew."""
         return self.now() + self.profile.clock_skew
 
-    # -- D-Bus helpers ------------------------------------------------------------------------------------------
-    async def _call(
-        self, path: str, interface: str, member: str, signature: str = "", body: list[Any] | None = None
-    ) -> Any:
-        assert self._bus is not None
-        reply = await self._bus.call(
-            Message(destination=BLUEZ, path=path, interface=interface, member=member, signature=signature,
-                    body=body or [])
-        )  # fmt: skip
-        if reply is None or reply.message_type == MessageType.ERROR:
-            raise RuntimeError(f"{member} on {path}: {None if reply is None else (reply.error_name, reply.body)}")
-        return reply.body
-
-    async def _get(self, path: str, interface: str, prop: str) -> Any:
-        body = await self._call(path, "org.freedesktop.DBus.Properties", "Get", "ss", [interface, prop])
-        value = body[0]
-        return value.value if isinstance(value, Variant) else value
-
     async def drop_link(self) -> None:
-        """Lose the link, as when the patient walks away. bluezoo does not pass a peripheral's own disconnect to
-        the central, so disconnect the central's device object for this meter: bleak sees a link loss."""
-        path = f"{self.central_adapter_path}/dev_{(self.address or '').replace(':', '_')}"
+        """Lose the link (see :meth:`GattPeripheral.drop_link`), noting how far the transfer got."""
         self.log.append(("drop_link", self.stats.records_sent))
-        await self._call(path, "org.bluez.Device1", "Disconnect")
+        await super().drop_link()
 
     async def _check_bonded(self, options: dict[str, Any]) -> None:
-        if not self.faults.bonding_required:
-            return
-        device = options.get("device")
-        paired = bool(device) and bool(await self._get(str(device), "org.bluez.Device1", "Paired"))
-        if not paired:
-            self.log.append(("refused_unpaired", device))
-            raise DBusError(*NOT_PAIRED)
+        if self.faults.bonding_required:
+            await self.require_bond(options)
 
     # -- GATT callbacks -----------------------------------------------------------------------------------
-    async def on_read(self, char: _Characteristic, options: dict[str, Any]) -> bytes:
+    async def on_read(self, char: Characteristic, options: dict[str, Any]) -> bytes:
         self.log.append(("read", char.uuid))
         p = self.profile
         if char.uuid in (gls.GLUCOSE_FEATURE_UUID,):
@@ -496,93 +311,27 @@ class EmulatedGlucoseMeter:
             return strings[char.uuid].encode()
         if char.uuid == gls.CURRENT_TIME_UUID:
             return gls.encode_current_time(self.meter_now())
-        raise DBusError("org.bluez.Error.NotPermitted", "Read not permitted")
+        raise DBusError(NOT_PERMITTED, "Read not permitted")
 
-    def on_stop_notify(self, char: _Characteristic) -> None:
+    def on_stop_notify(self, char: Characteristic) -> None:
         # The central unsubscribed, or (bluezoo reconnect fix) the link went down: a meter aborts its procedure.
-        if char.uuid in (gls.GLUCOSE_MEASUREMENT_UUID, gls.RACP_UUID) and self._transfer and not self._transfer.done():
-            self._transfer.cancel()
+        if char.uuid in (gls.GLUCOSE_MEASUREMENT_UUID, gls.RACP_UUID) and self.racp.cancel():
             self.stats.aborted = True
             self.log.append(("transfer_aborted", self.stats.records_sent))
 
-    async def on_write(self, char: _Characteristic, value: bytes, options: dict[str, Any]) -> None:
+    async def on_write(self, char: Characteristic, value: bytes, options: dict[str, Any]) -> None:
         if char.uuid != gls.RACP_UUID:
-            raise DBusError("org.bluez.Error.NotPermitted", "Write not permitted")
+            raise DBusError(NOT_PERMITTED, "Write not permitted")
         await self._check_bonded(options)
         self.log.append(("racp", value))
-        racp = char
-        if not racp.notifying:
-            # GLS: Client Characteristic Configuration Descriptor Improperly Configured (0x81)
-            code = gls.GlsAttError.CCCD_IMPROPERLY_CONFIGURED
-            raise DBusError("org.bluez.Error.Failed", f"Operation failed with ATT error: 0x{code:02x}")
-        op = value[0] if value else 0
-        try:
-            request = gls.parse_racp_request(value)
-        except gls.RacpRequestError as exc:
-            await self._respond(op, exc.response)
-            return
-        except ProtocolError:
-            await self._respond(op, gls.RacpResponseCode.INVALID_OPERAND)
-            return
-        busy = self._transfer is not None and not self._transfer.done()
-        if request.op == gls.RacpOpCode.ABORT:
-            if busy and self._transfer is not None:
-                self._transfer.cancel()
-                self.stats.aborted = True
-            await self._respond(op, gls.RacpResponseCode.SUCCESS)
-            return
-        if busy:
-            await self._respond(op, gls.RacpResponseCode.PROCEDURE_NOT_COMPLETED)
-            return
-        supported = (gls.RacpOpCode.REPORT_RECORDS, gls.RacpOpCode.REPORT_NUMBER, gls.RacpOpCode.DELETE_RECORDS)
-        if request.op not in supported:
-            await self._respond(op, gls.RacpResponseCode.OP_CODE_NOT_SUPPORTED)
-            return
-        selected = self._select(request)
-        if isinstance(selected, gls.RacpResponseCode):
-            await self._respond(op, selected)
-        elif request.op == gls.RacpOpCode.REPORT_NUMBER:
-            await racp.send(gls.encode_number_response(len(selected)))
-        elif request.op == gls.RacpOpCode.DELETE_RECORDS:
-            gone = {r.sequence for r in selected}
-            self.records = [r for r in self.records if r.sequence not in gone]
-            await self._respond(op, gls.RacpResponseCode.SUCCESS if gone else gls.RacpResponseCode.NO_RECORDS_FOUND)
-        elif not selected:
-            await self._respond(op, gls.RacpResponseCode.NO_RECORDS_FOUND)
-        else:
-            # Answer the write first (as a meter does), then stream from a task of our own.
-            self._transfer = asyncio.get_running_loop().create_task(self._stream(selected))
+        if await self.racp.write(char, value):
+            self.stats.aborted = True
 
-    def _select(self, request: gls.RacpRequest) -> list[EmuRecord] | gls.RacpResponseCode:
-        if not isinstance(request.operator, gls.RacpOperator):
-            return gls.RacpResponseCode.OPERATOR_NOT_SUPPORTED
-        records = self.records
-        op = gls.RacpOperator
-        if request.operator is op.NULL:
-            return gls.RacpResponseCode.INVALID_OPERATOR
-        if request.operator is op.ALL:
-            return list(records)
-        if request.operator is op.FIRST:
-            return records[:1]
-        if request.operator is op.LAST:
-            return records[-1:]
-
-        def key(r: EmuRecord) -> int | datetime:
-            if request.filter_type is gls.RacpFilter.SEQUENCE_NUMBER:
-                return r.sequence
-            return r.time + timedelta(minutes=r.time_offset_min or 0)
-
-        values = request.values
-        if request.operator is op.LESS_OR_EQUAL:
-            return [r for r in records if key(r) <= values[0]]  # type: ignore[operator]
-        if request.operator is op.GREATER_OR_EQUAL:
-            return [r for r in records if key(r) >= values[0]]  # type: ignore[operator]
-        if values[0] > values[1]:  # type: ignore[operator]
-            return gls.RacpResponseCode.INVALID_OPERAND
-        return [r for r in records if values[0] <= key(r) <= values[1]]  # type: ignore[operator]
+    def _delete(self, sequences: set[int]) -> None:
+        self.records = [r for r in self.records if r.sequence not in sequences]
 
     async def _stream(self, records: list[EmuRecord]) -> None:
-        measurement, context = self._chars[gls.GLUCOSE_MEASUREMENT_UUID], self._chars[gls.GLUCOSE_CONTEXT_UUID]
+        measurement, context = self.chars[gls.GLUCOSE_MEASUREMENT_UUID], self.chars[gls.GLUCOSE_CONTEXT_UUID]
         self.stats = TransferStats(started=time.perf_counter())
         try:
             for record in records:
@@ -608,7 +357,7 @@ class EmulatedGlucoseMeter:
             self.log.append(("stream_cancelled", self.stats.records_sent))
 
     async def _respond(self, request: int, code: gls.RacpResponseCode) -> None:
-        await self._chars[gls.RACP_UUID].send(gls.encode_response_code(request, code))
+        await self.racp.respond(self.chars[gls.RACP_UUID], request, code)
 
 
 # -------------------------------------------------------------------------------------------------- command line
@@ -634,7 +383,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _stats_writer(path: Path) -> Callable[[TransferStats], None]:
+def stats_writer(path: Path) -> Callable[[TransferStats], None]:
+    """A transfer callback appending one JSON line per finished transfer to ``path`` (the benchmark reads it)."""
+
     def write(stats: TransferStats) -> None:
         line = {"records_sent": stats.records_sent, "elapsed_s": stats.elapsed_s}
         with open(path, "a", encoding="utf-8") as out:
@@ -664,7 +415,7 @@ async def run_meter(args: argparse.Namespace) -> None:
         ),
         central_adapter_path=args.central_adapter,
         now=local_now,
-        on_transfer_done=None if args.stats_file is None else _stats_writer(args.stats_file),
+        on_transfer_done=None if args.stats_file is None else stats_writer(args.stats_file),
     )
     async with meter:
         print(f"meter {args.serial} up on {args.adapter} at {meter.address}", flush=True)
@@ -718,12 +469,13 @@ def start_demo_ble(
     add_every_s: float = 120.0,
     timezone: str = "Asia/Shanghai",
 ) -> DemoBle:
-    """Start an emulated BlueZ (gateway on hci0) and one GLS meter process on hci1 that takes a new reading every
+    """Start an emulated BlueZ (gateway on hci0, hci2 left for a cuff) and one GLS meter process on hci1 that takes
+    a new reading every
     ``add_every_s`` seconds, its clock on ``timezone`` local time (the clinic's, like a real meter's).
     Raises DeviceError (or OSError) when dbus-daemon or bluezoo cannot run."""
     from gateway.emulate.bluez_env import BluezEnv
 
-    env = BluezEnv(adapters=2, set_environ=False).start()
+    env = BluezEnv(adapters=3, set_environ=False).start()  # hci2: the demo's blood pressure cuff
     serial = "EMU-DEMO-1"
     log = state_dir / "ble-meter.log"
     cmd = [sys.executable, "-m", "gateway.emulate.ble_meter", "--adapter", env.adapter_path(1), "--count", str(count),

@@ -1,9 +1,10 @@
 """The reference receiver: the hospital platform's stand-in for the demo and the tests.
 
 It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``glucose/assignment``, ``qc``,
-``retina/#``, ``events``, ``status``), validates each payload against the contract's JSON Schemas (a glucose
-message may be ``cg.glucose/1`` or a FHIR Observation, a meter's quality-control result ``cg.qc/1`` or its FHIR
-form, kept apart from every patient's readings; an assignment of readings sent without a patient, ``cg.assignment/1``,
+``blood-pressure``, ``retina/#``, ``events``, ``status``), validates each payload against the contract's JSON
+Schemas (a glucose message may be ``cg.glucose/1`` or a FHIR Observation, a meter's quality-control result
+``cg.qc/1`` or its FHIR form, kept apart from every patient's readings, a blood pressure message
+``cg.blood-pressure/1`` or its FHIR panel; an assignment of readings sent without a patient, ``cg.assignment/1``,
 applied per reading), deduplicates on ``message_id``, stores everything in its own SQLite database
 (:class:`~gateway.emulate.platform_store.PlatformStore`), reassembles image chunks and checks their SHA-256,
 and acknowledges on ``<prefix>ack`` in batches, *only after its own durable commit*. It can send a
@@ -48,6 +49,7 @@ UP_TOPICS = (
     "cg/v1/+/+/glucose",
     "cg/v1/+/+/glucose/assignment",
     "cg/v1/+/+/qc",
+    "cg/v1/+/+/blood-pressure",
     "cg/v1/+/+/retina/#",
     "cg/v1/+/+/events",
     "cg/v1/+/+/status",
@@ -281,6 +283,11 @@ class Receiver:
                 contract.validate(contract.SCHEMA_FHIR_QC if fhir else contract.SCHEMA_QC, doc)
                 if db.add_message(str(message_id), item.topic, **ids, kind="qc", payload=item.payload):
                     db.add_qc(str(message_id), doc, "fhir" if fhir else "json")
+            elif relative == contract.TOPIC_BLOOD_PRESSURE:
+                fhir = doc.get("resourceType") == "Observation"
+                contract.validate(contract.SCHEMA_FHIR_BLOOD_PRESSURE if fhir else contract.SCHEMA_BLOOD_PRESSURE, doc)
+                if db.add_message(str(message_id), item.topic, **ids, kind="blood_pressure", payload=item.payload):
+                    db.add_blood_pressure(str(message_id), doc, "fhir" if fhir else "json")
             elif relative == contract.TOPIC_CAPTURE:
                 contract.validate(contract.SCHEMA_CAPTURE, doc)
                 if db.add_message(str(message_id), item.topic, **ids, kind="capture", payload=item.payload):
@@ -346,6 +353,13 @@ class Receiver:
                 else (doc.get("patient_id"))
             )
             row["patient_id"] = row.pop("assigned_patient_id") or own
+        return rows
+
+    def blood_pressure(self) -> list[dict[str, Any]]:
+        """Stored blood pressure readings in arrival order, with their documents parsed."""
+        rows = self.store.query("SELECT * FROM blood_pressure ORDER BY id")
+        for row in rows:
+            row["doc"] = json.loads(row["doc"])
         return rows
 
     def qc_results(self) -> list[dict[str, Any]]:

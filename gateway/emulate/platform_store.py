@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS qc_results (
     id INTEGER PRIMARY KEY, message_id TEXT NOT NULL, qc_id TEXT, meter_id TEXT, format TEXT NOT NULL,
     doc TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blood_pressure (
+    id INTEGER PRIMARY KEY, message_id TEXT NOT NULL, reading_id TEXT, meter_id TEXT, format TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS captures (
     id INTEGER PRIMARY KEY, message_id TEXT NOT NULL, capture_id TEXT NOT NULL, doc TEXT NOT NULL
 );
@@ -166,6 +170,18 @@ class PlatformStore:
             [message_id, qc_id, meter_id, fmt, json.dumps(doc)],
         )
 
+    def add_blood_pressure(self, message_id: str, doc: Mapping[str, Any], fmt: str) -> None:
+        """Keep a blood pressure reading (native document or FHIR Observation)."""
+        if fmt == "fhir":
+            ids = {i.get("system"): i.get("value") for i in doc.get("identifier", [])}
+            reading_id, meter_id = ids.get("urn:clinic-gateway:reading-id"), (doc.get("device") or {}).get("display")
+        else:
+            reading_id, meter_id = doc.get("reading_id"), doc.get("meter_id")
+        self.conn.execute(
+            "INSERT INTO blood_pressure (message_id, reading_id, meter_id, format, doc) VALUES (?, ?, ?, ?, ?)",
+            [message_id, reading_id, meter_id, fmt, json.dumps(doc)],
+        )
+
     def add_capture(self, message_id: str, doc: Mapping[str, Any]) -> None:
         self.conn.execute(
             "INSERT INTO captures (message_id, capture_id, doc) VALUES (?, ?, ?)",
@@ -235,7 +251,8 @@ class PlatformStore:
     def counts(self) -> dict[str, int]:
         """How many of each thing the platform holds."""
         out: dict[str, int] = {}
-        for table in ("readings", "assignments", "qc_results", "captures", "images", "events", "invalid", "messages"):
+        for table in ("readings", "assignments", "qc_results", "blood_pressure", "captures", "images", "events",
+                      "invalid", "messages"):  # fmt: skip
             out[table] = int(self.query(f"SELECT count(*) AS n FROM {table}")[0]["n"])
         out["duplicates"] = self.counter("duplicates")
         return out

@@ -79,6 +79,8 @@ _logger = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.1
 """How often an empty outbox is looked at again (other components write rows without telling us)."""
+CLAIM_MAX = 500
+"""Most messages claimed in one transaction (the next claim follows at once while the window has room)."""
 RATE_WINDOW_S = 60.0
 HEALTHY_BEAT_S = 120.0
 PROBE_TIMEOUT_S = 2.0
@@ -367,7 +369,7 @@ class Forwarder:
             self.loops += 1
             self._beat = self.clock.monotonic()
             sent_any = False
-            room = window - len(self._inflight)
+            room = min(window - len(self._inflight), CLAIM_MAX)
             if room > 0 and link.connected:
                 batch = self.outbox.claim_batch(room)
                 sent_any = bool(batch)
@@ -443,7 +445,11 @@ class Forwarder:
         if not self._inflight:
             return
         limit = self.clock.monotonic() - self.config.forward.ack_timeout_s
-        late = [mid for mid, f in self._inflight.items() if f.sent_mono <= limit]
+        late: list[str] = []
+        for mid, flight in self._inflight.items():  # in send order: the late ones are at the front
+            if flight.sent_mono > limit:
+                break
+            late.append(mid)
         if not late:
             return
         for mid in late:

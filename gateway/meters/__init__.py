@@ -1,7 +1,9 @@
-"""Glucose meters: codecs (pure, bytes <-> events), transports (bleak, pyserial), one download session.
+"""Glucose meters and blood pressure cuffs: codecs (pure, bytes <-> events), transports (bleak, pyserial), one
+download session.
 
-Every meter family, whatever its transport, is driven through the :class:`MeterDriver` protocol, so the
-download session (cursor, clock correction, patient link, dedupe, progress) exists once.
+Every meter family (and the Bluetooth cuffs), whatever its transport, is driven through the
+:class:`MeterDriver` protocol, so the download session (cursor, clock correction, patient link, dedupe,
+progress) exists once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 from gateway.desk import BleSyncRequest, MeterSyncRequest, SerialSyncRequest
-from gateway.records import MeterInfo, MeterRecord
+from gateway.records import CuffRecord, MeterInfo, MeterRecord
 
 
 class MeterDriver(Protocol):
@@ -39,8 +41,9 @@ class MeterDriver(Protocol):
         """How many records a download from ``since_sequence`` (exclusive) will yield, when knowable."""
         ...
 
-    def records(self, since_sequence: int | None) -> AsyncIterator[MeterRecord]:
-        """Yield stored records, newer than ``since_sequence`` where the protocol can filter."""
+    def records(self, since_sequence: int | None) -> AsyncIterator[MeterRecord | CuffRecord]:
+        """Yield stored records (glucose, or blood pressure from a cuff), newer than ``since_sequence`` where the
+        protocol can filter."""
         ...
 
     async def set_clock(self, meter_time: datetime) -> None:
@@ -56,9 +59,13 @@ BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 """A Bluetooth device address as BlueZ writes it."""
 
 
+BLE_FAMILIES = ("gls", "bps")
+"""Device id prefixes of the Bluetooth LE families: Glucose Service meters, Blood Pressure Service cuffs."""
+
+
 def is_ble_target(target: str) -> bool:
-    """True for a Bluetooth address or a GLS meter id (``gls:<serial>``)."""
-    return bool(BLE_ADDRESS.match(target)) or target.startswith("gls:")
+    """True for a Bluetooth address, a GLS meter id (``gls:<serial>``) or a cuff id (``bps:<serial>``)."""
+    return bool(BLE_ADDRESS.match(target)) or target.startswith(tuple(f"{family}:" for family in BLE_FAMILIES))
 
 
 def sync_request_type(target: str) -> type[MeterSyncRequest]:

@@ -150,11 +150,12 @@ def families_for_port(path: str, lister: Callable[[], list[PortInfo]] = list_met
 
 
 async def open_driver(target: str, config: GatewayConfig) -> MeterDriver:
-    """Open the meter at ``target``: a Bluetooth address (BLE GLS) or a serial port (families probed)."""
+    """Open the meter at ``target``: a Bluetooth address (a GLS meter or a blood pressure cuff, by the service it
+    offers) or a serial port (families probed)."""
     if BLE_ADDRESS.match(target):
-        from gateway.meters.drivers import gls  # lazy: bleak and D-Bus only when a BLE meter is asked for
+        from gateway.meters.drivers import bluetooth  # lazy: bleak and D-Bus only when a BLE device is asked for
 
-        return await gls.open_driver(target, config)
+        return await bluetooth.open_driver(target, config)
     if not is_url(target) and not Path(target).exists():
         raise DeviceNotFound(f"{target}: no such serial port", device_id=target)
     return await identify(target, families_for_port(target), timeouts_from(config))

@@ -4,6 +4,10 @@ The session drives a :class:`~gateway.meters.MeterDriver` and writes through the
 download (:class:`~gateway.store.downloads.DownloadWriter`: a transaction to begin, one per batch, one to
 finish), so a link that drops part way keeps everything that arrived; the next download resumes after the
 highest stored sequence (the store's unique reading identity makes any overlap harmless).
+
+A blood pressure cuff (``MeterInfo.measures``) is downloaded the same way into blood pressure readings. On a
+multi-user cuff with a ``cuff_user`` chosen at the desk only that user's measurements are the patient's: the
+other users' are stored without a patient (kept, never attributed to this one, counted in ``other_users``).
 """
 
 from __future__ import annotations
@@ -20,10 +24,20 @@ from gateway.config import GatewayConfig
 from gateway.desk import DeskState
 from gateway.errors import DeviceDisconnected, DeviceError, ErrorInfo, GatewayError, ProtocolError
 from gateway.meters import MeterDriver
-from gateway.records import ControlResult, GlucoseReading, MeterInfo, MeterRecord, MeterValue
+from gateway.records import (
+    BloodPressureReading,
+    ControlResult,
+    CuffRecord,
+    GlucoseReading,
+    Measures,
+    MeterInfo,
+    MeterRecord,
+    MeterValue,
+)
 from gateway.store import Store
+from gateway.store import blood_pressure as store_bp
 from gateway.store import readings as store_readings
-from gateway.store.downloads import DownloadWriter
+from gateway.store.downloads import DownloadWriter, StoredReading
 
 _logger = logging.getLogger(__name__)
 
@@ -100,6 +114,8 @@ class SessionResult:
     clock: ClockCorrection | None = None
     qc_added: int = 0
     """New control-solution (quality-control) results stored: the meter's, not the patient's."""
+    other_users: int = 0
+    """Measurements of other users of a multi-user cuff: stored without a patient."""
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -123,6 +139,7 @@ class DownloadSession:
         on_progress: ProgressCallback | None = None,
         batch_size: int = 50,
         session_id: str | None = None,
+        cuff_user: int | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -135,6 +152,8 @@ class DownloadSession:
         self.set_meter_clock = set_meter_clock
         self.on_progress = on_progress
         self.batch_size = batch_size
+        self.cuff_user = cuff_user
+        self.other_users = 0
         self.writer = DownloadWriter.begin(store, patient_id=patient_id, operator=operator, session_id=session_id)
         self.session_id = self.writer.session_id
 
@@ -162,10 +181,55 @@ class DownloadSession:
             return self.patient_id
         return self.registry.get(meter_id) or store_readings.patient_for_meter(self.store, meter_id)
 
+    def _since(self, info: MeterInfo) -> int | None:
+        """The resume cursor: the highest sequence stored for this meter or cuff."""
+        if info.measures is Measures.BLOOD_PRESSURE:
+            return store_bp.last_sequence(self.store, info.meter_id)
+        return store_readings.last_sequence(self.store, info.meter_id)
+
     def _to_stored(
+        self, record: MeterRecord | CuffRecord, info: MeterInfo, correction: ClockCorrection, patient_id: str | None
+    ) -> StoredReading:
+        """The record as the store keeps it: a glucose reading or QC result from a meter, a blood pressure reading
+        from a cuff."""
+        if isinstance(record, CuffRecord):
+            return self._to_blood_pressure(record, info, correction, patient_id)
+        return self._to_glucose(record, info, correction, patient_id)
+
+    def _to_blood_pressure(
+        self, record: CuffRecord, info: MeterInfo, correction: ClockCorrection, patient_id: str | None
+    ) -> BloodPressureReading:
+        if self.cuff_user is not None and record.user_id != self.cuff_user:
+            # Another person's measurement on a shared cuff: kept (a cuff hands each over once), never this patient's.
+            self.other_users += 1
+            patient_id = None
+        if record.meter_time is None:  # no time stamp: the download's own time, which says nothing of when
+            corrected, trusted = self.clock.utc_now(), False
+        else:
+            corrected, trusted = correction.correct(record.meter_time, self.tz), correction.trusted
+        return BloodPressureReading(
+            meter_id=info.meter_id,
+            sequence=record.sequence,
+            user_id=record.user_id,
+            meter_time=record.meter_time,
+            clock_offset_s=correction.offset_s,
+            corrected_time=corrected,
+            time_trusted=trusted,
+            systolic=record.systolic,
+            diastolic=record.diastolic,
+            mean_arterial=record.mean_arterial,
+            unit=record.unit,
+            pulse_bpm=record.pulse_bpm,
+            status=record.status,
+            patient_id=patient_id,
+            session_id=self.session_id,
+            flags=tuple(dict.fromkeys((*record.flags, *correction.flags))),
+        )
+
+    def _to_glucose(
         self, record: MeterRecord, info: MeterInfo, correction: ClockCorrection, patient_id: str | None
     ) -> GlucoseReading | ControlResult:
-        """The record as the store keeps it: the patient's reading, or (a control-solution test) the meter's
+        """A meter record as the store keeps it: the patient's reading, or (a control-solution test) the meter's
         quality-control result, which is never linked to the patient."""
         value = MeterValue(
             meter_id=info.meter_id,
@@ -197,7 +261,7 @@ class DownloadSession:
         correction: ClockCorrection | None = None
         writer = self.writer
         received = 0
-        batch: list[GlucoseReading | ControlResult] = []
+        batch: list[StoredReading] = []
         resume_at: str | None = None
         """Identity of the newest record, once a newest-first meter's records were all read."""
 
@@ -217,7 +281,7 @@ class DownloadSession:
                 gateway_synchronised=self.clock.is_synchronised(),
                 max_skew=self.max_clock_skew,
             )
-            since = store_readings.last_sequence(self.store, info.meter_id)
+            since = self._since(info)
             total = writer.total = await self.driver.count_records(since)
             _logger.info(
                 "download %s: meter %s since sequence %s, %s records announced, clock offset %.0f s (trusted %s)",
@@ -239,8 +303,10 @@ class DownloadSession:
                     if since is not None and record.sequence is not None and record.sequence <= since:
                         continue
                     stored = self._to_stored(record, info, correction, patient_id)
-                    identity = store_readings.reading_identity(stored)
-                    if identity == stop_at:
+                    identity = (
+                        None if isinstance(stored, BloodPressureReading) else store_readings.reading_identity(stored)
+                    )
+                    if identity is not None and identity == stop_at:
                         _logger.info("download %s: reached the previous download's newest record", self.session_id)
                         break
                     newest = newest or identity
@@ -284,4 +350,5 @@ class DownloadSession:
             error=error,
             clock=correction,
             qc_added=writer.qc_added,
+            other_users=self.other_users,
         )

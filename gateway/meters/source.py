@@ -10,7 +10,9 @@ own work through two small strategies it owns:
   and go on a cable that stays plugged in); unknown devices are left alone. With ``auto_sync`` a meter
   identified after being plugged in is downloaded once.
 - :class:`BleScanning` (``meters.ble``): with ``auto_sync``, scans every ``auto_sync_interval_s`` and downloads
-  every GLS meter in range not downloaded in the last ``auto_sync_cooldown_s`` seconds.
+  every glucose meter (Glucose Service 0x1808) and blood pressure cuff (Blood Pressure Service 0x1810) in
+  range not downloaded in the last ``auto_sync_cooldown_s`` seconds; a desk request names either by address
+  (or ``gls:`` / ``bps:`` id), and the device's services say which driver downloads it.
 
 Whatever the transport, a download is one :class:`~gateway.meters.session.DownloadSession` under the lock of
 its link (port or Bluetooth address: a second request for a meter already downloading waits), with live
@@ -67,8 +69,10 @@ async def sync_meter(
     operator: str | None = None,
     session_id: str | None = None,
     on_progress: ProgressCallback | None = None,
+    cuff_user: int | None = None,
 ) -> SessionResult:
-    """Open the meter at ``target`` (serial port or Bluetooth address) and download what is new into the store.
+    """Open the meter (or cuff) at ``target`` (serial port or Bluetooth address) and download what is new into the
+    store; ``cuff_user``: on a multi-user cuff, the user whose measurements are the patient's.
 
     For the CLI and the tests: no component, no boards. Connection failures (not found, timeout, pairing
     refused) raise DeviceError before a session exists; everything after is reported in the SessionResult.
@@ -77,7 +81,7 @@ async def sync_meter(
     session = DownloadSession.from_config(
         store, clock, driver, config,
         patient_id=patient_id, operator=operator, session_id=session_id, on_progress=on_progress,
-        set_meter_clock=config.meters.serial.set_meter_clock and not BLE_ADDRESS.match(target),
+        set_meter_clock=config.meters.serial.set_meter_clock and not BLE_ADDRESS.match(target), cuff_user=cuff_user,
     )  # fmt: skip
     return await session.run()
 
@@ -237,7 +241,10 @@ class MeterSource:
 
     def _on_progress(self, request_id: str, transport: Transport, **device_fields: Any) -> Callable[[Progress], None]:
         def on_progress(p: Progress) -> None:
-            self._progress(request_id, meter_id=p.meter_id, done=p.done, total=p.total, state=p.state)
+            # The end (done, interrupted, failed) is said once, by download(), together with the counts (added,
+            # other cuff users): a page polling for "finished" never sees the end without them.
+            state = {} if p.state.finished else {"state": p.state}
+            self._progress(request_id, meter_id=p.meter_id, done=p.done, total=p.total, **state)
             if p.meter_id:
                 self.device(p.meter_id, transport, DeviceState.of_download(p.state), **device_fields)
 
@@ -289,6 +296,7 @@ class MeterSource:
         """Download an opened meter (the caller holds its link's lock); the one progress path for every
         transport and every reason (desk request, plug-in, scan)."""
         device_fields = {"address": request.target} if isinstance(transport, BleScanning) else {}
+        cuff_user = request.cuff_user if isinstance(request, BleSyncRequest) else None
         session = DownloadSession.from_config(
             self.runtime.store,
             self.runtime.clock,
@@ -299,6 +307,7 @@ class MeterSource:
             set_meter_clock=transport.set_meter_clock,
             on_progress=self._on_progress(request.request_id, transport, **device_fields),
             session_id=request.request_id,
+            cuff_user=cuff_user,
         )
         result = await session.run()
         self.completed += 1
@@ -309,11 +318,13 @@ class MeterSource:
             error=result.error,
             added=result.added,
             duplicates=result.duplicates,
+            other_users=result.other_users,
         )
         if result.meter is not None:
             self.device(
-                result.meter.meter_id, transport, DeviceState.of_download(result.state), last_error=result.error
-            )
+                result.meter.meter_id, transport, DeviceState.of_download(result.state), last_error=result.error,
+                family=result.meter.family,
+            )  # fmt: skip
         _logger.info(
             "meter %s download %s: %s, %d received, %d new",
             None if result.meter is None else result.meter.meter_id,
@@ -427,11 +438,11 @@ class SerialHotplug:
 
 
 class BleScanning:
-    """Bluetooth LE meters: addresses of known meters, and auto-sync by scanning (``meters.ble``)."""
+    """Bluetooth LE meters and cuffs: addresses of known devices, and auto-sync by scanning (``meters.ble``)."""
 
     name = "ble"
     request_type = BleSyncRequest
-    set_meter_clock = False  # a GLS meter's Current Time is read-only
+    set_meter_clock = False  # a GLS meter's (and a cuff's) Current Time is read-only
 
     def __init__(self, source: MeterSource) -> None:
         self.source = source
@@ -446,7 +457,7 @@ class BleScanning:
         return {"adapter": self.section.adapter, "auto_sync": self.section.auto_sync}
 
     def resolve(self, target: str) -> str:
-        """A Bluetooth address for ``target`` (an address, or a ``gls:`` meter id the store has seen)."""
+        """A Bluetooth address for ``target`` (an address, or a ``gls:`` / ``bps:`` id the store has seen)."""
         if BLE_ADDRESS.match(target):
             return target.upper()
         address = meter_address(self.source.runtime.store, target)
@@ -455,10 +466,10 @@ class BleScanning:
         return address
 
     async def open(self, link: str) -> MeterDriver:
-        """Connect to the GLS meter at address ``link``."""
-        from gateway.meters.drivers import gls  # bleak only where a meter is really opened
+        """Connect to the meter or cuff at address ``link`` (its services say which)."""
+        from gateway.meters.drivers import bluetooth  # bleak only where a device is really opened
 
-        driver = await gls.open_driver(link, self.source.config)
+        driver = await bluetooth.open_driver(link, self.source.config)
         self._last_sync[link] = self.source.runtime.clock.monotonic()
         return driver
 
@@ -475,10 +486,10 @@ class BleScanning:
         self.source.spawn(self._auto_sync_once())
 
     async def _auto_sync_once(self) -> None:
-        from gateway.meters.drivers import gls
+        from gateway.meters.drivers import bluetooth
 
         try:
-            found = await gls.scan(self.source.config)
+            found = await bluetooth.scan(self.source.config)
         except GatewayError as exc:
             _logger.warning("BLE auto-sync scan failed: %s: %s", type(exc).__name__, exc)
             found = []

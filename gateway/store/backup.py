@@ -46,7 +46,8 @@ DB_NAME = "gateway.db"
 IMAGES = "images"
 _CHUNK = 1024 * 1024
 _DATA_TABLES = (
-    "readings", "qc_results", "captures", "outbox", "sessions", "audit", "referrals", "users", "meter_patients",
+    "readings", "qc_results", "blood_pressure", "captures", "outbox", "sessions", "audit", "referrals", "users",
+    "meter_patients",
 )  # fmt: skip
 
 
@@ -275,7 +276,8 @@ def store_holds_data(db_path: Path, image_dir: Path) -> bool:
         finally:
             conn.close()
     return bool(queued) or any(
-        counts.get(t, 0) for t in ("readings", "qc_results", "captures", "audit", "referrals", "meter_patients")
+        counts.get(t, 0)
+        for t in ("readings", "qc_results", "blood_pressure", "captures", "audit", "referrals", "meter_patients")
     )
 
 

@@ -21,10 +21,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.errors import ErrorInfo
-from gateway.records import ControlResult, GlucoseReading, MeterInfo
+from gateway.records import BloodPressureReading, ControlResult, GlucoseReading, MeterInfo
+from gateway.store.blood_pressure import insert_blood_pressure
 from gateway.store.db import Store, iso, new_id
 from gateway.store.qc import insert_results
 from gateway.store.readings import AddResult, insert_readings, write_meter
+
+StoredReading = GlucoseReading | ControlResult | BloodPressureReading
+"""What a download stores: glucose readings and control-solution results from a meter, blood pressure readings
+from a cuff."""
 
 
 class DownloadWriter:
@@ -71,18 +76,23 @@ class DownloadWriter:
                 [info.meter_id, patient_id, self.session_id],
             )
 
-    def add_batch(self, records: Sequence[GlucoseReading | ControlResult]) -> AddResult:
-        """Store a batch of readings and control-solution results with their outbox messages and the session's
-        counters, in ONE durable transaction; the result counts the readings. Raises IntakeRefused / DiskFull
-        when the store cannot take them (nothing of the batch is stored then)."""
+    def add_batch(self, records: Sequence[StoredReading]) -> AddResult:
+        """Store a batch of readings (glucose or blood pressure) and control-solution results with their outbox
+        messages and the session's counters, in ONE durable transaction; the result counts the readings. Raises
+        IntakeRefused / DiskFull when the store cannot take them (nothing of the batch is stored then)."""
         if not records:
             return AddResult()
         readings = [r for r in records if isinstance(r, GlucoseReading)]
         controls = [r for r in records if isinstance(r, ControlResult)]
+        pressure = [r for r in records if isinstance(r, BloodPressureReading)]
         self.store.check_intake()
         with self.store.transaction(durable=True) as db:
             result = insert_readings(db, self.store, readings)
             qc = insert_results(db, self.store, controls)
+            if pressure:
+                more = insert_blood_pressure(db, self.store, pressure)
+                result.added, result.duplicates = result.added + more.added, result.duplicates + more.duplicates
+                result.reading_ids.extend(more.reading_ids)
             db.execute(
                 "UPDATE sessions SET records_new = ?, records_total = ? WHERE session_id = ?",
                 [self.added + result.added, self.total, self.session_id],

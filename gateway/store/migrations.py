@@ -420,3 +420,44 @@ def _quality_control_results(db: Database) -> None:
         END;
         """
     )
+
+
+@MIGRATIONS(name="0009_blood_pressure")
+def _blood_pressure(db: Database) -> None:
+    # Issue 13: blood pressure readings from Bluetooth cuffs, beside the glucose readings. Values as the cuff
+    # reported them (mmHg or kPa) and in mmHg. Identity (store/blood_pressure.py): (cuff, user, sequence) for
+    # cuffs that number their stored records, else (cuff, user, time, values); UNIQUE, as for readings, so a
+    # second download of the same cuff adds nothing. The cuff's meter row lives in ``meters`` (family 'bps').
+    db.executescript(
+        """
+        CREATE TABLE blood_pressure (
+            id INTEGER PRIMARY KEY,
+            reading_id TEXT NOT NULL UNIQUE,
+            identity TEXT NOT NULL UNIQUE,
+            meter_id TEXT NOT NULL,
+            sequence INTEGER,
+            cuff_user INTEGER,                  -- the cuff's user id (multi-user cuffs); NULL: not said
+            meter_time TEXT,                    -- the cuff's clock; NULL when it sent no time stamp
+            clock_offset_s REAL NOT NULL,
+            corrected_time TEXT NOT NULL,
+            time_trusted INTEGER NOT NULL,
+            systolic REAL NOT NULL,
+            diastolic REAL NOT NULL,
+            mean_arterial REAL,
+            unit TEXT NOT NULL CHECK (unit IN ('mmHg', 'kPa')),
+            systolic_mmhg REAL NOT NULL,
+            diastolic_mmhg REAL NOT NULL,
+            mean_arterial_mmhg REAL,
+            pulse_bpm REAL,
+            status TEXT NOT NULL DEFAULT '[]',  -- what the cuff said: irregular_pulse, body_movement, ...
+            patient_id TEXT,
+            session_id TEXT,
+            flags TEXT NOT NULL DEFAULT '[]',
+            stored_at TEXT NOT NULL,
+            message_id TEXT NOT NULL
+        );
+        CREATE INDEX blood_pressure_meter_user_seq ON blood_pressure (meter_id, cuff_user, sequence);
+        CREATE INDEX blood_pressure_session ON blood_pressure (session_id);
+        CREATE INDEX blood_pressure_stored_at ON blood_pressure (stored_at);
+        """
+    )

@@ -125,8 +125,8 @@ _MESSAGE_COLUMNS = "o.seq, o.message_id, o.kind, b.topic, b.payload, b.body_ref,
 """What an :class:`OutboxMessage` needs, nothing more: the claim runs once per message drained."""
 
 
-def _row_to_message(row: Sequence[Any], attempts: int) -> OutboxMessage:
-    seq, message_id, kind, topic, payload, body_ref, properties, _attempts, created_at = row
+def _row_to_message(row: Sequence[Any]) -> OutboxMessage:
+    seq, message_id, kind, topic, payload, body_ref, properties, attempts, created_at = row
     return OutboxMessage(
         seq=seq,
         message_id=message_id,
@@ -138,9 +138,37 @@ def _row_to_message(row: Sequence[Any], attempts: int) -> OutboxMessage:
         body_ref=body_ref,
         # most rows (JSON payloads) carry none: skip the parse on the drain's hot path
         properties={} if properties in (None, "{}") else json.loads(properties),
-        attempts=attempts,
+        attempts=attempts + 1,  # the attempt this claim starts (the row says the same once updated)
         created_at=created_at,
     )
+
+
+# The statements of the drain's hot path, built once from the lifecycle table.
+_CLAIM = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM outbox o LEFT JOIN outbox_bodies b ON b.seq = o.seq "
+    f"WHERE {_where_from('claim', 'o.state')} ORDER BY o.seq LIMIT ?"
+)
+_SENT = f"UPDATE outbox SET state = '{_to('claim')}', attempts = attempts + 1, sent_at = ? WHERE seq IN "
+# "+state": look rows up by message_id; the state index would walk the whole backlog
+_ACKED = (
+    f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? WHERE {_where_from('ack', '+state')} AND message_id IN "
+)
+_NEVER_SENT = "SELECT message_id FROM outbox WHERE +state = 'pending' AND sent_at IS NULL AND message_id IN "
+_REQUEUE = f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout', '+state')} AND message_id IN "
+_REQUEUE_ALL = f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout')}"
+_PARK = (
+    f"UPDATE outbox SET state = '{_to('park')}', parked_reason = ? "
+    f"WHERE message_id = ? AND {_where_from('park', '+state')}"
+)
+_RETRY = f"UPDATE outbox SET state = '{_to('retry')}', parked_reason = NULL WHERE {_where_from('retry')}"
+_LAST_ACK = (
+    "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
+
+
+def _marks(n: int) -> str:
+    return "(" + ", ".join("?" * n) + ")"
 
 
 LAST_ACK_KEY = "outbox_last_ack_at"
@@ -158,19 +186,10 @@ class Outbox:
         if limit <= 0:
             return []
         with self.store.transaction(durable=False) as db:
-            rows = db.conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM outbox o LEFT JOIN outbox_bodies b ON b.seq = o.seq "
-                f"WHERE {_where_from('claim', 'o.state')} ORDER BY o.seq LIMIT ?",
-                [limit],
-            ).fetchall()
+            rows = db.conn.execute(_CLAIM, [limit]).fetchall()
             if rows:
-                db.conn.execute(
-                    f"UPDATE outbox SET state = '{_to('claim')}', attempts = attempts + 1, sent_at = ? "
-                    f"WHERE seq IN ({', '.join('?' * len(rows))})",
-                    [iso(self.store.clock.utc_now()), *(r[0] for r in rows)],
-                )
-        # Report the attempt this claim starts (the row now says the same).
-        return [_row_to_message(r, r[7] + 1) for r in rows]
+                db.conn.execute(_SENT + _marks(len(rows)), [iso(self.store.clock.utc_now()), *(r[0] for r in rows)])
+        return [_row_to_message(r) for r in rows]
 
     def ack(self, message_ids: Iterable[str]) -> AckResult:
         """Mark messages the platform has durably stored: those sent, or requeued after being sent.
@@ -187,29 +206,12 @@ class Outbox:
             now = iso(self.store.clock.utc_now())
             for start in range(0, len(ids), 500):
                 part = ids[start : start + 500]
-                marks = ", ".join("?" * len(part))
-                cur = db.conn.execute(
-                    f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? "
-                    # "+state": look rows up by message_id; the (state, seq) index would scan the whole backlog
-                    f"WHERE {_where_from('ack', '+state')} AND message_id IN ({marks})",
-                    [now, *part],
-                )
+                cur = db.conn.execute(_ACKED + _marks(len(part)), [now, *part])
                 changed += cur.rowcount
                 if cur.rowcount < len(part):  # only then can some be never-sent ones
-                    never_sent += [
-                        row[0]
-                        for row in db.conn.execute(
-                            f"SELECT message_id FROM outbox WHERE +state = 'pending' AND sent_at IS NULL "
-                            f"AND message_id IN ({marks})",
-                            part,
-                        )
-                    ]
+                    never_sent += [row[0] for row in db.conn.execute(_NEVER_SENT + _marks(len(part)), part)]
             if changed:
-                db.conn.execute(
-                    "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
-                    "SET value = excluded.value, updated_at = excluded.updated_at",
-                    [LAST_ACK_KEY, now, now],
-                )
+                db.conn.execute(_LAST_ACK, [LAST_ACK_KEY, now, now])
         return AckResult(changed, tuple(never_sent))
 
     def requeue(self, message_ids: Iterable[str]) -> int:
@@ -218,37 +220,23 @@ class Outbox:
         if not ids:
             return 0
         with self.store.transaction(durable=False) as db:
-            cur = db.execute(
-                f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout', '+state')} "
-                f"AND message_id IN ({', '.join('?' * len(ids))})",
-                ids,
-            )
-            return cur.rowcount
+            return int(db.conn.execute(_REQUEUE + _marks(len(ids)), ids).rowcount)
 
     def requeue_all_sent(self) -> int:
         """At start-up: whatever was in flight when we stopped goes out again."""
         with self.store.transaction(durable=False) as db:
-            cur = db.execute(f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout')}")
-            return cur.rowcount
+            return int(db.conn.execute(_REQUEUE_ALL).rowcount)
 
     def park(self, message_id: str, reason: str) -> None:
         """Set a message aside that the broker refuses; it stays stored and can be retried."""
         with self.store.transaction(durable=True) as db:
-            db.execute(
-                f"UPDATE outbox SET state = '{_to('park')}', parked_reason = ? "
-                f"WHERE message_id = ? AND {_where_from('park', '+state')}",
-                [reason, message_id],
-            )
+            db.conn.execute(_PARK, [reason, message_id])
 
     def retry_parked(self, kind: str | None = None) -> int:
         """Put parked messages back in the queue (after IT fixed the cause)."""
         where, params = ("", []) if kind is None else (" AND kind = ?", [kind])
         with self.store.transaction(durable=True) as db:
-            cur = db.execute(
-                f"UPDATE outbox SET state = '{_to('retry')}', parked_reason = NULL WHERE {_where_from('retry')}{where}",
-                params,
-            )
-            return cur.rowcount
+            return int(db.conn.execute(_RETRY + where, params).rowcount)
 
     def stats(self) -> OutboxStats:
         """Counts per kind and state (the maintained counts: a few rows, whatever the history's size), and the

@@ -2,9 +2,9 @@
 
 What the prune removes, all older than ``retention_days`` (by the gateway's ``stored_at``/``created_at``/``at``):
 
-- readings, control-solution (QC) results and captures whose outbox messages are **all acked** (a record
-  whose message is pending, sent, parked, or missing stays, whatever its age), each together with its own
-  messages;
+- readings (glucose and blood pressure), control-solution (QC) results and captures whose outbox messages are
+  **all acked** (a record whose message is pending, sent, parked, or missing stays, whatever its age), each
+  together with its own messages;
 - image files, only once no remaining capture uses the hash and no unconfirmed outbox row (an image
   chunk) still reads from it; rows are deleted first and committed, files after, so a crash in between
   leaves at worst an orphan file, never a row pointing at a missing image;
@@ -48,6 +48,7 @@ class PruneResult:
     cutoff: str
     readings: int = 0
     qc_results: int = 0
+    blood_pressure: int = 0
     captures: int = 0
     image_files: int = 0
     image_bytes: int = 0
@@ -71,19 +72,16 @@ def _marks(values: list[Any]) -> str:
 
 
 _READINGS = (
-    # Driven by readings_stored_at from the previous pass's last row; "+o.state": the message is looked up by
-    # its message_id, never by the state index (which would list every acked message ever kept).
-    "SELECT r.id, r.stored_at, o.seq FROM readings r JOIN outbox o ON o.message_id = r.message_id "
+    # Driven by readings_stored_at (blood_pressure_stored_at) from the previous pass's last row; "+o.state": the
+    # message is looked up by its message_id, never by the state index (which would list every acked message).
+    "SELECT r.id, r.stored_at, o.seq FROM {table} r JOIN outbox o ON o.message_id = r.message_id "
     "WHERE r.stored_at < ? AND (r.stored_at, r.id) > (?, ?) AND +o.state = 'acked' "
     "ORDER BY r.stored_at, r.id LIMIT ?"
 )
-_QC_RESULTS = (
-    # A QC result's message names it by record_ref 'qc:<qc_id>' and the row names the message: the join is by
-    # message_id, as for readings (the table is small: a meter's control tests, a few a month).
-    "SELECT q.id, q.stored_at, o.seq FROM qc_results q JOIN outbox o ON o.message_id = q.message_id "
-    "WHERE q.stored_at < ? AND (q.stored_at, q.id) > (?, ?) AND +o.state = 'acked' "
-    "ORDER BY q.stored_at, q.id LIMIT ?"
-)
+READING_TABLES = ("readings", "qc_results", "blood_pressure")
+"""Tables of records that name their outbox message (``message_id``) and carry ``stored_at``: each is pruned by
+:data:`_READINGS` (a QC result's message names it by record_ref 'qc:<qc_id>' and the row names the message: the
+join is by message_id, as for readings)."""
 _CAPTURES = (
     "SELECT c.capture_id, c.sha256, c.image_path, o.seq FROM captures c JOIN outbox o ON o.message_id = c.message_id "
     "WHERE c.capture_id > ? AND c.stored_at < ? AND +o.state = 'acked' "
@@ -99,6 +97,7 @@ _EVENT_MESSAGES = (
 _SESSIONS = (
     "SELECT session_id FROM sessions s WHERE session_id > ? AND ended_at IS NOT NULL AND ended_at < ? "
     "AND NOT EXISTS (SELECT 1 FROM readings r WHERE r.session_id = s.session_id) "
+    "AND NOT EXISTS (SELECT 1 FROM blood_pressure b WHERE b.session_id = s.session_id) "
     "AND NOT EXISTS (SELECT 1 FROM qc_results q WHERE q.session_id = s.session_id) "
     "AND session_id NOT IN (SELECT session_id FROM captures WHERE session_id IS NOT NULL) "
     "ORDER BY session_id LIMIT ?"
@@ -151,7 +150,7 @@ class Pruner:
         now = now or store.clock.utc_now()
         self.cutoff = iso(now - timedelta(days=retention_days))
         self.result = PruneResult(cutoff=self.cutoff if by_age else "")
-        self._after: dict[str, tuple[str, int]] = {"readings": ("", 0), "qc_results": ("", 0)}
+        self._after: dict[str, tuple[str, int]] = dict.fromkeys(READING_TABLES, ("", 0))
         """Per table, the (stored_at, id) the step's next pass starts after."""
         self._capture_after = ""
         self._body_after: int | None = 0
@@ -160,6 +159,7 @@ class Pruner:
             [
                 self._readings,
                 self._qc_results,
+                self._blood_pressure,
                 self._captures,
                 self._event_messages,
                 self._bodies,
@@ -192,11 +192,10 @@ class Pruner:
         """The run's counts in the log (no patient data)."""
         r = self.result
         _logger.info(
-            "retention: pruned %d readings, %d QC results, %d captures, %d image files (%d bytes), %d outbox "
-            "messages, %d acked bodies, %d events, %d sessions older than %s in %d passes",
-            r.readings, r.qc_results, r.captures, r.image_files, r.image_bytes, r.outbox, r.bodies, r.events,
-            r.sessions,
-            r.cutoff or "-", r.passes,
+            "retention: pruned %d readings, %d QC results, %d blood pressure readings, %d captures, %d image files "
+            "(%d bytes), %d outbox messages, %d acked bodies, %d events, %d sessions older than %s in %d passes",
+            r.readings, r.qc_results, r.blood_pressure, r.captures, r.image_files, r.image_bytes, r.outbox, r.bodies,
+            r.events, r.sessions, r.cutoff or "-", r.passes,
         )  # fmt: skip
 
     # -- the steps: each does at most one chunk and says whether it may have more ----------------------------
@@ -207,12 +206,12 @@ class Pruner:
             db.execute(f"DELETE FROM outbox_bodies WHERE seq IN ({_marks(seqs)})", seqs)
             self.result.outbox += len(seqs)
 
-    def _records(self, table: str, query: str) -> tuple[int, bool]:
-        """One chunk of confirmed old rows of ``table`` (readings, qc_results) with their messages: how many went,
-        and whether there may be more. Old rows whose messages are not acked yet were passed over: the next pass
-        starts after them."""
+    def _records(self, table: str) -> tuple[int, bool]:
+        """One chunk of confirmed old rows of ``table`` (one of :data:`READING_TABLES`) with their messages: how
+        many went, and whether there may be more. Old rows whose messages are not acked yet were passed over: the
+        next pass starts after them."""
         at, after = self._after[table]
-        rows = self.store.query(query, [self.cutoff, at, after, self.chunk])
+        rows = self.store.query(_READINGS.format(table=table), [self.cutoff, at, after, self.chunk])
         if not rows:
             return 0, False
         ids = [r["id"] for r in rows]
@@ -223,13 +222,18 @@ class Pruner:
         return len(ids), len(rows) == self.chunk
 
     def _readings(self) -> bool:
-        deleted, more = self._records("readings", _READINGS)
+        deleted, more = self._records("readings")
         self.result.readings += deleted
         return more
 
     def _qc_results(self) -> bool:
-        deleted, more = self._records("qc_results", _QC_RESULTS)
+        deleted, more = self._records("qc_results")
         self.result.qc_results += deleted
+        return more
+
+    def _blood_pressure(self) -> bool:
+        deleted, more = self._records("blood_pressure")
+        self.result.blood_pressure += deleted
         return more
 
     def _captures(self) -> bool:

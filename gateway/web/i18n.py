@@ -60,6 +60,15 @@ MEAL_NAMES = {
     "casual": _l("casual"),
     "bedtime": _l("bedtime"),
 }
+CUFF_STATUS_NAMES = {
+    # what a blood pressure cuff said about a measurement (gateway.records.CuffStatus)
+    "irregular_pulse": _l("irregular pulse"),
+    "body_movement": _l("body movement"),
+    "cuff_too_loose": _l("cuff too loose"),
+    "pulse_rate_above_range": _l("pulse above range"),
+    "pulse_rate_below_range": _l("pulse below range"),
+    "improper_measurement_position": _l("improper measurement position"),
+}
 
 # -- words the pages show for the core's codes (states, kinds, names), in the page's language -----------------------
 # The core speaks in codes (``unreachable``, ``image_chunk``, ``DeviceNotFound``); a page never shows one raw:

@@ -21,6 +21,7 @@ from gateway.web import i18n
 from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services, web_context
 from gateway.web.glucose_chart import build_chart, display_value
+from gateway.web.i18n import CUFF_STATUS_NAMES
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ HYPO_MMOL_L = 3.9
 HYPER_MMOL_L = 13.9
 """Defaults of ``glucose.low_mmol_l`` and ``glucose.very_high_mmol_l``, which the pages use."""
 MAX_PATIENT_ID = 64
+CUFF_USERS = range(1, 5)
+"""The cuff users the desk offers (home cuffs keep two to four; the Blood Pressure Service allows 0-254)."""
 
 
 def clean_patient_id(raw: str | None) -> str | None:
@@ -38,6 +41,12 @@ def clean_patient_id(raw: str | None) -> str | None:
     if not value or len(value) > MAX_PATIENT_ID or not value.isprintable():
         return None
     return value
+
+
+def clean_cuff_user(raw: str | None) -> int | None:
+    """The cuff user chosen for a multi-user cuff, or None (every measurement is this patient's)."""
+    value = (raw or "").strip()
+    return int(value) if value.isdigit() and int(value) <= 254 else None
 
 
 def glucose_band(mmol_l: float, low: float = HYPO_MMOL_L, high: float = HYPER_MMOL_L) -> str:
@@ -75,6 +84,7 @@ def _desk_page(patient_id: str | None) -> str:
         sessions=sessions,
         unassigned=svc.unassigned_readings(),
         transport_names=i18n.TRANSPORT_NAMES,
+        cuff_users=CUFF_USERS,
     )
 
 
@@ -125,7 +135,12 @@ def start_sync() -> ResponseReturnValue:
         return redirect(url_for("nurse.desk"))
     svc = services()
     try:
-        session_id = svc.request_meter_sync(target, patient_id=patient_id, operator=current_user.username)
+        session_id = svc.request_meter_sync(
+            target,
+            patient_id=patient_id,
+            operator=current_user.username,
+            cuff_user=clean_cuff_user(request.form.get("cuff_user")),
+        )
     except DeskUnavailable:
         flash(_("No meter service is running. Ask IT to check the gateway."), "error")
         return _desk_page(patient_id)
@@ -164,6 +179,9 @@ def session(session_id: str) -> ResponseReturnValue:
     # Readings of this meter still without a patient (this download's, or earlier auto-syncs'): a download for
     # a patient that found nothing new must say they are here, and offer to assign them.
     waiting = services().unassigned_readings(meter_id) if finished and meter_id else []
+    # The visit's blood pressure beside the glucose readings (templates/_blood_pressure.html: a partial of its own,
+    # so that a redone nurse page or visit sheet includes it as it is).
+    blood_pressure = services().visit_blood_pressure(session_id) if finished else []
     return render_template(
         "nurse_session.html",
         session_id=session_id,
@@ -182,6 +200,9 @@ def session(session_id: str) -> ResponseReturnValue:
             str(desk_session.state), desk_session.progress.error.type if desk_session.progress.error else None
         ),
         linked_patient=services().meter_patient(meter_id) if finished and meter_id else None,
+        blood_pressure=blood_pressure,
+        bp_target=services().bp_target(),
+        cuff_status_names=CUFF_STATUS_NAMES,
     )
 
 

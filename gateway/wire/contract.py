@@ -17,7 +17,7 @@ from typing import Any, Literal
 import jsonschema
 
 from gateway.errors import ContractError
-from gateway.records import Capture, ControlResult, GlucoseReading, MeterValue, Referral
+from gateway.records import BloodPressureReading, Capture, ControlResult, GlucoseReading, MeterValue, Referral
 from gateway.wire import fhir
 from gateway.wire.fhir import MESSAGE_ID_SYSTEM
 
@@ -33,6 +33,7 @@ TOPIC_ACK = "ack"
 TOPIC_REFERRAL = "cmd/referral"
 TOPIC_ASSIGNMENT = "glucose/assignment"
 """Corrections: readings sent without a patient, assigned to one at the desk (``cg.assignment/1``)."""
+TOPIC_BLOOD_PRESSURE = "blood-pressure"
 
 SCHEMA_GLUCOSE = "cg.glucose/1"
 SCHEMA_FHIR = "cg.fhir-observation/1"
@@ -46,6 +47,8 @@ SCHEMA_FHIR_QC = "cg.fhir-qc-observation/1"
 SCHEMA_ASSIGNMENT = "cg.assignment/1"
 ASSIGNMENT_MAX_READINGS = 1000
 """``reading_ids`` per ``cg.assignment/1`` message (its schema's maxItems); a larger assignment is split."""
+SCHEMA_BLOOD_PRESSURE = "cg.blood-pressure/1"
+SCHEMA_FHIR_BLOOD_PRESSURE = "cg.fhir-blood-pressure/1"
 
 PayloadFormat = Literal["json", "fhir"]
 
@@ -296,6 +299,60 @@ def qc_payload(
             result, qc_id=qc_id, message_id=message_id, site_id=site_id, gateway_id=gateway_id, created_at=created_at
         )
     )
+
+
+def blood_pressure_document(
+    reading: BloodPressureReading,
+    *,
+    reading_id: str,
+    message_id: str,
+    site_id: str,
+    gateway_id: str,
+    created_at: datetime,
+) -> dict[str, Any]:
+    """A blood pressure reading as a ``cg.blood-pressure/1`` document (values as reported and in mmHg)."""
+    doc = _envelope(SCHEMA_BLOOD_PRESSURE, message_id, site_id, gateway_id, created_at)
+    doc.update(
+        reading_id=reading_id,
+        meter_id=reading.meter_id,
+        sequence=reading.sequence,
+        cuff_user=reading.user_id,
+        meter_time=None if reading.meter_time is None else reading.meter_time.isoformat(timespec="seconds"),
+        clock_offset_s=round(reading.clock_offset_s, 3),
+        corrected_time=reading.corrected_time.isoformat(timespec="seconds"),
+        time_trusted=reading.time_trusted,
+        systolic=reading.systolic,
+        diastolic=reading.diastolic,
+        mean_arterial=reading.mean_arterial,
+        unit=str(reading.unit),
+        systolic_mmhg=reading.systolic_mmhg,
+        diastolic_mmhg=reading.diastolic_mmhg,
+        mean_arterial_mmhg=reading.mean_arterial_mmhg,
+        pulse_bpm=reading.pulse_bpm,
+        status=[str(s) for s in reading.status],
+        patient_id=reading.patient_id,
+        session_id=reading.session_id,
+        flags=list(reading.flags),
+    )
+    return doc
+
+
+def blood_pressure_payload(
+    reading: BloodPressureReading,
+    *,
+    reading_id: str,
+    message_id: str,
+    site_id: str,
+    gateway_id: str,
+    created_at: datetime,
+    payload_format: PayloadFormat = "json",
+) -> bytes:
+    """Bytes for the ``blood-pressure`` topic in the configured format (FHIR: the vital-signs blood pressure
+    panel, :func:`gateway.wire.fhir.blood_pressure_observation`)."""
+    ids = {"reading_id": reading_id, "message_id": message_id, "site_id": site_id, "gateway_id": gateway_id}
+    if payload_format == "fhir":
+        return dumps(fhir.blood_pressure_observation(reading, **ids))
+    return dumps(blood_pressure_document(reading, created_at=created_at, **ids))
 
 
 def event_payload(

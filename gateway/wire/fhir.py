@@ -15,6 +15,10 @@ as StructureDefinition / CodeSystem resources in ``schemas/`` (published as ``do
   extensions, never as free text: HI/LO also set ``valueQuantity.comparator``.
 - **Quality-control results** (:func:`qc_observation`): subject and device are the meter (a Device), the code
   says control solution; no patient, no glucose LOINC code.
+- **Blood pressure** (:func:`blood_pressure_observation`): the vital-signs blood pressure panel (LOINC 85354-9)
+  with systolic 8480-6, diastolic 8462-4, mean 8478-0 and heart rate 8867-4 as components, in UCUM ``mm[Hg]``
+  (a kPa cuff's values converted; what it reported kept in an extension); what the cuff said about the
+  measurement (irregular pulse, body movement, cuff fit...) as coded extensions.
 """
 
 from __future__ import annotations
@@ -25,7 +29,18 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from gateway.records import ControlResult, GlucoseReading, Health, Meal, QcOutcome, SampleType, Tester, Unit
+from gateway.records import (
+    BloodPressureReading,
+    ControlResult,
+    GlucoseReading,
+    Health,
+    Meal,
+    PressureUnit,
+    QcOutcome,
+    SampleType,
+    Tester,
+    Unit,
+)
 
 FHIR_BASE = "https://clinic-gateway.example.org/fhir"
 """The project's ONE canonical namespace for what it defines in FHIR (extensions, code systems)."""
@@ -41,12 +56,19 @@ CLOCK_OFFSET_EXTENSION = extension_url("meter-clock-offset")
 METER_FLAG_EXTENSION = extension_url("meter-flag")
 CONTROL_LOT_EXTENSION = extension_url("control-lot")
 CONTROL_IN_RANGE_EXTENSION = extension_url("control-in-range")
+BP_STATUS_EXTENSION = extension_url("bp-measurement-status")
+"""What a cuff said about a blood pressure measurement (irregular pulse, body movement, cuff fit...), one
+``valueCode`` each."""
+VALUE_AS_REPORTED_EXTENSION = extension_url("value-as-reported")
+"""A component's value as the device reported it (kPa) where the ``valueQuantity`` is converted to mm[Hg]."""
 EXTENSIONS = (
     TIME_TRUSTED_EXTENSION,
     CLOCK_OFFSET_EXTENSION,
     METER_FLAG_EXTENSION,
     CONTROL_LOT_EXTENSION,
     CONTROL_IN_RANGE_EXTENSION,
+    BP_STATUS_EXTENSION,
+    VALUE_AS_REPORTED_EXTENSION,
 )
 """Every extension the gateway puts in a payload (each has its StructureDefinition in ``schemas/``)."""
 METER_FLAG_SYSTEM = f"{FHIR_BASE}/CodeSystem/meter-flag"
@@ -339,4 +361,82 @@ def qc_observation(
         obs["extension"].append({"url": CONTROL_LOT_EXTENSION, "valueString": result.lot})
     if result.outcome is not None:
         obs["extension"].append({"url": CONTROL_IN_RANGE_EXTENSION, "valueBoolean": result.outcome is QcOutcome.PASS})
+    return obs
+
+
+# -- blood pressure: the vital-signs panel ---------------------------------------------------------------------
+
+LOINC_BP_PANEL = "85354-9"  # Blood pressure panel with all children optional
+LOINC_SYSTOLIC = "8480-6"  # Systolic blood pressure
+LOINC_DIASTOLIC = "8462-4"  # Diastolic blood pressure
+LOINC_MEAN_BP = "8478-0"  # Mean blood pressure
+LOINC_HEART_RATE = "8867-4"  # Heart rate
+VITAL_SIGNS_BP_PROFILE = "http://hl7.org/fhir/StructureDefinition/bp"
+UCUM_PRESSURE = {PressureUnit.MMHG: "mm[Hg]", PressureUnit.KPA: "kPa"}
+_VITAL_SIGNS = {"coding": [_coding(OBSERVATION_CATEGORY, "vital-signs", "Vital Signs")], "text": "Vital Signs"}
+
+
+def _loinc(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [_coding(LOINC, code, display)], "text": display}
+
+
+def _pressure_component(code: str, display: str, value: float, mmhg: float, unit: PressureUnit) -> dict[str, Any]:
+    component: dict[str, Any] = {
+        "code": _loinc(code, display),
+        "valueQuantity": {"value": mmhg, "unit": "mmHg", "system": UCUM, "code": UCUM_PRESSURE[PressureUnit.MMHG]},
+    }
+    if unit is not PressureUnit.MMHG:
+        reported = {"value": value, "unit": str(unit), "system": UCUM, "code": UCUM_PRESSURE[unit]}
+        component["extension"] = [{"url": VALUE_AS_REPORTED_EXTENSION, "valueQuantity": reported}]
+    return component
+
+
+def blood_pressure_observation(
+    reading: BloodPressureReading, *, reading_id: str, message_id: str, site_id: str, gateway_id: str
+) -> dict[str, Any]:
+    """A blood pressure reading as a FHIR R4 Observation: the vital-signs blood pressure panel (LOINC 85354-9)
+    with systolic, diastolic, mean (when the cuff gave it) and heart rate (when it gave a pulse) components in
+    UCUM mm[Hg] and /min. It claims the vital-signs ``bp`` profile when it has its subject (the patient)."""
+    components = [
+        _pressure_component(LOINC_SYSTOLIC, "Systolic blood pressure", reading.systolic, reading.systolic_mmhg,
+                            reading.unit),
+        _pressure_component(LOINC_DIASTOLIC, "Diastolic blood pressure", reading.diastolic, reading.diastolic_mmhg,
+                            reading.unit),
+    ]  # fmt: skip
+    if reading.mean_arterial is not None and reading.mean_arterial_mmhg is not None:
+        components.append(
+            _pressure_component(LOINC_MEAN_BP, "Mean blood pressure", reading.mean_arterial,
+                                reading.mean_arterial_mmhg, reading.unit)
+        )  # fmt: skip
+    if reading.pulse_bpm is not None:
+        components.append(
+            {
+                "code": _loinc(LOINC_HEART_RATE, "Heart rate"),
+                "valueQuantity": {"value": reading.pulse_bpm, "unit": "beats/minute", "system": UCUM, "code": "/min"},
+            }
+        )
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": reading_id,
+        "identifier": [
+            {"system": MESSAGE_ID_SYSTEM, "value": message_id},
+            {"system": READING_ID_SYSTEM, "value": reading_id},
+        ],
+        "status": "final",
+        "category": [_VITAL_SIGNS],
+        "code": _loinc(LOINC_BP_PANEL, "Blood pressure panel with all children optional"),
+        "effectiveDateTime": reading.corrected_time.isoformat(timespec="seconds"),
+        "device": _meter(reading.meter_id),
+        "extension": [
+            *_clock_extensions(reading.time_trusted, reading.clock_offset_s),
+            *({"url": BP_STATUS_EXTENSION, "valueCode": str(s)} for s in reading.status),
+        ],
+        "performer": [{"display": f"{site_id}/{gateway_id}"}],
+        "component": components,
+    }
+    if reading.patient_id is not None:
+        obs["meta"] = {"profile": [VITAL_SIGNS_BP_PROFILE]}
+        obs["subject"] = {"type": "Patient", "identifier": {"system": PATIENT_ID_SYSTEM, "value": reading.patient_id}}
+    if reading.flags:
+        obs["note"] = [{"text": flag} for flag in reading.flags]
     return obs

@@ -3,17 +3,21 @@ dies. The demo runs as a real subprocess (its own broker, receiver, emulated met
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.broker import mosquitto_available, wait_until
+from support.broker import MosquittoBroker, mosquitto_available, wait_until
+
+from gateway.emulate.platform import Receiver
 
 DEMO_START_S = 240.0
 """How long a demo may take to start before the test gives up on it (a bound, never a measured time)."""
@@ -89,3 +93,37 @@ def test_the_demo_prints_a_referral_example_and_shouts_when_its_broker_dies(tmp_
         except subprocess.TimeoutExpired:
             demo.kill()
             demo.wait()
+
+
+def test_the_demo_shouts_when_its_platform_receiver_dies(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    receiver_factory: Callable[..., Receiver],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 14: when its broker or receiver died the demo said nothing beyond repeated warnings. The demo's
+    watcher over a real receiver on a real mosquitto: the receiver stops -> one loud line (stdout and stderr)."""
+    from gateway import demo
+
+    stack = demo.DemoStack(tmp_path / "demo", 0, with_ble=False)
+    stack.broker, stack.receiver = broker, receiver_factory(broker)
+    wait_until(lambda: stack.receiver.alive, what="the receiver running")
+
+    async def scenario() -> str:
+        watcher = asyncio.create_task(demo.watch_parts(stack, interval_s=0.05))
+        seen = ""
+        try:
+            await asyncio.sleep(0.2)  # a few rounds with everything up: nothing said
+            seen += capsys.readouterr().err
+            assert "!!!" not in seen
+            stack.receiver.stop()
+            deadline = time.monotonic() + 30  # a wedge detector, not a speed check
+            while "receiver has STOPPED" not in seen and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                seen += capsys.readouterr().err
+        finally:
+            watcher.cancel()
+        return seen
+
+    said = asyncio.run(scenario())
+    assert said.count("!!! demo: the demo's platform receiver has STOPPED") == 1, said

@@ -13,6 +13,7 @@ from gateway.runtime import open_runtime
 from gateway.store import referrals
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings
+from gateway.store.sessions import start_session
 
 
 def _config_file(tmp_path: Path, port: int = 1883) -> Path:
@@ -80,7 +81,8 @@ def test_outbox_stats_prints_the_facades_summary(tmp_path: Path, capsys) -> None
 def test_receiver_refer_reaches_the_gateway(tmp_path: Path, broker, capsys) -> None:
     cfg = _config_file(tmp_path, broker.port)
     runtime = open_runtime(gateway_config(tmp_path / "state", port=broker.port))
-    add_readings(runtime.store, [reading(1, patient_id="P-7")])  # a patient of this clinic: shown, not held
+    # A patient this clinic has seen (issue 14: a decision for anyone else is held, listed under nobody).
+    start_session(runtime.store, "retina", patient_id="P-7", operator="tom")
     with ForwarderRunner(runtime.config, runtime.store) as run:
         wait_until(lambda: run.forwarder.state == "online")
         code = main(["receiver", "refer", "-c", str(cfg), "--patient-id", "P-7", "--decision", "rescreen_6m",

@@ -16,14 +16,14 @@ from itertools import product
 from pathlib import Path
 
 import pytest
-from support.factories import reading
+from support.factories import bp_reading, reading
 
 from gateway.errors import ContractError
 from gateway.meters.codec import gls
 from gateway.meters.codec.lifescan_ascii import COMMENT_CODES, FLAG_PARITY_ERROR
 from gateway.meters.drivers.base import FLAG_ABOVE_RANGE, FLAG_BELOW_RANGE, FLAG_DISPLAYS_MMOL_L
 from gateway.meters.session import FLAG_GATEWAY_CLOCK_UNSYNCED, FLAG_METER_CLOCK_IMPLAUSIBLE, FLAG_METER_CLOCK_UNKNOWN
-from gateway.records import ControlResult, Health, Meal, QcOutcome, SampleType, Unit
+from gateway.records import ControlResult, CuffStatus, Health, Meal, PressureUnit, QcOutcome, SampleType, Unit
 from gateway.records import Tester as ContextTester  # (not a pytest class)
 from gateway.wire import contract, fhir
 
@@ -160,9 +160,17 @@ def test_extensions_are_canonical_https_urls_with_published_definitions() -> Non
     docs = [
         _fhir(_glucose("venous_plasma", Unit.MMOL_L, flags=(FLAG_BELOW_RANGE,))),
         _qc_fhir(_control(lot="L-42", outcome=QcOutcome.FAIL, flags=(FLAG_METER_CLOCK_UNKNOWN,))),
+        fhir.blood_pressure_observation(
+            bp_reading(1, unit=PressureUnit.KPA, systolic=16.0, diastolic=10.7, status=(CuffStatus.BODY_MOVEMENT,)),
+            reading_id="r-bp",
+            message_id="m-bp",
+            site_id="s",
+            gateway_id="g",
+        ),
     ]
     for doc in docs:
         used |= {e["url"] for e in doc["extension"]}
+        used |= {e["url"] for c in doc.get("component", []) for e in c.get("extension", [])}
     assert used == set(fhir.EXTENSIONS)
     for url in used:
         assert url.startswith(fhir.FHIR_BASE + "/StructureDefinition/") and url.startswith("https://")

@@ -22,9 +22,12 @@ def examples() -> list[str]:
 
 
 def schema_of(doc: dict[str, Any]) -> str:
-    """The schema an example claims: its ``schema`` field, or for an Observation the QC or the glucose form."""
+    """The schema an example claims: its ``schema`` field, or for an Observation the blood pressure, QC or glucose
+    form."""
     if doc.get("resourceType") == "Observation":
         codes = {c.get("code") for c in doc.get("code", {}).get("coding", [])}
+        if fhir.LOINC_BP_PANEL in codes:
+            return contract.SCHEMA_FHIR_BLOOD_PRESSURE
         return contract.SCHEMA_FHIR_QC if fhir.QC_CODE["code"] in codes else contract.SCHEMA_FHIR
     return str(doc["schema"])
 
@@ -38,6 +41,8 @@ def test_the_page_has_examples_of_every_up_and_down_message() -> None:
         contract.SCHEMA_FHIR,
         contract.SCHEMA_QC,
         contract.SCHEMA_FHIR_QC,
+        contract.SCHEMA_BLOOD_PRESSURE,
+        contract.SCHEMA_FHIR_BLOOD_PRESSURE,
         contract.SCHEMA_REFERRAL,
         contract.SCHEMA_STATUS,
     } <= shown

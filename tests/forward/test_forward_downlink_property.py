@@ -162,10 +162,10 @@ def test_generated_downlink_never_stops_the_forwarder_and_every_valid_referral_i
                 assert row["capture_id"] == doc.get("capture_id") and row["grader"] == doc.get("grader")
                 if "decided_at" in doc:  # as parsed (tests/forward/test_forward_downlink_contract.py pins the parser)
                     assert row["decided_at"] == iso(downlink.parse_rfc3339(doc["decided_at"]))
-                # Neither the capture ids nor the patients are this gateway's: every decision is held (unknown
-                # patient) and keeps the patient it named apart from any patient's view.
-                assert row["named_patient_id"] == doc.get("patient_id") and row["patient_id"] is None
-                assert row["held_reason"] == "unknown_patient"
+                # The decision's patient id as sent; its capture is not this gateway's and no patient was seen here,
+                # so it is held for review and nobody's (issue 14: never accepted silently).
+                assert row["named_patient_id"] == doc.get("patient_id")
+                assert (row["held_reason"], row["patient_id"]) == ("unknown_patient", None)
             assert run.forwarder.counters["dead_letters"] == len(seen_invalid)
 
         example()

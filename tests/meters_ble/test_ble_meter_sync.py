@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
+from typing import Any
 
 import pytest
+from support.ble import LOCAL_NOW, TZ, run, with_ble
 from support.imports import gateway_modules
 
 from gateway.clock import FakeClock
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import GatewayConfig
 from gateway.desk import MeterProgress
 from gateway.emulate.ble_meter import EmulatedGlucoseMeter, Faults, MeterProfile, make_records
 from gateway.emulate.bluez_env import BluezEnv
@@ -34,55 +33,7 @@ from gateway.store import Store, open_store
 
 pytestmark = pytest.mark.ble
 
-TZ = ZoneInfo("Asia/Shanghai")
-GATEWAY_NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
-LOCAL_NOW = GATEWAY_NOW.astimezone(TZ).replace(tzinfo=None)
 REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-
-
-@pytest.fixture
-def bluez() -> Iterator[BluezEnv]:
-    env = BluezEnv(adapters=3)
-    env.start()
-    try:
-        yield env
-    finally:
-        env.stop()
-        errors = env.errors_logged()
-        assert not errors, errors[0]  # an exception inside the emulated BlueZ fails the test
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> GatewayConfig:
-    return parse_config(
-        {
-            "gateway": {"site_id": "chc-1", "gateway_id": "gw-1", "state_dir": str(tmp_path), "timezone": TZ.key},
-            "meters": {
-                "ble": {"enabled": True, "adapter": "hci0", "scan_timeout_s": 1.5, "connect_timeout_s": 5,
-                        "record_timeout_s": 5, "racp_timeout_s": 5},
-            },
-        }
-    )  # fmt: skip
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(GATEWAY_NOW, synchronised=True)
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    s = open_store(tmp_path / "gateway.db", tmp_path / "images", clock=clock)
-    yield s
-    s.close()
-
-
-def run(coro: Awaitable[T]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, 60)
-
-    return asyncio.run(bounded())
 
 
 def meter(
@@ -168,11 +119,6 @@ def test_link_dropped_at_record_200_then_resumed(bluez, config, store, clock) ->
     seqs = [r["sequence"] for r in readings(store, "gls:EMU-0001")]
     assert seqs == list(range(1, 301))  # nothing lost, nothing twice
     assert store.scalar("SELECT count(*) FROM outbox WHERE kind = 'glucose'") == 300
-
-
-def with_ble(config: GatewayConfig, **changes: Any) -> GatewayConfig:
-    ble = config.meters.ble.model_copy(update=changes)
-    return config.model_copy(update={"meters": config.meters.model_copy(update={"ble": ble})})
 
 
 def test_bonding_required_meter_is_paired_then_read(bluez, config, store, clock) -> None:

@@ -107,8 +107,9 @@ def test_progress_and_devices_are_typed_records_with_errors_as_data(tmp_path, st
     assert progress.error == result.error
     device = runtime.devices.get(meter_id)
     assert device == DeviceEntry(
-        kind=DeviceKind.METER, state=DeviceState.INTERRUPTED, transport="serial", last_error=result.error
-    )
+        kind=DeviceKind.METER, state=DeviceState.INTERRUPTED, transport="serial", family="onetouch_ultra2",
+        last_error=result.error,
+    )  # fmt: skip
     # The pages read typed fields; the status JSON serialises them explicitly.
     services = GatewayServices(runtime)
     view = next(d for d in services.devices() if d.device_id == meter_id)

@@ -85,19 +85,20 @@ def test_a_silent_device_is_given_up_cleanly() -> None:
 
 def test_open_driver_dispatch(tmp_path: Path, monkeypatch) -> None:
     from gateway.config import parse_config
-    from gateway.meters.drivers import gls
+    from gateway.meters.drivers import bluetooth
 
     config = parse_config({"gateway": {"site_id": "s", "gateway_id": "g"}}, check_files=False)
     with pytest.raises(DeviceNotFound, match="no such serial port"):
         asyncio.run(discovery.open_driver(str(tmp_path / "nothing"), config))
 
-    # A Bluetooth address goes to the GLS driver (its own tests run it against emulated BlueZ).
+    # A Bluetooth address goes to the Bluetooth drivers (GLS or cuff by the service the device offers; their own
+    # tests run them against emulated BlueZ).
     seen: list[str] = []
 
     async def fake_ble_open(address: str, cfg: object) -> object:
         seen.append(address)
         return object()
 
-    monkeypatch.setattr(gls, "open_driver", fake_ble_open)
+    monkeypatch.setattr(bluetooth, "open_driver", fake_ble_open)
     asyncio.run(discovery.open_driver("AA:BB:CC:DD:EE:FF", config))
     assert seen == ["AA:BB:CC:DD:EE:FF"]

@@ -7,7 +7,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from gateway.clock import FakeClock
-from gateway.records import Capture, Eye, Field, GlucoseReading, QualityVerdict, Unit
+from gateway.records import (
+    BloodPressureReading,
+    Capture,
+    CuffStatus,
+    Eye,
+    Field,
+    GlucoseReading,
+    PressureUnit,
+    QualityVerdict,
+    Unit,
+)
 from gateway.store import Store, open_store
 from gateway.store.captures import add_capture as add_capture_to_store
 from gateway.store.db import Origin, new_id
@@ -54,6 +64,42 @@ def reading(
         value=value,
         unit=unit,
         patient_id=patient_id,
+    )
+
+
+def bp_reading(
+    seq: int | None,
+    *,
+    meter_id: str = "bps:CUFF1",
+    systolic: float = 128.0,
+    diastolic: float = 84.0,
+    mean_arterial: float | None = 99.0,
+    unit: PressureUnit = PressureUnit.MMHG,
+    pulse_bpm: float | None = 71.0,
+    user_id: int | None = 1,
+    status: tuple[CuffStatus, ...] = (),
+    patient_id: str | None = "P-0001",
+    minutes: int = 0,
+    session_id: str | None = None,
+) -> BloodPressureReading:
+    """A plausible blood pressure reading; ``seq=None`` for cuffs that do not number their records."""
+    meter_time = datetime(2026, 11, 1, 7, 30) + timedelta(minutes=minutes + (seq or 0) * 30)
+    return BloodPressureReading(
+        meter_id=meter_id,
+        sequence=seq,
+        user_id=user_id,
+        meter_time=meter_time,
+        clock_offset_s=12.0,
+        corrected_time=(meter_time + timedelta(seconds=12)).replace(tzinfo=UTC),
+        time_trusted=True,
+        systolic=systolic,
+        diastolic=diastolic,
+        mean_arterial=mean_arterial,
+        unit=unit,
+        pulse_bpm=pulse_bpm,
+        status=status,
+        patient_id=patient_id,
+        session_id=session_id,
     )
 
 

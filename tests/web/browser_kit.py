@@ -40,14 +40,16 @@ WIDTHS = {"desktop": 1280, "phone": 390}
 """The widths every page is checked at: a clinic PC and a phone in the corridor (iPhone 12-15: 390 px)."""
 LANGUAGES = {"en": "en-GB", "zh": "zh-CN"}
 """Page language -> the browser locale (Accept-Language) that selects it."""
-DEFAULT_TIMEOUT_MS = 10_000
+DEFAULT_TIMEOUT_MS = 30_000
+"""How long a locator or ``expect`` waits (a bound for a broken page on a loaded runner, never a measured time)."""
 
 
 @contextmanager
 def launch() -> Iterator[Any]:
     """One headless Chromium (the Debian package; nothing downloaded), closed at the end."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=DEFAULT_TIMEOUT_MS)  # expect() has its own 5 s default, apart from the context's
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -172,6 +174,8 @@ _ID_TOKEN = re.compile(r"[0-9_/:.@#=+<>]|\w-\w")
 _PUNCTUATION = "()[]{}.,;:!?\"'\u201c\u201d\u2018\u2019\u2026\u00b7\u2013\u2014"
 _WORD = re.compile(r"[A-Za-z][A-Za-z']+")
 _CAMEL = re.compile(r"^[A-Z][a-z]+(?:[A-Z][a-z0-9]+)+$")
+_EN_DURATION = re.compile(r"^\d+(?:d|h|m|min|mins|s|sec|secs)$")
+"""A number glued to an English time unit (``2m``, ``16s``): the issue's "2m 16s" on a Chinese page."""
 
 
 @cache
@@ -201,12 +205,16 @@ def english_words(page: Any) -> list[str]:
     English UI text when it is one of the words of the catalogue's msgids or of the core's codes
     (:func:`english_vocabulary`: an untranslated text or a raw state leaked), or a CamelCase word (a raw
     exception type such as ``DeviceNotFound``), unless it is a unit or abbreviation in :data:`ALLOWED`.
+    A number glued to an English time unit (``2m``, ``16s``: :data:`_EN_DURATION`) is an untranslated duration.
     Data that is not UI text (names, ids, versions, commands) is marked ``translate="no"`` by the page.
     """
     vocabulary = english_vocabulary()
     found: list[str] = []
     for text in page.evaluate(_RENDERED_TEXT):
         for token in text.split():
+            if _EN_DURATION.match(token.strip(_PUNCTUATION)):
+                found.append(f"{token!r} in {text[:80]!r}")  # "2m 16s": a duration left in English
+                continue
             if _ID_TOKEN.search(token.strip(_PUNCTUATION)):
                 continue
             for word in _WORD.findall(token):

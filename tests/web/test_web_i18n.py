@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from io import BytesIO
 from pathlib import Path
 
@@ -89,3 +90,22 @@ def test_compiled_catalog_matches_the_po() -> None:
     buffer = BytesIO()
     write_mo(buffer, po)
     assert buffer.getvalue()
+
+
+def test_the_triage_model_is_moxing_never_xinghao() -> None:
+    """Issue 14: 型号 (a device's model number) was shown for the triage model, where 模型 is meant: the
+    technician's result printed the model's version after ``_("Model")`` (型号). Wherever a page shows the
+    triage model's version, its label is a text that says 模型; 型号 is left for a meter's model."""
+    with (CATALOG / "messages.po").open("rb") as fh:
+        catalog = read_po(fh)
+    zh = {m.id: m.string for m in catalog if isinstance(m.id, str) and m.id}
+    for msgid, text in zh.items():
+        if "triage model" in msgid.lower() or "the model" in msgid.lower():
+            assert "模型" in text and "型号" not in text, (msgid, text)
+    label = re.compile(r"""_\(\s*["']([^"']+)["']\s*\)""")
+    for template in sorted((WEB_DIR / "templates").glob("*.html")):
+        source = template.read_text(encoding="utf-8")
+        for match in re.finditer(r"model_version", source):
+            before = label.findall(source[max(0, match.start() - 160) : match.start()])
+            assert before, f"{template.name}: the model's version without a label"
+            assert "模型" in zh[before[-1]], f"{template.name}: {before[-1]!r} -> {zh[before[-1]]!r}"

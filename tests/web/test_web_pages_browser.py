@@ -10,6 +10,7 @@ asyncio core thread, a real store. One browser for the module (browser_kit.launc
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from zoneinfo import ZoneInfo
 import browser_kit as kit
 import pytest
 from support.broker import MosquittoBroker, mosquitto_available, start_broker
-from web_harness import PASSWORD, CoreThread, add_users, make_config
+from web_harness import PASSWORD, CoreThread, RetinaStub, add_users, make_config
 
 from gateway.clock import SystemClock, clinic_time
 from gateway.forward.forwarder import Forwarder
@@ -99,13 +100,7 @@ def _seed(runtime: Runtime) -> None:
     upsert_meter(store, MeterInfo(meter_id="serial:TM0042", family="lifescan", transport="serial", serial="TM0042",
                                   model="OneTouch Ultra 2"))  # fmt: skip
     add_event(store, "disk_low", "free space is low", level="warning", detail={"free_mb": 900})
-    now = datetime.now(UTC)
-    with store.transaction() as db:
-        for i in range(12):  # the last 12 minutes: a backlog that builds and drains
-            db.execute(
-                "INSERT INTO web_queue_samples (at, unsent, parked, acked_total) VALUES (?, ?, 0, ?)",
-                [iso(now - timedelta(minutes=12 - i)), [0, 4, 9, 15, 22, 18, 12, 7, 3, 1, 0, 0][i], i * 5],
-            )
+    _seed_queue(runtime)
     start_session(store, "retina", patient_id=PATIENT, operator="tom")
     add_referral(
         store,
@@ -120,6 +115,20 @@ def _seed(runtime: Runtime) -> None:
     add_referral(store, Referral(referral_id="ref-held", decision="refer_urgent", patient_id="999-NEVER-SEEN"))
     add_referral(store, Referral(referral_id="ref-done", decision="no_dr", patient_id=PATIENT, grader="Dr Li"))
     GatewayServices(runtime).acknowledge_referral("ref-done", "tom")  # fmt: skip
+
+
+def _seed_queue(runtime: Runtime) -> None:
+    """Queue samples over the last 6 minutes: a backlog that builds and drains (what the chart must show).
+    Relative to now: a test that checks the chart's window seeds them again just before (the window the
+    server picks grows as the samples age)."""
+    now = datetime.now(UTC)
+    with runtime.store.transaction() as db:
+        db.execute("DELETE FROM web_queue_samples")
+        for i in range(12):
+            db.execute(
+                "INSERT INTO web_queue_samples (at, unsent, parked, acked_total) VALUES (?, ?, 0, ?)",
+                [iso(now - timedelta(seconds=30 * (12 - i))), [0, 4, 9, 15, 22, 18, 12, 7, 3, 1, 0, 0][i], i * 5],
+            )
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +191,8 @@ def test_every_page_fits_is_accessible_and_speaks_the_language(
 def test_status_page_shows_the_truth(browser: Any, gateway: Gateway) -> None:
     """Issue 14: the model row printed raw JSON (it read ``version``; the API sends ``model_version``), the
     drain rate said "none messages/min" when idle, the disk was "79692.5 MB / 258019.6 MB", the 6-hour chart
-    made a 12-minute backlog a sliver, and times were in the browser's zone, unlabelled."""
+    made a 6-minute backlog a sliver, and times were in the browser's zone, unlabelled."""
+    _seed_queue(gateway.runtime)
     page = _open(browser, gateway, "status", "en", 1280)
     try:
         expect = __import__("playwright.sync_api", fromlist=["expect"]).expect
@@ -190,13 +200,16 @@ def test_status_page_shows_the_truth(browser: Any, gateway: Gateway) -> None:
         assert "MB /" not in page.locator("#disk-free").inner_text()
         expect(page.locator("#disk-bar")).to_be_attached()
         expect(page.locator("#drain-rate")).not_to_contain_text("none")
-        # The chart shows the recent activity: the window the server chose is the 15-minute one.
+        # The chart shows the recent activity: the window the server chose is the 15-minute one (the backlog
+        # began 6 minutes ago; this holds unless opening the page took more than 7 minutes).
         expect(page.locator(".chart-windows button[data-window='']")).to_have_attribute("aria-pressed", "true")
-        doc = page.evaluate("() => window.CGStatus.last()")
+        # The document and the text it rendered, read in one script turn (a refresh in between could cross a minute).
+        doc, shown = page.evaluate(
+            "() => [window.CGStatus.last(), document.querySelector(\"[data-field='gateway.now']\").textContent]"
+        )
         assert doc["queue"]["window_hours"] == 0.25
         # Times: the clinic's zone, labelled, the same text as the server's helper writes.
-        now = doc["gateway"]["now"]
-        expect(page.locator("[data-field='gateway.now']")).to_have_text(clinic_time(now, ZoneInfo("Asia/Shanghai")))
+        assert shown.strip() == clinic_time(doc["gateway"]["now"], ZoneInfo("Asia/Shanghai"))
         expect(page.locator("#errors-table")).to_contain_text("Free disk space is low")
     finally:
         page.context.close()
@@ -204,30 +217,14 @@ def test_status_page_shows_the_truth(browser: Any, gateway: Gateway) -> None:
 
 def test_model_row_reads_the_field_the_api_sends(browser: Any, gateway: Gateway) -> None:
     """The retina component reports ``model_version`` and ``thresholds``: the row shows both, readably."""
-
-    class ModelHolder:
-        name = "retina"
-
-        async def run(self) -> None:  # pragma: no cover - not started
-            return None
-
-        def healthy(self) -> bool:
-            return True
-
-        def snapshot(self) -> dict[str, Any]:
-            return {
-                "model": {
-                    "model_version": "referable-dr-lite0-2026.11.0",
-                    "file": "referable_dr.onnx",
-                    "input_size": 256,
-                    "thresholds": {"refer": 0.197, "high_specificity": 0.3207},
-                }
-            }
-
-        def model_problem(self) -> str | None:
-            return None
-
-    holder = ModelHolder()
+    holder = RetinaStub(
+        {
+            "model_version": "referable-dr-lite0-2026.11.0",
+            "file": "referable_dr.onnx",
+            "input_size": 256,
+            "thresholds": {"refer": 0.197, "high_specificity": 0.3207},
+        }
+    )
     gateway.runtime.components.append(holder)
     page = _open(browser, gateway, "status", "zh", 390)
     try:
@@ -236,6 +233,11 @@ def test_model_row_reads_the_field_the_api_sends(browser: Any, gateway: Gateway)
         expect(page.locator("#model-detail")).to_contain_text("转诊阈值 0.20")
         assert "{" not in page.locator("#model-row").inner_text()
         kit.assert_fits_width(page)
+        # Durations in the page's language ("2m 16s" was left in English): CG.duration and the uptime field.
+        assert page.evaluate("() => window.CG.duration(136)") == "2分16秒"
+        assert page.evaluate("() => window.CG.duration(7500)") == "2小时5分"
+        uptime = page.locator("[data-field='gateway.uptime_s']").inner_text()
+        assert re.fullmatch(r"\d+(天|小时|分|秒)(\d+(小时|分|秒))?", uptime), uptime
     finally:
         page.context.close()
         gateway.runtime.components.remove(holder)
@@ -285,6 +287,14 @@ def test_badge_and_healthz_turn_red_when_the_broker_stops_and_green_when_it_retu
         assert [p["kind"] for p in doc["problems"]] == ["broker_down"]
         assert doc["problems"][0]["value"] >= BROKER_DOWN_S
         kit.screenshot(page, "status-broker-down-en-390")
+        # The same outage on a Chinese phone: link states, the problem, the link's error, the drain rate.
+        zh = _open(browser, gateway, "status", "zh", 390)
+        try:
+            expect(zh.locator("#overall")).to_have_attribute("data-level", "red")
+            expect(zh.locator("#errors-table tbody tr")).not_to_have_count(0)
+            kit.check_page(zh, "status-broker-down", lang="zh", width=390)
+        finally:
+            zh.context.close()
         gateway.broker.start()
         expect(badge).to_have_attribute("data-level", "green", timeout=30_000)
         kit.wait_for(lambda: _healthz(gateway)[0] == 200, what="/healthz 200 again")
@@ -328,11 +338,11 @@ def test_walker_catches_english_and_lets_ids_pass(browser: Any, gateway: Gateway
         assert kit.english_words(page) == []
         page.evaluate(
             "document.querySelector('main').insertAdjacentHTML('beforeend', "
-            "'<p>网关 unreachable 330106-GLU-8812 serial:TM0042 74.2 GB UTC+8 DeviceNotFound</p>"
+            "'<p>网关 unreachable 330106-GLU-8812 serial:TM0042 74.2 GB UTC+8 DeviceNotFound 2m 16s</p>"
             '<p translate="no">Dr Wang</p>\')'
         )
         leaked = " ".join(kit.english_words(page))
-        assert "'unreachable'" in leaked and "'DeviceNotFound'" in leaked
+        assert "'unreachable'" in leaked and "'DeviceNotFound'" in leaked and "'2m'" in leaked and "'16s'" in leaked
         for fine in ("330106", "serial", "GB", "UTC", "Wang"):
             assert f"'{fine}'" not in leaked
     finally:

@@ -280,3 +280,26 @@ async def serve_meter_sync(runtime: Runtime, driver_for: Callable[[str], Scripte
         final = runtime.progress.get(request.request_id)
         assert isinstance(final, MeterProgress)
         runtime.progress.put(request.request_id, replace(final, added=result.added, duplicates=result.duplicates))
+
+
+class RetinaStub:
+    """A retina component as the status page and the health model see it: its snapshot's ``model`` (what the
+    real one reports: ``model_version``, ``thresholds``, ...) and ``model_problem()`` (None when loaded)."""
+
+    name = "retina"
+
+    def __init__(self, model: dict[str, Any] | None = None, problem: str | None = None) -> None:
+        self.model = model
+        self.problem = problem
+
+    async def run(self) -> None:  # pragma: no cover - never started
+        return None
+
+    def healthy(self) -> bool:
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"model": self.model}
+
+    def model_problem(self) -> str | None:
+        return self.problem

@@ -15,8 +15,9 @@ Supported (every field of the spec):
   number, user facing time) and response codes as tables, request encoders and a response parser (and the
   request parser an emulated meter needs).
 - Current Time 0x2A2B (Exact Time 256 + adjust reason) and Device Information strings (0x2A24/25/26).
-- :class:`GlsDownload`: the RACP conversation as a state machine (states in one table), pairing each context
-  with its measurement by sequence number.
+- :class:`RacpDownload`: the RACP conversation as a state machine (states in one table), shared with every
+  service that stores records behind a RACP (the Blood Pressure Service's :mod:`~gateway.meters.codec.bps`);
+  :class:`GlsDownload` on it pairs each context with its measurement by sequence number.
 
 Codes that the spec reserves are kept as plain ints (so a reading is never dropped for an RFU nibble); every
 known code appears once below, named.
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import Enum, IntEnum, IntFlag
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from gateway.errors import FrameError, RecordError
 from gateway.meters.codec.ieee11073 import (
@@ -845,22 +846,22 @@ del S, T
 FINAL_STATES = frozenset({DownloadState.DONE, DownloadState.ABORTED, DownloadState.FAILED})
 
 
-class GlsDownload:
-    """The RACP conversation of one download, sans-I/O (h11 style).
+RacpEvent = RecordCount | Complete | NoRecords | Aborted | RacpFailed
+"""What the RACP conversation itself yields, whatever the service's records are."""
+R = TypeVar("R")
 
-    ``since`` is the last sequence stored for this meter (None on a first visit: all records)::
 
-        dl = GlsDownload(since=200)
-        for data in dl.start():            # report-number request (count_first) or report-records
-            await write_racp(data)
-        events = dl.receive(char_uuid, data)   # for every notification / indication
-        # RecordCount(n) -> await write_racp(dl.report()[0]) ; then Measurement..., Complete | NoRecords
+class RacpDownload(Generic[R]):
+    """The RACP conversation of one download of stored records, sans-I/O (h11 style), for every service that
+    offers a Record Access Control Point 0x2A52 with the same op codes, operators and response codes (GLS 1.0.1,
+    BLS 1.1): the requests, the answers, and the states of :data:`TRANSITIONS`. A service's subclass decodes its
+    record notifications into events of type ``R``, moving the conversation with ``Trigger.MEASUREMENT``.
 
-    A measurement flagged "context follows" is held until its context (same sequence) arrives, or until the
-    next measurement or the end of the report shows none is coming. ``receive`` raises ProtocolError for
-    malformed bytes and for values that make no sense in the current state, leaving the state unchanged, so
-    the caller may skip a bad notification and carry on.
+    ``since`` is the last sequence stored for this device (None on a first visit: all records).
     """
+
+    service = "RACP"
+    """Named in errors (``GLS download: ...``)."""
 
     def __init__(self, since: int | None = None, *, count_first: bool = True) -> None:
         self.since = since
@@ -868,7 +869,6 @@ class GlsDownload:
         self.state = DownloadState.IDLE
         self.received = 0
         self.count: int | None = None
-        self._pending: GlucoseMeasurement | None = None
 
     # -- requests -----------------------------------------------------------------------------------------
     def _filter(self) -> tuple[RacpOperator, tuple[int, ...]]:
@@ -881,7 +881,7 @@ class GlsDownload:
     def _move(self, trigger: Trigger) -> None:
         nxt = TRANSITIONS.get((self.state, trigger))
         if nxt is None:
-            raise RecordError(f"GLS download: {trigger.value} is not expected while {self.state.value}")
+            raise RecordError(f"{self.service} download: {trigger.value} is not expected while {self.state.value}")
         self.state = nxt
 
     def start(self) -> list[bytes]:
@@ -909,14 +909,80 @@ class GlsDownload:
     def finished(self) -> bool:
         return self.state in FINAL_STATES
 
-    # -- what the meter sends -----------------------------------------------------------------------------
+    # -- what the device sends ----------------------------------------------------------------------------
+    def receive_racp(self, data: bytes) -> list[R | RacpEvent]:
+        """Feed one RACP indication; return the events it completes."""
+        return self._racp(parse_racp_response(data))
+
+    def _racp(self, response: RacpResponse) -> list[R | RacpEvent]:
+        if isinstance(response, NumberResponse):
+            if self.state is DownloadState.COUNTING and response.count == 0:
+                self._move(Trigger.NO_RECORDS)
+                self.count = 0
+                return [RecordCount(0), NoRecords()]
+            self._move(Trigger.NUMBER)
+            self.count = response.count
+            return [RecordCount(response.count)] if self.state is DownloadState.COUNTED else []
+        events: list[R | RacpEvent]
+        if response.request == RacpOpCode.ABORT:
+            self._move(Trigger.ABORT_DONE if response.ok else Trigger.REFUSED)
+            events = [*self._flush()]
+            return [*events, Aborted(self.received) if response.ok else RacpFailed(response.request, response.code)]
+        if response.ok:
+            self._move(Trigger.SUCCESS)
+            events = [*self._flush()]
+            return events if self.state is DownloadState.ABORTING else [*events, Complete(self.received)]
+        if response.code == RacpResponseCode.NO_RECORDS_FOUND:
+            self._move(Trigger.NO_RECORDS)
+            events = [*self._flush()]
+            if self.state is DownloadState.DONE:
+                self.count = self.count or 0
+                events.append(NoRecords())
+            return events
+        self._move(Trigger.REFUSED)
+        return [*self._flush(), RacpFailed(response.request, response.code)]
+
+    def _flush(self) -> list[R]:
+        """Records held back for a companion notification (a GLS context), handed over at the end."""
+        return []
+
+    def connection_lost(self) -> list[R]:
+        """The link dropped: hand over a record still held back (nothing is lost)."""
+        if not self.finished:
+            self.state = DownloadState.FAILED
+        return self._flush()
+
+
+class GlsDownload(RacpDownload[Measurement | Context]):
+    """The GLS download conversation: :class:`RacpDownload` with Glucose Measurement and Context notifications.
+
+    ``since`` is the last sequence stored for this meter (None on a first visit: all records)::
+
+        dl = GlsDownload(since=200)
+        for data in dl.start():            # report-number request (count_first) or report-records
+            await write_racp(data)
+        events = dl.receive(char_uuid, data)   # for every notification / indication
+        # RecordCount(n) -> await write_racp(dl.report()[0]) ; then Measurement..., Complete | NoRecords
+
+    A measurement flagged "context follows" is held until its context (same sequence) arrives, or until the
+    next measurement or the end of the report shows none is coming. ``receive`` raises ProtocolError for
+    malformed bytes and for values that make no sense in the current state, leaving the state unchanged, so
+    the caller may skip a bad notification and carry on.
+    """
+
+    service = "GLS"
+
+    def __init__(self, since: int | None = None, *, count_first: bool = True) -> None:
+        super().__init__(since, count_first=count_first)
+        self._pending: GlucoseMeasurement | None = None
+
     def receive(self, char_uuid: str, data: bytes) -> list[Event]:
         """Feed one notification/indication; return the events it completes."""
         uuid = char_uuid.lower()
         if uuid == GLUCOSE_MEASUREMENT_UUID:
             measurement = parse_measurement(data)
             self._move(Trigger.MEASUREMENT)
-            events = self._flush()
+            events: list[Event] = [*self._flush()]
             self.received += 1
             if measurement.context_follows:
                 self._pending = measurement
@@ -932,45 +998,14 @@ class GlsDownload:
                 return [paired]
             return [*self._flush(), Context(context)]
         if uuid == RACP_UUID:
-            return self._racp(parse_racp_response(data))
+            return self.receive_racp(data)
         raise RecordError(f"GLS download: notification from unexpected characteristic {char_uuid}")
 
-    def _racp(self, response: RacpResponse) -> list[Event]:
-        if isinstance(response, NumberResponse):
-            if self.state is DownloadState.COUNTING and response.count == 0:
-                self._move(Trigger.NO_RECORDS)
-                self.count = 0
-                return [RecordCount(0), NoRecords()]
-            self._move(Trigger.NUMBER)
-            self.count = response.count
-            return [RecordCount(response.count)] if self.state is DownloadState.COUNTED else []
-        if response.request == RacpOpCode.ABORT:
-            self._move(Trigger.ABORT_DONE if response.ok else Trigger.REFUSED)
-            events = self._flush()
-            return [*events, Aborted(self.received) if response.ok else RacpFailed(response.request, response.code)]
-        if response.ok:
-            self._move(Trigger.SUCCESS)
-            events = self._flush()
-            return events if self.state is DownloadState.ABORTING else [*events, Complete(self.received)]
-        if response.code == RacpResponseCode.NO_RECORDS_FOUND:
-            self._move(Trigger.NO_RECORDS)
-            if self.state is DownloadState.DONE:
-                self.count = self.count or 0
-            return [*self._flush(), NoRecords()] if self.state is DownloadState.DONE else self._flush()
-        self._move(Trigger.REFUSED)
-        return [*self._flush(), RacpFailed(response.request, response.code)]
-
-    def _flush(self) -> list[Event]:
+    def _flush(self) -> list[Measurement | Context]:
         if self._pending is None:
             return []
         held, self._pending = self._pending, None
         return [Measurement(held)]
-
-    def connection_lost(self) -> list[Event]:
-        """The link dropped: hand over a measurement still waiting for its context (nothing is lost)."""
-        if not self.finished:
-            self.state = DownloadState.FAILED
-        return self._flush()
 
 
 def receive_all(dl: GlsDownload, frames: Sequence[tuple[str, bytes]]) -> list[Event]:
