@@ -179,9 +179,6 @@ def session(session_id: str) -> ResponseReturnValue:
     # Readings of this meter still without a patient (this download's, or earlier auto-syncs'): a download for
     # a patient that found nothing new must say they are here, and offer to assign them.
     waiting = services().unassigned_readings(meter_id) if finished and meter_id else []
-    # The visit's blood pressure beside the glucose readings (templates/_blood_pressure.html: a partial of its own,
-    # so that a redone nurse page or visit sheet includes it as it is).
-    blood_pressure = services().visit_blood_pressure(session_id) if finished else []
     return render_template(
         "nurse_session.html",
         session_id=session_id,
@@ -195,15 +192,35 @@ def session(session_id: str) -> ResponseReturnValue:
         qc_here={row["qc_id"] for row in qc_here},
         qc_history=qc_history,
         unassigned=waiting[0] if waiting else None,
-        **(_picture(desk_session.patient_id) if finished and desk_session.patient_id else {}),
+        **(_picture(desk_session.patient_id) if finished and desk_session.patient_id else _units()),
         reason=failure_reason(
             str(desk_session.state), desk_session.progress.error.type if desk_session.progress.error else None
         ),
         linked_patient=services().meter_patient(meter_id) if finished and meter_id else None,
-        blood_pressure=blood_pressure,
-        bp_target=services().bp_target(),
-        cuff_status_names=CUFF_STATUS_NAMES,
+        **_blood_pressure(session_id if finished else None),
     )
+
+
+def _blood_pressure(session_id: str | None) -> dict[str, Any]:
+    """What ``_blood_pressure.html`` needs: the blood pressure readings of the visit ``session_id`` belongs to
+    (none before it finished), the programme's target and the cuff's flags' names. A partial of its own, so that
+    the download page and the visit sheet show the same."""
+    svc = services()
+    return {
+        "blood_pressure": svc.visit_blood_pressure(session_id) if session_id else [],
+        "bp_target": svc.bp_target(),
+        "cuff_status_names": CUFF_STATUS_NAMES,
+    }
+
+
+def _units() -> dict[str, Any]:
+    """The configured glucose unit (``glucose.unit``) and ``fmt``, which shows a mmol/L value in it."""
+    unit = web_context().config.glucose.unit
+
+    def fmt(mmol_l: float | None) -> str:
+        return "\u2013" if mmol_l is None else display_value(mmol_l, unit)
+
+    return {"unit": unit, "fmt": fmt}
 
 
 def _picture(patient_id: str) -> dict[str, Any]:
@@ -214,19 +231,14 @@ def _picture(patient_id: str) -> dict[str, Any]:
     picture = services().visit_picture(patient_id)
     chart = build_chart(picture, unit=glucose.unit, very_high=glucose.very_high_mmol_l,
                         tz=ZoneInfo(config.gateway.timezone))  # fmt: skip
-
-    def fmt(mmol_l: float | None) -> str:
-        return "\u2013" if mmol_l is None else display_value(mmol_l, glucose.unit)
-
-    return {"picture": picture, "chart": chart, "unit": glucose.unit, "fmt": fmt,
-            "very_high": glucose.very_high_mmol_l}  # fmt: skip
+    return {"picture": picture, "chart": chart, "very_high": glucose.very_high_mmol_l, **_units()}
 
 
 @bp.get("/session/<session_id>/sheet")
 @roles_required("nurse")
 def sheet(session_id: str) -> ResponseReturnValue:
     """The patient's printable visit sheet (one page for a normal visit): the readings since the last visit,
-    the chart and summary, the meter's QC apart, and the place for blood-pressure readings."""
+    the chart and summary, the meter's QC apart, and the visit's blood pressure readings."""
     desk_session = _session_or_404(session_id)
     patient_id = desk_session.patient_id
     if patient_id is None:
@@ -237,7 +249,7 @@ def sheet(session_id: str) -> ResponseReturnValue:
     qc = [row for meter in meters for row in services().meter_qc_history(meter)]
     _logger.info("user %s opened the visit sheet of session %s", current_user.username, session_id)
     return render_template("nurse_sheet.html", session_id=session_id, patient_id=patient_id, qc=qc,
-                           **context)  # fmt: skip
+                           **context, **_blood_pressure(session_id))  # fmt: skip
 
 
 @bp.get("/api/progress/<session_id>")

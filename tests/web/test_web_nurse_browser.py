@@ -28,13 +28,15 @@ import browser_kit as kit
 import pytest
 from support.broker import MosquittoBroker, free_port, mosquitto_available, start_broker, start_receiver, wait_until
 from support.daemon_proc import DaemonProcess, write_config
+from support.factories import bp_reading
 from web_harness import PASSWORD, add_users
 
 from gateway.config import load_config
 from gateway.emulate.platform import Receiver
 from gateway.emulate.serial_meter import MeterState, SerialMeterEmulator, StoredReading
-from gateway.records import ControlResult, GlucoseReading, Meal, MeterInfo, Unit
+from gateway.records import ControlResult, CuffStatus, GlucoseReading, Meal, MeterInfo, Unit
 from gateway.runtime import open_runtime
+from gateway.store.blood_pressure import add_blood_pressure
 from gateway.store.db import iso
 from gateway.store.qc import insert_results
 from gateway.store.readings import add_readings, upsert_meter
@@ -67,8 +69,8 @@ class Gateway:
 
 def _seed(config_path: Path) -> None:
     """Before the daemon starts: a patient seen 20 days ago with 40 readings since (the picture, GMI given), a
-    download of today with them, a meter's QC test, readings of another meter without a patient, a failed
-    download."""
+    download of today with them, a meter's QC test, two blood pressure readings of the visit, readings of another
+    meter without a patient, a failed download."""
     runtime = open_runtime(load_config(config_path))
     add_users(runtime)
     store = runtime.store
@@ -103,6 +105,12 @@ def _seed(config_path: Path) -> None:
     with store.transaction() as db:
         control = reading(SEED_METER, 99, now - timedelta(days=2), 6.6, None, "seed-download").shared_fields()
         insert_results(db, store, [ControlResult(**control)])
+    # The visit's blood pressure (issue 13): one above the programme target with the cuff's flag, one not.
+    add_blood_pressure(store, [
+        bp_reading(1, systolic=152, diastolic=94, patient_id=SEEDED, session_id="seed-download",
+                   status=(CuffStatus.IRREGULAR_PULSE,)),
+        bp_reading(2, systolic=131, diastolic=82, patient_id=SEEDED, session_id="seed-download"),
+    ])  # fmt: skip
     record_failed(store, "meter", session_id="seed-failed", error="DeviceNotFound: meter SEED03 is not plugged in",
                   patient_id=SEEDED, operator="nina")  # fmt: skip
     store.close()
@@ -267,12 +275,16 @@ def test_screenshots_of_every_nurse_page_were_saved() -> None:
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_the_visit_sheet_prints_on_one_page(browser: Any, gateway: Gateway, lang: str) -> None:
-    """A normal visit (40 readings over 16 days, the chart, the summary, QC, the blood-pressure block) prints on
+    """A normal visit (40 readings over 16 days, the chart, the summary, QC, the visit's blood pressure) prints on
     one A4 page: Chromium's own print to PDF, with the sheet's print CSS."""
     page = _open(browser, gateway, "nurse-sheet", lang, kit.WIDTHS["desktop"])
     try:
         page.emulate_media(media="print")
         assert not page.locator("header.top").is_visible() and not page.locator("#print-sheet").is_visible()
+        # The visit's blood pressure prints with it: the reading above target and the cuff's flag marked in words.
+        assert page.locator("#visit-bp #bp-table tbody tr").count() == 2
+        assert page.locator("#visit-bp tr.band-high .tag.high").first.is_visible()
+        assert page.locator('#visit-bp [data-status="irregular_pulse"]').is_visible()
         kit.screenshot(page, f"nurse-sheet-print-{lang}")
         pdf = page.pdf(prefer_css_page_size=True)
         pages = len(re.findall(rb"/Type\s*/Page(?!s)", pdf))

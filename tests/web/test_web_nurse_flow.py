@@ -13,49 +13,40 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pytest
 from flask.testing import FlaskClient
-from support.factories import MESSAGES
+from support.factories import MESSAGES, bp_reading
 from web_harness import (
     CoreThread,
     ScriptedMeter,
     add_users,
+    csrf_of,
     login,
     make_config,
     post_form,
     scripted_records,
-    serve_meter_sync,
 )
 
 from gateway.clock import FakeClock
 from gateway.desk import DeskState, MeterProgress, SerialSyncRequest
 from gateway.meters.session import DownloadSession
 from gateway.meters.source import MeterSource
-from gateway.records import MeterInfo
+from gateway.records import CuffStatus, MeterInfo
 from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.store import audit
+from gateway.store import sessions as store_sessions
+from gateway.store.blood_pressure import add_blood_pressure
 from gateway.store.readings import upsert_meter
 from gateway.web.app import create_app
 from gateway.wire import contract
 
 PATIENT = "110105-PX-4471"
 METER = "serial:TM0042"
-
-
-@pytest.fixture
-def core(runtime: Runtime) -> Iterator[CoreThread]:
-    core = CoreThread(runtime)
-    runtime.desk.queue(SerialSyncRequest)  # consumed from now on (as a meter source would)
-    core.start(lambda: serve_meter_sync(runtime, lambda target: ScriptedMeter(target, scripted_records(), 0.0)))
-    yield core
-    core.stop()
 
 
 def auto_sync(runtime: Runtime) -> str:
@@ -232,16 +223,26 @@ def test_the_visit_picture_chart_and_summary(client: FlaskClient, runtime: Runti
     assert "http" not in svg.replace("http://www.w3.org/2000/svg", "")  # nothing fetched: no CDN
 
 
-def test_the_picture_follows_the_configured_unit(tmp_path: Path, fake_clock: FakeClock) -> None:
+def test_the_picture_and_the_readings_follow_the_configured_unit(tmp_path: Path, fake_clock: FakeClock) -> None:
     runtime = open_runtime(make_config(tmp_path / "mgdl", glucose={"unit": "mg/dL"}), clock=fake_clock)
     add_users(runtime)
     client = create_app(GatewayServices(runtime), runtime.config).test_client()
     session_id = _visit_with_history(runtime)
     login(client, "nina")
-    picture = _section(client.get(f"/nurse/session/{session_id}").get_data(as_text=True), "glucose-picture")
+    html = client.get(f"/nurse/session/{session_id}").get_data(as_text=True)
+    picture = _section(html, "glucose-picture")
     assert re.search(r'id="sum-mean">141 mg/dL<', picture)  # 7.8 x 18.016 = 140.5
     assert re.search(r'id="sum-lowest">58 mg/dL<', picture)  # 3.2 x 18.016 = 57.7
     assert "In range (70 to 180 mg/dL)" in picture
+    # The download's readings table and the meter's QC in the same unit as the picture (was mmol/L always).
+    table = html.split('id="readings-table"', 1)[1].split("</table>", 1)[0]
+    assert "<th>mg/dL</th>" in table and "mmol/L</th>" not in table
+    values = re.findall(r"<td class=\"num\"><strong>([^<]+)</strong>", table)
+    # 2.0 (5 November) 3.2 5.6 6.1 7.8 9.0 15.1 mmol/L x 18.016
+    assert sorted(values, key=int) == ["36", "58", "101", "110", "141", "162", "272"]
+    assert "&lt; 70 mg/dL" in html and "&gt; 250 mg/dL" in html  # 3.9 and 13.9 mmol/L
+    qc = html.split('id="qc-table"', 1)[1].split("</table>", 1)[0]
+    assert "<th>mg/dL</th>" in qc and '<td class="num">43</td>' in qc and '<td class="num">378</td>' in qc
     runtime.store.close()
 
 
@@ -256,5 +257,39 @@ def test_the_printable_visit_sheet(client: FlaskClient, runtime: Runtime) -> Non
     qc = _section(sheet, "sheet-qc")
     assert "2.4" in qc and "21.0" in qc  # the meter's QC, apart
     assert 'id="visit-bp"' in sheet and 'data-slot="blood-pressure"' in sheet
+    assert 'id="no-bp"' in _section(sheet, "visit-bp")  # no cuff reading in this visit yet
     css = client.get("/static/style.css").get_data(as_text=True)
     assert "@media print" in css and "@page" in css
+
+
+def test_the_visit_sheet_shows_the_visits_blood_pressure(client: FlaskClient, runtime: Runtime) -> None:
+    """Issue 13: the visit sheet includes the visit's blood pressure readings (the download page's partial): those
+    of the patient's cuff download today beside the glucose download; above target and the cuff's flags marked
+    in words (they print in black and white); another patient's reading is not on it."""
+    session_id = _visit_with_history(runtime)
+    store = runtime.store
+    cuff = store_sessions.start_session(store, kind="meter", patient_id=PATIENT, operator="nina")
+    other = store_sessions.start_session(store, kind="meter", patient_id="P-OTHER", operator="nina")
+    add_blood_pressure(store, [
+        bp_reading(1, systolic=152, diastolic=94, patient_id=PATIENT, session_id=cuff,
+                   status=(CuffStatus.IRREGULAR_PULSE,)),
+        bp_reading(2, systolic=131, diastolic=82, patient_id=PATIENT, session_id=cuff),
+        bp_reading(3, systolic=187, diastolic=111, patient_id="P-OTHER", session_id=other),
+    ])  # fmt: skip
+    login(client, "nina")
+    sheet = client.get(f"/nurse/session/{session_id}/sheet").get_data(as_text=True)
+    bp = _section(sheet, "visit-bp")
+    rows = re.findall(r'<tr class="bp( band-high)?">(.*?)</tr>', bp, re.S)
+    assert [(bool(high), re.search(r'class="bp-value">([\d/]+)<', body)[1]) for high, body in rows] == [  # type: ignore[index]
+        (False, "131/82"),
+        (True, "152/94"),
+    ]
+    high = next(body for flag, body in rows if flag)
+    assert "Above target" in high and 'data-status="irregular_pulse"' in high and "irregular pulse" in high
+    assert "187/111" not in sheet
+    css = client.get("/static/style.css").get_data(as_text=True).split("@media print", 1)[1]
+    assert "#bp-table .tag" in css  # the marks keep a box on paper
+
+    client.post("/lang", data={"lang": "zh", "next": "/nurse", "csrf_token": csrf_of(client, "/nurse")})
+    zh = _section(client.get(f"/nurse/session/{session_id}/sheet").get_data(as_text=True), "visit-bp")
+    assert "血压" in zh and "高于目标" in zh and "脉搏不齐" in zh
