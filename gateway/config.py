@@ -301,6 +301,31 @@ class RetinaSection(_Section):
     max_pixels: int = Field(default=40_000_000, ge=1)
 
 
+class GlucoseSection(_Section):
+    """How the nurse's pages show glucose: the unit, the consensus ranges, the visit's window, the GMI's rule."""
+
+    unit: Literal["mmol/L", "mg/dL"] = "mmol/L"
+    """The unit the pages show (readings keep the unit the meter measured in besides)."""
+    low_mmol_l: float = Field(default=3.9, gt=0)
+    """Below this a reading is below range, and marked as hypoglycaemia (Low)."""
+    high_mmol_l: float = Field(default=10.0, gt=0)
+    """Above this a reading is above the target range."""
+    very_high_mmol_l: float = Field(default=13.9, gt=0)
+    """Above this a reading is marked as hyperglycaemia (High)."""
+    visit_window_days: int = Field(default=90, ge=1, le=366)
+    """The visit's picture shows readings since the patient's last visit, at most this many days back."""
+    gmi_min_days: float = Field(default=14.0, ge=0)
+    """The GMI (estimated HbA1c) is given only when the readings span at least this many days ..."""
+    gmi_min_readings: int = Field(default=28, ge=1)
+    """... and number at least this many."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GlucoseSection:
+        if not self.low_mmol_l < self.high_mmol_l <= self.very_high_mmol_l:
+            raise ValueError("need low_mmol_l < high_mmol_l <= very_high_mmol_l")
+        return self
+
+
 class DemoSection(_Section):
     """Synthetic sources for the demo."""
 
@@ -326,6 +351,7 @@ class GatewayConfig(_Section):
     health: HealthSection = HealthSection()
     meters: MetersSection = MetersSection()
     retina: RetinaSection = RetinaSection()
+    glucose: GlucoseSection = GlucoseSection()
     demo: DemoSection = DemoSection()
     logging: LoggingSection = LoggingSection()
 

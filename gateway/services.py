@@ -40,6 +40,7 @@ from gateway.desk import (
     RetinaUploadRequest,
 )
 from gateway.errors import CaptureError, DeskUnavailable, GatewayError
+from gateway.glucose_stats import GlucoseRanges, GlucoseSummary, summarize
 from gateway.health import (
     ComponentFacts,
     Health,
@@ -56,6 +57,7 @@ from gateway.health import (
 from gateway.meters import sync_request_type
 from gateway.records import Eye, Field, QualityGeometry
 from gateway.runtime import Component, Runtime
+from gateway.store import assignments as store_assignments
 from gateway.store import audit
 from gateway.store import backup as store_backup
 from gateway.store import blood_pressure as store_bp
@@ -66,9 +68,10 @@ from gateway.store import qc as store_qc
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
+from gateway.store.assignments import AssignResult, UnassignedGroup
 from gateway.store.audit import AuditEntry
 from gateway.store.captures import Delivery
-from gateway.store.db import Store, new_id
+from gateway.store.db import Store, iso, new_id
 from gateway.store.events import recent_events
 from gateway.store.logins import LoginThrottled
 from gateway.store.outbox import Outbox, OutboxStats
@@ -78,6 +81,7 @@ from gateway.store.users import ROLES, Role, UserError, UserRow
 
 __all__ = [
     "ROLES",
+    "AssignResult",
     "BloodPressureRow",
     "BloodPressureTarget",
     "DeskSession",
@@ -92,9 +96,11 @@ __all__ = [
     "ProblemKind",
     "ReadingsPage",
     "Role",
+    "UnassignedGroup",
     "UserAdmin",
     "UserError",
     "UserRow",
+    "VisitPicture",
     "export_backup",
     "import_backup",
 ]
@@ -152,6 +158,9 @@ class DeviceView:
     last_seen: str | None = None
     last_sync: str | None = None
     last_error: str | None = None
+    downloadable: bool = False
+    """A desk download can work: a cable or Bluetooth meter whose transport is served (not the demo's
+    synthetic meter, whose readings arrive by themselves)."""
 
     def as_json(self) -> dict[str, Any]:
         """The status endpoint's JSON for this device."""
@@ -211,6 +220,19 @@ DESK_READINGS_PER_PAGE = 100
 
 QC_HISTORY_ROWS = 10
 """Control-solution results in a meter's QC panel (a meter sees a few a month)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VisitPicture:
+    """A patient's readings since the last visit and their summary (patient data: behind login)."""
+
+    patient_id: str
+    since: str
+    """UTC ISO time the picture starts at: the last visit, or the window's start."""
+    last_visit: str | None
+    readings: list[dict[str, Any]]
+    summary: GlucoseSummary
+    ranges: GlucoseRanges
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,7 +479,13 @@ class GatewayServices:
             entry = live.pop(stored.device_id, None)
             views.append(stored if entry is None else _live_device(stored.device_id, entry, stored))
         views.extend(_live_device(device_id, entry, None) for device_id, entry in live.items())
-        return views
+        return [replace(v, downloadable=self._downloadable(v)) if v.kind == "meter" else v for v in views]
+
+    def _downloadable(self, meter: DeviceView) -> bool:
+        """A desk download of ``meter`` can work: its transport is a meter link, and a component serves it."""
+        if meter.transport not in ("serial", "ble"):
+            return False
+        return self.runtime.desk.handles(sync_request_type(meter.device_id))
 
     # -- desk: meters ---------------------------------------------------------------------------
     def request_meter_sync(
@@ -580,11 +608,53 @@ class GatewayServices:
 
     def sessions_today(self, kind: store_sessions.SessionKind | None = None) -> list[dict[str, Any]]:
         """Desk sessions started since midnight in the clinic's time zone."""
-        return store_sessions.sessions_since(self.store, _clinic_midnight(self.runtime), kind)
+        rows = store_sessions.sessions_since(self.store, _clinic_midnight(self.runtime), kind)
+        for row in rows:
+            # The core's live progress keeps a failure's error as data (its type) and the target asked for.
+            live = self.runtime.progress.get(row["session_id"])
+            row["error_type"] = None if live is None or live.error is None else live.error.type
+            row["target"] = live.target if isinstance(live, MeterProgress) else None
+        return rows
 
     def link_meter(self, meter_id: str, patient_id: str, *, actor: str) -> None:
         """Register a meter to a patient (audited)."""
         store_readings.link_meter_to_patient(self.store, meter_id, patient_id, actor=actor)
+
+    def visit_picture(self, patient_id: str) -> VisitPicture:
+        """The patient's readings since their last visit (a desk session before today, clinic time), at most
+        ``glucose.visit_window_days`` back, with the clinicians' summary (QC results are never among them)."""
+        section = self.runtime.config.glucose
+        now = self.runtime.clock.utc_now()
+        tz = ZoneInfo(self.runtime.config.gateway.timezone)
+        midnight = now.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+        last_visit = store_sessions.last_visit_before(self.store, patient_id, iso(midnight))
+        since = now - timedelta(days=section.visit_window_days)
+        if last_visit is not None:
+            since = max(since, datetime.fromisoformat(last_visit))
+        rows = store_readings.patient_readings_since(self.store, patient_id, iso(since))
+        ranges = GlucoseRanges(low=section.low_mmol_l, high=section.high_mmol_l, gmi_min_days=section.gmi_min_days,
+                               gmi_min_readings=section.gmi_min_readings)  # fmt: skip
+        summary = summarize(
+            [float(r["mmol_l"]) for r in rows], [datetime.fromisoformat(r["corrected_time"]) for r in rows], ranges
+        )
+        return VisitPicture(patient_id=patient_id, since=iso(since), last_visit=last_visit, readings=rows,
+                            summary=summary, ranges=ranges)  # fmt: skip
+
+    def meter_patient(self, meter_id: str) -> str | None:
+        """The patient a meter's downloads go to when none is set: the config's registry, else the desk's link
+        (the order a download resolves it in)."""
+        registered = self.runtime.config.meters.registry.get(meter_id)
+        return registered or store_readings.patient_for_meter(self.store, meter_id)
+
+    def unassigned_readings(self, meter_id: str | None = None) -> list[UnassignedGroup]:
+        """Readings downloaded without a patient (auto-sync), one group per meter (only ``meter_id``'s when given)."""
+        return store_assignments.unassigned(self.store, meter_id)
+
+    def assign_readings(self, meter_id: str, patient_id: str, *, through: int, actor: str) -> AssignResult:
+        """Give a meter's unassigned readings (up to stored row ``through``, what the page showed) to a patient:
+        audited, and a ``cg.assignment/1`` correction queued for the platform. Readings that have a patient are
+        never changed. Raises IntakeRefused / DiskFull when the store cannot take the correction."""
+        return store_assignments.assign(self.store, meter_id, patient_id, through=through, actor=actor)
 
     # -- desk logins and sessions (web area) -----------------------------------------------------
     def login_limits(self) -> store_logins.LoginLimits:

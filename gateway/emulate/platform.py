@@ -1,10 +1,11 @@
 """The reference receiver: the hospital platform's stand-in for the demo and the tests.
 
-It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``qc``, ``blood-pressure``, ``retina/#``,
-``events``, ``status``), validates each payload against the contract's JSON Schemas (a glucose message may be
-``cg.glucose/1`` or a FHIR Observation, a meter's quality-control result ``cg.qc/1`` or its FHIR form, kept
-apart from every patient's readings, a blood pressure message ``cg.blood-pressure/1`` or its FHIR panel),
-deduplicates on ``message_id``, stores everything in its own SQLite database
+It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``glucose/assignment``, ``qc``,
+``blood-pressure``, ``retina/#``, ``events``, ``status``), validates each payload against the contract's JSON
+Schemas (a glucose message may be ``cg.glucose/1`` or a FHIR Observation, a meter's quality-control result
+``cg.qc/1`` or its FHIR form, kept apart from every patient's readings, a blood pressure message
+``cg.blood-pressure/1`` or its FHIR panel; an assignment of readings sent without a patient, ``cg.assignment/1``,
+applied per reading), deduplicates on ``message_id``, stores everything in its own SQLite database
 (:class:`~gateway.emulate.platform_store.PlatformStore`), reassembles image chunks and checks their SHA-256,
 and acknowledges on ``<prefix>ack`` in batches, *only after its own durable commit*. It can send a
 referral decision down to a gateway (``cmd/referral``).
@@ -44,8 +45,15 @@ from gateway.wire import chunks, contract
 _logger = logging.getLogger(__name__)
 
 
-UP_TOPICS = ("cg/v1/+/+/glucose", "cg/v1/+/+/qc", "cg/v1/+/+/blood-pressure", "cg/v1/+/+/retina/#",
-             "cg/v1/+/+/events", "cg/v1/+/+/status")  # fmt: skip
+UP_TOPICS = (
+    "cg/v1/+/+/glucose",
+    "cg/v1/+/+/glucose/assignment",
+    "cg/v1/+/+/qc",
+    "cg/v1/+/+/blood-pressure",
+    "cg/v1/+/+/retina/#",
+    "cg/v1/+/+/events",
+    "cg/v1/+/+/status",
+)
 ACK_MAX_IDS = 10_000  # cg.ack/1 maxItems
 
 
@@ -266,6 +274,10 @@ class Receiver:
                 contract.validate(contract.SCHEMA_FHIR if fhir else contract.SCHEMA_GLUCOSE, doc)
                 if db.add_message(str(message_id), item.topic, **ids, kind="glucose", payload=item.payload):
                     db.add_reading(str(message_id), doc, "fhir" if fhir else "json")
+            elif relative == contract.TOPIC_ASSIGNMENT:
+                contract.validate(contract.SCHEMA_ASSIGNMENT, doc)
+                if db.add_message(str(message_id), item.topic, **ids, kind="assignment", payload=item.payload):
+                    db.assign(str(message_id), doc)
             elif relative == contract.TOPIC_QC:
                 fhir = doc.get("resourceType") == "Observation"
                 contract.validate(contract.SCHEMA_FHIR_QC if fhir else contract.SCHEMA_QC, doc)
@@ -327,10 +339,20 @@ class Receiver:
         return self.store.counts()
 
     def readings(self) -> list[dict[str, Any]]:
-        """Stored readings in arrival order, with their documents parsed."""
-        rows = self.store.query("SELECT * FROM readings ORDER BY id")
+        """Stored readings in arrival order, with their documents parsed and ``patient_id``: the patient the
+        platform files each under (an assignment's, else the reading's own; FHIR: the subject's identifier)."""
+        rows = self.store.query(
+            "SELECT r.*, a.patient_id AS assigned_patient_id FROM readings r "
+            "LEFT JOIN assignments a ON a.reading_id = r.reading_id ORDER BY r.id"
+        )
         for row in rows:
-            row["doc"] = json.loads(row["doc"])
+            row["doc"] = doc = json.loads(row["doc"])
+            own = (
+                ((doc.get("subject") or {}).get("identifier") or {}).get("value")
+                if row["format"] == "fhir"
+                else (doc.get("patient_id"))
+            )
+            row["patient_id"] = row.pop("assigned_patient_id") or own
         return rows
 
     def blood_pressure(self) -> list[dict[str, Any]]:

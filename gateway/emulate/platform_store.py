@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS readings (
     format TEXT NOT NULL, doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS readings_reading_id ON readings (reading_id);
+CREATE TABLE IF NOT EXISTS assignments (
+    reading_id TEXT PRIMARY KEY, patient_id TEXT NOT NULL, assignment_id TEXT NOT NULL, message_id TEXT NOT NULL,
+    assigned_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS qc_results (
     id INTEGER PRIMARY KEY, message_id TEXT NOT NULL, qc_id TEXT, meter_id TEXT, format TEXT NOT NULL,
     doc TEXT NOT NULL
@@ -137,6 +141,22 @@ class PlatformStore:
             [message_id, reading_id, meter_id, sequence, fmt, json.dumps(doc)],
         )
 
+    def assign(self, message_id: str, doc: Mapping[str, Any]) -> int:
+        """Apply a ``cg.assignment/1`` correction: each listed reading is the patient's. Kept per reading id, so
+        it holds whether the reading arrived before or after it, and applying it again changes nothing (the
+        later ``assigned_at`` wins should two ever name one reading). Returns the readings it set."""
+        changed = 0
+        for reading_id in doc["reading_ids"]:
+            cur = self.conn.execute(
+                "INSERT INTO assignments (reading_id, patient_id, assignment_id, message_id, assigned_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (reading_id) DO UPDATE SET patient_id = excluded.patient_id, "
+                "assignment_id = excluded.assignment_id, message_id = excluded.message_id, "
+                "assigned_at = excluded.assigned_at WHERE excluded.assigned_at > assignments.assigned_at",
+                [reading_id, doc["patient_id"], doc["assignment_id"], message_id, doc["assigned_at"]],
+            )
+            changed += cur.rowcount
+        return changed
+
     def add_qc(self, message_id: str, doc: Mapping[str, Any], fmt: str) -> None:
         """Keep a meter's quality-control result apart from every patient's readings."""
         if fmt == "fhir":
@@ -231,8 +251,8 @@ class PlatformStore:
     def counts(self) -> dict[str, int]:
         """How many of each thing the platform holds."""
         out: dict[str, int] = {}
-        for table in ("readings", "qc_results", "blood_pressure", "captures", "images", "events", "invalid",
-                      "messages"):  # fmt: skip
+        for table in ("readings", "assignments", "qc_results", "blood_pressure", "captures", "images", "events",
+                      "invalid", "messages"):  # fmt: skip
             out[table] = int(self.query(f"SELECT count(*) AS n FROM {table}")[0]["n"])
         out["duplicates"] = self.counter("duplicates")
         return out

@@ -52,6 +52,7 @@ from gateway.meters.discovery import PortWatcher, SeenPort, identify, open_drive
 from gateway.meters.session import DownloadSession, Progress, ProgressCallback, SessionResult
 from gateway.runtime import Component, Runtime
 from gateway.store import Store
+from gateway.store import sessions as store_sessions
 from gateway.store.db import new_id
 from gateway.store.readings import meter_address
 
@@ -261,7 +262,7 @@ class MeterSource:
         try:
             link = transport.resolve(request.target)
         except GatewayError as exc:
-            self._progress(key, state=DeskState.FAILED, error=ErrorInfo.of(exc))
+            self._failed(request, ErrorInfo.of(exc))
             return None
         async with self.lock(link):
             self._progress(key, state=DeskState.CONNECTING, done=0, total=None)
@@ -270,10 +271,26 @@ class MeterSource:
             except GatewayError as exc:
                 _logger.warning("meter at %s: %s: %s", link, type(exc).__name__, exc)
                 error = ErrorInfo.of(exc)
-                self._progress(key, state=DeskState.FAILED, error=error)
+                self._failed(request, error)
                 transport.unreachable(link, error)
                 return None
             return await self.download(driver, transport, request=request)
+
+    def _failed(self, request: MeterSyncRequest, error: ErrorInfo) -> None:
+        """A desk download that failed before the meter answered: on the progress board, and stored as a failed
+        session so that the nurse's "Today's downloads" lists it with its reason."""
+        self._progress(request.request_id, state=DeskState.FAILED, error=error)
+        try:
+            store_sessions.record_failed(
+                self.runtime.store,
+                "meter",
+                session_id=request.request_id,
+                error=str(error),
+                patient_id=request.patient_id,
+                operator=request.operator,
+            )
+        except GatewayError as exc:  # the store's own trouble is reported by the store's health, not here
+            _logger.warning("failed download %s not recorded: %s", request.request_id, type(exc).__name__)
 
     async def download(self, driver: MeterDriver, transport: Transport, *, request: MeterSyncRequest) -> SessionResult:
         """Download an opened meter (the caller holds its link's lock); the one progress path for every

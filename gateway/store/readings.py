@@ -189,6 +189,16 @@ def readings_of_session(store: Store, session_id: str, *, limit: int, offset: in
     )
 
 
+def patient_readings_since(store: Store, patient_id: str, since_iso: str) -> list[dict[str, Any]]:
+    """A patient's readings with a corrected time after ``since_iso``, oldest first (the visit's picture).
+    Readings only: a meter's control-solution results live in their own table."""
+    return store.query(
+        "SELECT reading_id, corrected_time, time_trusted, value, unit, mmol_l, meal, meter_id FROM readings "
+        "WHERE patient_id = ? AND corrected_time > ? ORDER BY corrected_time, id",
+        [patient_id, since_iso],
+    )
+
+
 def list_meters(store: Store) -> list[dict[str, Any]]:
     """Every meter seen, newest first."""
     return store.query("SELECT * FROM meters ORDER BY last_seen DESC")

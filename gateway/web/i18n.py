@@ -119,6 +119,7 @@ COMPONENT_NAMES = {
 """The daemon's components (their ``name``)."""
 OUTBOX_KIND_NAMES = {
     "glucose": _l("glucose readings"),
+    "assignment": _l("readings assigned to a patient"),
     "capture": _l("retinal photo records"),
     "image_chunk": _l("retinal image parts"),
     "event": _l("events"),
@@ -144,6 +145,23 @@ ERROR_TYPE_NAMES = {
     "CaptureError": _l("unreadable photo"),
 }
 """Error types (``ErrorInfo.type``, a component's last failure); others show as the type (a code)."""
+DOWNLOAD_FAILURE_TEXT = {
+    "DeviceNotFound": _l(
+        "The meter did not answer. Check that it is switched on and its cable is plugged in (or its Bluetooth is "
+        "on), then try again."
+    ),
+    "DeviceTimeout": _l("The meter stopped answering. Keep it connected and try again."),
+    "DeviceDisconnected": _l("The meter was disconnected. What arrived is kept: connect it again and download again."),
+    "DeviceError": _l("The meter could not be reached. Connect it again and try again."),
+    "ProtocolError": _l("The meter sent data the gateway could not read. Try again; if it happens again, ask IT."),
+    "FrameError": _l("The meter sent data the gateway could not read. Try again; if it happens again, ask IT."),
+    "RecordError": _l("The meter sent data the gateway could not read. Try again; if it happens again, ask IT."),
+    "DiskFull": STORAGE_FULL_TEXT,
+    "IntakeRefused": STORAGE_FULL_TEXT,
+    "StoreError": _l("The gateway could not save the readings. Ask IT to check the gateway."),
+}
+"""Why a meter download failed, for the nurse (by ``ErrorInfo.type``); :data:`DOWNLOAD_FAILED_TEXT` otherwise."""
+DOWNLOAD_FAILED_TEXT = _l("The download did not work. Try again; if it happens again, ask IT.")
 EVENT_TEXT = {
     "broker_link": _l("The link to the hospital's broker failed"),
     "clock_untrusted": _l("The clock is not synchronised: new readings are marked as time not checked"),

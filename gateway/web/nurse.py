@@ -8,6 +8,8 @@ for it through the facade and polls its progress.
 from __future__ import annotations
 
 import logging
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -15,8 +17,10 @@ from flask_babel import gettext as _
 from flask_login import current_user
 
 from gateway.services import DeskSession, DeskUnavailable, DeviceView
+from gateway.web import i18n
 from gateway.web.auth import desk_record, roles_required
-from gateway.web.context import services
+from gateway.web.context import services, web_context
+from gateway.web.glucose_chart import build_chart, display_value
 from gateway.web.i18n import CUFF_STATUS_NAMES
 
 _logger = logging.getLogger(__name__)
@@ -25,6 +29,7 @@ bp = Blueprint("nurse", __name__, url_prefix="/nurse")
 
 HYPO_MMOL_L = 3.9
 HYPER_MMOL_L = 13.9
+"""Defaults of ``glucose.low_mmol_l`` and ``glucose.very_high_mmol_l``, which the pages use."""
 MAX_PATIENT_ID = 64
 CUFF_USERS = range(1, 5)
 """The cuff users the desk offers (home cuffs keep two to four; the Blood Pressure Service allows 0-254)."""
@@ -44,17 +49,43 @@ def clean_cuff_user(raw: str | None) -> int | None:
     return int(value) if value.isdigit() and int(value) <= 254 else None
 
 
-def glucose_band(mmol_l: float) -> str:
-    """``low`` below 3.9 mmol/L, ``high`` above 13.9 mmol/L, else ``normal``."""
-    if mmol_l < HYPO_MMOL_L:
+def glucose_band(mmol_l: float, low: float = HYPO_MMOL_L, high: float = HYPER_MMOL_L) -> str:
+    """``low`` below ``low`` (3.9 mmol/L), ``high`` above ``high`` (13.9 mmol/L), else ``normal``."""
+    if mmol_l < low:
         return "low"
-    if mmol_l > HYPER_MMOL_L:
+    if mmol_l > high:
         return "high"
     return "normal"
 
 
 def _meters() -> list[DeviceView]:
     return [d for d in services().devices() if d.kind == "meter"]
+
+
+def failure_reason(state: str, error_type: str | None) -> str | None:
+    """Why a download failed, in plain words in the page's language (never an exception's name or text); None
+    when it did not fail."""
+    if state != "failed":
+        return None
+    return str(i18n.DOWNLOAD_FAILURE_TEXT.get(error_type or "", i18n.DOWNLOAD_FAILED_TEXT))
+
+
+def _desk_page(patient_id: str | None) -> str:
+    """The desk: the patient, the meters detected, readings waiting for a patient, today's downloads (failed
+    ones with their reason)."""
+    svc = services()
+    sessions = svc.sessions_today("meter")
+    for row in sessions:
+        row["reason"] = failure_reason(row["state"], row["error_type"])
+    return render_template(
+        "nurse.html",
+        patient_id=patient_id,
+        meters=_meters(),
+        sessions=sessions,
+        unassigned=svc.unassigned_readings(),
+        transport_names=i18n.TRANSPORT_NAMES,
+        cuff_users=CUFF_USERS,
+    )
 
 
 @bp.route("", methods=["GET", "POST"])
@@ -66,13 +97,31 @@ def desk() -> ResponseReturnValue:
         patient_id = clean_patient_id(request.form.get("patient_id"))
         if patient_id is None:
             flash(_("Enter or scan a patient id."), "error")
-    return render_template(
-        "nurse.html",
-        patient_id=patient_id,
-        meters=_meters(),
-        sessions=services().sessions_today("meter"),
-        cuff_users=CUFF_USERS,
-    )
+    return _desk_page(patient_id)
+
+
+@bp.post("/assign")
+@roles_required("nurse")
+def assign() -> ResponseReturnValue:
+    """Give a meter's readings downloaded without a patient to the patient typed (one action, audited by the
+    store, a correction queued for the platform). Back to the download page it came from, else the desk."""
+    patient_id = clean_patient_id(request.form.get("patient_id"))
+    meter_id = request.form.get("meter_id", "").strip()
+    through = request.form.get("through", type=int)
+    back = request.form.get("back", "").strip()
+    if patient_id is None or not meter_id or through is None:
+        flash(_("Enter or scan a patient id, then assign the readings."), "error")
+    else:
+        # A full store answers with the desks' 507 page (the app's handler): nothing is assigned then.
+        result = services().assign_readings(meter_id, patient_id, through=through, actor=current_user.username)
+        _logger.info("user %s assigned %d readings of meter %s", current_user.username, result.count, meter_id)
+        if result.count:
+            flash(_("%(n)d readings assigned to patient %(patient)s.", n=result.count, patient=patient_id), "ok")
+        else:
+            flash(_("These readings were already assigned to a patient."), "info")
+    if back and services().progress(back) is not None:
+        return redirect(url_for("nurse.session", session_id=back))
+    return _desk_page(patient_id)
 
 
 @bp.post("/sync")
@@ -94,13 +143,7 @@ def start_sync() -> ResponseReturnValue:
         )
     except DeskUnavailable:
         flash(_("No meter service is running. Ask IT to check the gateway."), "error")
-        return render_template(
-            "nurse.html",
-            patient_id=patient_id,
-            meters=_meters(),
-            sessions=svc.sessions_today("meter"),
-            cuff_users=CUFF_USERS,
-        )
+        return _desk_page(patient_id)
     _logger.info("user %s started meter download %s on %s", current_user.username, session_id, target)
     return redirect(url_for("nurse.session", session_id=session_id))
 
@@ -115,25 +158,27 @@ def session(session_id: str) -> ResponseReturnValue:
     """Step 3: progress (polled), then the readings to review and the link to confirm."""
     desk_session = _session_or_404(session_id)
     finished = desk_session.finished
+    glucose = web_context().config.glucose
+    hypo, hyper = glucose.low_mmol_l, glucose.very_high_mmol_l
     # A page of the download (the newest unless ?page=N), with counts over all of it: a first download may
     # bring a meter's whole history, thousands of readings.
     page = (
         services().session_readings(
-            session_id, page=request.args.get("page", type=int), low_below=HYPO_MMOL_L, high_above=HYPER_MMOL_L
+            session_id, page=request.args.get("page", type=int), low_below=hypo, high_above=hyper
         )
         if finished
         else None
     )
     readings = page.rows if page else []
     for row in readings:
-        row["band"] = glucose_band(row["mmol_l"])
+        row["band"] = glucose_band(row["mmol_l"], hypo, hyper)
     # Control-solution tests check the meter, not the patient: listed apart, never banded or counted as readings.
     qc_here = services().session_qc(session_id) if finished else []
     meter_id = desk_session.meter_id
     qc_history = services().meter_qc_history(meter_id) if finished and meter_id else []
-    # The visit's blood pressure beside the glucose readings (templates/_blood_pressure.html: a partial of its own,
-    # so that a redone nurse page or visit sheet includes it as it is).
-    blood_pressure = services().visit_blood_pressure(session_id) if finished else []
+    # Readings of this meter still without a patient (this download's, or earlier auto-syncs'): a download for
+    # a patient that found nothing new must say they are here, and offer to assign them.
+    waiting = services().unassigned_readings(meter_id) if finished and meter_id else []
     return render_template(
         "nurse_session.html",
         session_id=session_id,
@@ -142,14 +187,69 @@ def session(session_id: str) -> ResponseReturnValue:
         finished=finished,
         readings=readings,
         page=page,
-        hypo=HYPO_MMOL_L,
-        hyper=HYPER_MMOL_L,
+        hypo=hypo,
+        hyper=hyper,
         qc_here={row["qc_id"] for row in qc_here},
         qc_history=qc_history,
-        blood_pressure=blood_pressure,
-        bp_target=services().bp_target(),
-        cuff_status_names=CUFF_STATUS_NAMES,
+        unassigned=waiting[0] if waiting else None,
+        **(_picture(desk_session.patient_id) if finished and desk_session.patient_id else _units()),
+        reason=failure_reason(
+            str(desk_session.state), desk_session.progress.error.type if desk_session.progress.error else None
+        ),
+        linked_patient=services().meter_patient(meter_id) if finished and meter_id else None,
+        **_blood_pressure(session_id if finished else None),
     )
+
+
+def _blood_pressure(session_id: str | None) -> dict[str, Any]:
+    """What ``_blood_pressure.html`` needs: the blood pressure readings of the visit ``session_id`` belongs to
+    (none before it finished), the programme's target and the cuff's flags' names. A partial of its own, so that
+    the download page and the visit sheet show the same."""
+    svc = services()
+    return {
+        "blood_pressure": svc.visit_blood_pressure(session_id) if session_id else [],
+        "bp_target": svc.bp_target(),
+        "cuff_status_names": CUFF_STATUS_NAMES,
+    }
+
+
+def _units() -> dict[str, Any]:
+    """The configured glucose unit (``glucose.unit``) and ``fmt``, which shows a mmol/L value in it."""
+    unit = web_context().config.glucose.unit
+
+    def fmt(mmol_l: float | None) -> str:
+        return "\u2013" if mmol_l is None else display_value(mmol_l, unit)
+
+    return {"unit": unit, "fmt": fmt}
+
+
+def _picture(patient_id: str) -> dict[str, Any]:
+    """What ``_glucose_picture.html`` needs for the patient: readings since the last visit, chart and summary,
+    in the configured unit."""
+    config = web_context().config
+    glucose = config.glucose
+    picture = services().visit_picture(patient_id)
+    chart = build_chart(picture, unit=glucose.unit, very_high=glucose.very_high_mmol_l,
+                        tz=ZoneInfo(config.gateway.timezone))  # fmt: skip
+    return {"picture": picture, "chart": chart, "very_high": glucose.very_high_mmol_l, **_units()}
+
+
+@bp.get("/session/<session_id>/sheet")
+@roles_required("nurse")
+def sheet(session_id: str) -> ResponseReturnValue:
+    """The patient's printable visit sheet (one page for a normal visit): the readings since the last visit,
+    the chart and summary, the meter's QC apart, and the visit's blood pressure readings."""
+    desk_session = _session_or_404(session_id)
+    patient_id = desk_session.patient_id
+    if patient_id is None:
+        flash(_("Assign the readings to a patient first."), "error")
+        return redirect(url_for("nurse.session", session_id=session_id))
+    context = _picture(patient_id)
+    meters = sorted({row["meter_id"] for row in context["picture"].readings})
+    qc = [row for meter in meters for row in services().meter_qc_history(meter)]
+    _logger.info("user %s opened the visit sheet of session %s", current_user.username, session_id)
+    return render_template("nurse_sheet.html", session_id=session_id, patient_id=patient_id, qc=qc,
+                           **context, **_blood_pressure(session_id))  # fmt: skip
 
 
 @bp.get("/api/progress/<session_id>")

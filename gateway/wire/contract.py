@@ -31,6 +31,8 @@ TOPIC_IMAGE = "retina/image/{capture_id}"
 TOPIC_EVENTS = "events"
 TOPIC_ACK = "ack"
 TOPIC_REFERRAL = "cmd/referral"
+TOPIC_ASSIGNMENT = "glucose/assignment"
+"""Corrections: readings sent without a patient, assigned to one at the desk (``cg.assignment/1``)."""
 TOPIC_BLOOD_PRESSURE = "blood-pressure"
 
 SCHEMA_GLUCOSE = "cg.glucose/1"
@@ -42,6 +44,9 @@ SCHEMA_REFERRAL = "cg.referral/1"
 SCHEMA_CAPTURE = "cg.capture/1"
 SCHEMA_QC = "cg.qc/1"
 SCHEMA_FHIR_QC = "cg.fhir-qc-observation/1"
+SCHEMA_ASSIGNMENT = "cg.assignment/1"
+ASSIGNMENT_MAX_READINGS = 1000
+"""``reading_ids`` per ``cg.assignment/1`` message (its schema's maxItems); a larger assignment is split."""
 SCHEMA_BLOOD_PRESSURE = "cg.blood-pressure/1"
 SCHEMA_FHIR_BLOOD_PRESSURE = "cg.fhir-blood-pressure/1"
 
@@ -245,6 +250,33 @@ def qc_document(
         outcome=None if result.outcome is None else str(result.outcome),
     )
     return doc
+
+
+def assignment_payload(
+    *,
+    message_id: str,
+    site_id: str,
+    gateway_id: str,
+    created_at: datetime,
+    assignment_id: str,
+    patient_id: str,
+    meter_id: str,
+    reading_ids: list[str],
+) -> bytes:
+    """A ``cg.assignment/1`` correction: the listed readings (sent earlier without a patient) are ``patient_id``'s.
+
+    Always JSON, whatever ``forward.payload_format`` (the readings it names may have gone as FHIR Observations:
+    their ``urn:clinic-gateway:reading-id`` identifier is the ``reading_id``)."""
+    doc = _envelope(SCHEMA_ASSIGNMENT, message_id, site_id, gateway_id, created_at)
+    doc.update(
+        assignment_id=assignment_id,
+        patient_id=patient_id,
+        assigned_at=created_at.isoformat(timespec="milliseconds"),
+        meter_id=meter_id,
+        reading_ids=reading_ids,
+    )
+    validate(SCHEMA_ASSIGNMENT, doc)
+    return dumps(doc)
 
 
 def qc_payload(

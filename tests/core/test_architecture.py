@@ -43,7 +43,7 @@ from support.imports import (
 
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("gateway", "gateway.records", "gateway.errors", "gateway.config", "gateway.clock", "gateway.logs",
-              "gateway.notify")),
+              "gateway.notify", "gateway.glucose_stats")),
     ("wire", ("gateway.wire",)),
     ("store", ("gateway.store",)),
     ("runtime", ("gateway.runtime", "gateway.desk")),

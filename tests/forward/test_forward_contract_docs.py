@@ -36,6 +36,7 @@ def test_the_page_has_examples_of_every_up_and_down_message() -> None:
     shown = {schema_of(json.loads(text)) for text in examples()}
     assert {
         contract.SCHEMA_ACK,
+        contract.SCHEMA_ASSIGNMENT,
         contract.SCHEMA_GLUCOSE,
         contract.SCHEMA_FHIR,
         contract.SCHEMA_QC,

@@ -166,9 +166,11 @@ _RENDERED_TEXT = """() => {
   return out;
 }"""
 ALLOWED = frozenset(
-    {"mmol", "mg", "dl", "gb", "mb", "kb", "utc", "od", "os", "tls", "csv", "json", "id", "ip", "png", "jpeg"}
-)
-"""Units and abbreviations that stay as they are in Chinese pages."""
+    {"mmol", "mg", "dl", "gb", "mb", "kb", "utc", "od", "os", "tls", "csv", "json", "id", "ip", "png", "jpeg",
+     "sd", "cv", "gmi", "hba1c"}
+)  # fmt: skip
+"""Units and abbreviations that stay as they are in Chinese pages (SD, CV, GMI, HbA1c: as Chinese clinical
+texts write them)."""
 _ID_TOKEN = re.compile(r"[0-9_/:.@#=+<>]|\w-\w")
 _PUNCTUATION = "()[]{}.,;:!?\"'\u201c\u201d\u2018\u2019\u2026\u00b7\u2013\u2014"
 _WORD = re.compile(r"[A-Za-z][A-Za-z']+")

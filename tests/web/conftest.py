@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from web_harness import add_users, make_config
+from web_harness import CoreThread, ScriptedMeter, add_users, make_config, scripted_records, serve_meter_sync
 
 from gateway.clock import FakeClock
+from gateway.desk import SerialSyncRequest
+from gateway.records import MeterRecord
 from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.web.app import create_app
@@ -38,3 +40,19 @@ def app(runtime: Runtime) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def meter_records() -> list[MeterRecord]:
+    """What the scripted meter of ``core`` holds (a test module overrides this fixture for other records)."""
+    return scripted_records()
+
+
+@pytest.fixture
+def core(runtime: Runtime, meter_records: list[MeterRecord]) -> Iterator[CoreThread]:
+    """The core thread serving desk downloads of a scripted serial meter holding ``meter_records``."""
+    core = CoreThread(runtime)
+    runtime.desk.queue(SerialSyncRequest)  # consumed from now on (as a meter source would)
+    core.start(lambda: serve_meter_sync(runtime, lambda target: ScriptedMeter(target, meter_records, 0.0)))
+    yield core
+    core.stop()

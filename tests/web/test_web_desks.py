@@ -11,18 +11,14 @@ import pytest
 from flask.testing import FlaskClient
 from web_harness import (
     CoreThread,
-    ScriptedMeter,
     add_users,
     csrf_of,
     login,
     make_config,
     post_form,
-    scripted_records,
-    serve_meter_sync,
 )
 
 from gateway.clock import SystemClock
-from gateway.desk import SerialSyncRequest
 from gateway.emulate import camera as emulated_camera
 from gateway.records import MeterInfo
 from gateway.retina.service import RetinaService
@@ -45,15 +41,6 @@ def _wait_finished(client: FlaskClient, url: str, timeout: float = 10.0) -> dict
             return state  # type: ignore[no-any-return]
         time.sleep(0.05)
     raise AssertionError(f"{url} did not finish")
-
-
-@pytest.fixture
-def core(runtime: Runtime) -> Iterator[CoreThread]:
-    core = CoreThread(runtime)
-    runtime.desk.queue(SerialSyncRequest)  # consumed from now on (as a meter source would)
-    core.start(lambda: serve_meter_sync(runtime, lambda target: ScriptedMeter(target, scripted_records(), 0.0)))
-    yield core
-    core.stop()
 
 
 def test_bands_and_patient_id_cleaning() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -25,16 +24,13 @@ from support.daemon_proc import DaemonProcess, write_config
 from web_harness import (
     CoreThread,
     HttpBrowser,
-    ScriptedMeter,
     add_users,
     login,
     post_form,
     scripted_records,
-    serve_meter_sync,
 )
 
 from gateway.config import load_config
-from gateway.desk import SerialSyncRequest
 from gateway.emulate.serial_meter import MeterState, SerialMeterEmulator, StoredReading
 from gateway.records import Meal, MeterInfo, MeterRecord, Unit
 from gateway.runtime import Runtime, open_runtime
@@ -56,12 +52,9 @@ def records_with_controls() -> list[MeterRecord]:
 
 
 @pytest.fixture
-def core(runtime: Runtime) -> Iterator[CoreThread]:
-    core = CoreThread(runtime)
-    runtime.desk.queue(SerialSyncRequest)
-    core.start(lambda: serve_meter_sync(runtime, lambda target: ScriptedMeter(target, records_with_controls(), 0.0)))
-    yield core
-    core.stop()
+def meter_records() -> list[MeterRecord]:
+    """The scripted meter holds patient readings and control-solution tests."""
+    return records_with_controls()
 
 
 def _download(client: FlaskClient) -> str:

@@ -2,18 +2,24 @@
 // Pushed: an EventSource on the box's data-events-url gets each change as the core posts it (gateway.web.push).
 // Polled: where events cannot flow (no EventSource, all stream slots busy: the server answers 503, or no
 // data-events-url), ask data-poll-url every half second as before.
+// While the meter announces how many records it holds: "n of N" and a bar; before that, "n read".
 (function () {
   "use strict";
   var box = document.querySelector("[data-poll-url]");
   if (!box) { return; }
   var text = document.getElementById("progress-text");
+  var state = document.getElementById("progress-state");
   var bar = document.getElementById("progress-bar");
   var done = false;
   function show(p) {
     if (done) { return; }
     if (p.finished) { done = true; window.location.reload(); return; }
-    if (text && p.done != null) {
-      text.textContent = p.total ? p.done + " " + box.dataset.tOf + " " + p.total : String(p.done);
+    if (p.state === "running") {
+      if (state && box.dataset.tDownloading) { state.textContent = box.dataset.tDownloading; }
+      if (text && box.dataset.tCount) {
+        text.textContent = (p.total ? box.dataset.tCount : box.dataset.tRead)
+          .replace("{done}", String(p.done || 0)).replace("{total}", String(p.total));
+      }
     }
     if (bar && p.total) { bar.max = p.total; bar.value = p.done || 0; }
   }

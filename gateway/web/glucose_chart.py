@@ -1,0 +1,104 @@
+"""The visit's glucose picture as inline SVG, drawn on the server (no script, no CDN, prints as it shows).
+
+A time-of-day overlay: every reading since the last visit at its clinic-time hour (x, 0-24 h) and value (y), the
+target range shaded, readings below range marked with a triangle pointing down and readings above the
+hyperglycaemia line with a triangle pointing up (shape, not colour alone, carries the meaning). This module only
+computes coordinates and labels; ``templates/_glucose_picture.html`` writes the SVG (Jinja escapes every text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from gateway.records import MGDL_PER_MMOLL
+from gateway.services import VisitPicture
+
+WIDTH, HEIGHT = 640, 260
+LEFT, RIGHT, TOP, BOTTOM = 48, 612, 12, 228
+"""The plot area inside the viewBox (axis labels outside it)."""
+Y_MIN_TOP_MMOL = 16.0
+"""The y axis reaches at least this far (a calm picture is not stretched), and further for higher readings."""
+Y_MAX_MMOL = 33.3
+"""Meters read up to 33.3 mmol/L ("HI" above)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChartPoint:
+    """One reading on the chart: where, and its mark (``low``, ``high`` or ``normal``)."""
+
+    x: float
+    y: float
+    mark: str
+    label: str
+    """Time and value, for the point's tooltip (``<title>``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChartTick:
+    """An axis label at ``pos`` (x or y in the viewBox)."""
+
+    pos: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class GlucoseChart:
+    """What the template draws."""
+
+    width: int
+    height: int
+    left: int
+    right: int
+    top: int
+    bottom: int
+    band_top: float
+    band_bottom: float
+    low_y: float
+    very_high_y: float
+    points: list[ChartPoint]
+    x_ticks: list[ChartTick]
+    y_ticks: list[ChartTick]
+
+
+def display_value(mmol_l: float, unit: str) -> str:
+    """A value in the pages' unit: mmol/L with one decimal, mg/dL whole."""
+    return f"{mmol_l * MGDL_PER_MMOLL:.0f}" if unit == "mg/dL" else f"{mmol_l:.1f}"
+
+
+def build_chart(picture: VisitPicture, *, unit: str, very_high: float, tz: ZoneInfo) -> GlucoseChart:
+    """The chart of ``picture``'s readings: hours of the clinic's day across, glucose up."""
+    ranges = picture.ranges
+    highest = max((float(r["mmol_l"]) for r in picture.readings), default=0.0)
+    top_mmol = min(Y_MAX_MMOL, max(Y_MIN_TOP_MMOL, highest + 1.0))
+
+    def y_of(mmol: float) -> float:
+        return round(BOTTOM - (min(mmol, top_mmol) / top_mmol) * (BOTTOM - TOP), 1)
+
+    def x_of(hour: float) -> float:
+        return round(LEFT + hour / 24 * (RIGHT - LEFT), 1)
+
+    points = []
+    for row in picture.readings:
+        when = datetime.fromisoformat(row["corrected_time"]).astimezone(tz)
+        mmol = float(row["mmol_l"])
+        mark = "low" if mmol < ranges.low else "high" if mmol > very_high else "normal"
+        label = f"{when:%Y-%m-%d %H:%M} · {display_value(mmol, unit)} {unit}"
+        points.append(ChartPoint(x_of(when.hour + when.minute / 60), y_of(mmol), mark, label))
+    levels = sorted({ranges.low, ranges.high, very_high, *(v for v in (20.0, 25.0, 30.0) if v < top_mmol)})
+    return GlucoseChart(
+        width=WIDTH,
+        height=HEIGHT,
+        left=LEFT,
+        right=RIGHT,
+        top=TOP,
+        bottom=BOTTOM,
+        band_top=y_of(ranges.high),
+        band_bottom=y_of(ranges.low),
+        low_y=y_of(ranges.low),
+        very_high_y=y_of(very_high),
+        points=points,
+        x_ticks=[ChartTick(x_of(h), f"{h:02d}:00") for h in range(0, 25, 3)],
+        y_ticks=[ChartTick(y_of(v), display_value(v, unit)) for v in levels],
+    )
