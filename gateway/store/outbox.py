@@ -32,6 +32,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from sqlite_utils import Database
@@ -121,25 +122,30 @@ def enqueue(
     return message_id
 
 
-_MESSAGE_COLUMNS = "o.seq, o.message_id, o.kind, b.topic, b.payload, b.body_ref, b.properties, o.attempts, o.created_at"
-"""What an :class:`OutboxMessage` needs, nothing more: the claim runs once per message drained."""
+_MESSAGE_COLUMNS = (
+    # a pending message always has its body (bodies go only once acked); a missing one is sent as nothing to
+    # send: the forwarder parks it ("message body cannot be read"). ``attempts + 1``: the attempt this claim
+    # starts (the row says the same once updated).
+    "o.seq, o.message_id, o.kind, coalesce(b.topic, ''), b.payload, b.body_ref, b.properties, o.attempts + 1, "
+    "o.created_at"
+)
+"""What an :class:`OutboxMessage` needs, in its field order: the claim runs once per message drained."""
+_NO_PROPERTIES: Mapping[str, str] = MappingProxyType({})
 
 
 def _row_to_message(row: Sequence[Any]) -> OutboxMessage:
     seq, message_id, kind, topic, payload, body_ref, properties, attempts, created_at = row
+    # positional, and most rows (JSON payloads) carry no properties: skip the parse on the drain's hot path
     return OutboxMessage(
-        seq=seq,
-        message_id=message_id,
-        kind=kind,
-        # a pending message always has its body (bodies go only once acked); a missing one is sent as
-        # nothing to send: the forwarder parks it ("message body cannot be read")
-        topic=topic or "",
-        payload=payload,
-        body_ref=body_ref,
-        # most rows (JSON payloads) carry none: skip the parse on the drain's hot path
-        properties={} if properties in (None, "{}") else json.loads(properties),
-        attempts=attempts + 1,  # the attempt this claim starts (the row says the same once updated)
-        created_at=created_at,
+        seq,
+        message_id,
+        kind,
+        topic,
+        payload,
+        body_ref,
+        _NO_PROPERTIES if properties in (None, "{}") else json.loads(properties),
+        attempts,
+        created_at,
     )
 
 
