@@ -149,10 +149,14 @@ def _row_to_message(row: Sequence[Any]) -> OutboxMessage:
     )
 
 
+UNACKED = "state != 'acked'"
+"""The state index (``outbox_unacked``, migration ``0010_outbox_unacked_index``) holds only the messages not yet
+acked: a query that should use it says this too (SQLite uses a partial index only for queries that do)."""
+
 # The statements of the drain's hot path, built once from the lifecycle table.
 _CLAIM = (
     f"SELECT {_MESSAGE_COLUMNS} FROM outbox o LEFT JOIN outbox_bodies b ON b.seq = o.seq "
-    f"WHERE {_where_from('claim', 'o.state')} ORDER BY o.seq LIMIT ?"
+    f"WHERE {_where_from('claim', 'o.state')} AND o.{UNACKED} ORDER BY o.seq LIMIT ?"
 )
 _SENT = f"UPDATE outbox SET state = '{_to('claim')}', attempts = attempts + 1, sent_at = ? WHERE seq IN "
 # "+state": look rows up by message_id; the state index would walk the whole backlog
@@ -161,12 +165,12 @@ _ACKED = (
 )
 _NEVER_SENT = "SELECT message_id FROM outbox WHERE +state = 'pending' AND sent_at IS NULL AND message_id IN "
 _REQUEUE = f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout', '+state')} AND message_id IN "
-_REQUEUE_ALL = f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout')}"
+_REQUEUE_ALL = f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout')} AND {UNACKED}"
 _PARK = (
     f"UPDATE outbox SET state = '{_to('park')}', parked_reason = ? "
     f"WHERE message_id = ? AND {_where_from('park', '+state')}"
 )
-_RETRY = f"UPDATE outbox SET state = '{_to('retry')}', parked_reason = NULL WHERE {_where_from('retry')}"
+_RETRY = f"UPDATE outbox SET state = '{_to('retry')}', parked_reason = NULL WHERE {_where_from('retry')} AND {UNACKED}"
 _LAST_ACK = (
     "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
@@ -252,8 +256,8 @@ class Outbox:
             counts.setdefault(row["kind"], {})[row["state"]] = row["n"]
         oldest = self.store.scalar(
             "SELECT created_at FROM outbox WHERE seq = (SELECT min(first) FROM ("
-            "SELECT min(seq) AS first FROM outbox WHERE state = 'pending' "
-            "UNION ALL SELECT min(seq) FROM outbox WHERE state = 'sent'))"
+            f"SELECT min(seq) AS first FROM outbox WHERE state = 'pending' AND {UNACKED} "
+            f"UNION ALL SELECT min(seq) FROM outbox WHERE state = 'sent' AND {UNACKED}))"
         )
         unsent = sum(n for by_state in counts.values() for s, n in by_state.items() if s in ("pending", "sent"))
         parked = sum(by_state.get("parked", 0) for by_state in counts.values())
@@ -263,7 +267,8 @@ class Outbox:
         """Parked messages with their reasons (no payloads)."""
         return self.store.query(
             "SELECT o.seq, o.message_id, o.kind, b.topic, o.parked_reason, o.created_at FROM outbox o "
-            "LEFT JOIN outbox_bodies b ON b.seq = o.seq WHERE o.state = 'parked' ORDER BY o.seq LIMIT ?",
+            "LEFT JOIN outbox_bodies b ON b.seq = o.seq "
+            f"WHERE o.state = 'parked' AND o.{UNACKED} ORDER BY o.seq LIMIT ?",
             [limit],
         )
 
