@@ -37,6 +37,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from gateway.errors import StoreError
 from gateway.records import OutboxMessage
 from gateway.store.db import Store, iso, new_id
 
@@ -158,7 +159,13 @@ _CLAIM = (
     f"SELECT {_MESSAGE_COLUMNS} FROM outbox o LEFT JOIN outbox_bodies b ON b.seq = o.seq "
     f"WHERE {_where_from('claim', 'o.state')} AND o.{UNACKED} ORDER BY o.seq LIMIT ?"
 )
-_SENT = f"UPDATE outbox SET state = '{_to('claim')}', attempts = attempts + 1, sent_at = ? WHERE seq IN "
+# The claim marks what its SELECT returned, in the same transaction (one snapshot): the first rows a claim leaves,
+# up to the last seq it took. One statement whatever the batch's size (an IN list of n marks is a new statement
+# for each n, parsed again: a drain claims what each platform ack frees, a few dozen at a time).
+_SENT = (
+    f"UPDATE outbox SET state = '{_to('claim')}', attempts = attempts + 1, sent_at = ? "
+    f"WHERE {_where_from('claim')} AND {UNACKED} AND seq <= ?"
+)
 # "+state": look rows up by message_id; the state index would walk the whole backlog
 _ACKED = (
     f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? WHERE {_where_from('ack', '+state')} AND message_id IN "
@@ -181,6 +188,19 @@ def _marks(n: int) -> str:
     return "(" + ", ".join("?" * n) + ")"
 
 
+IN_MAX = 512
+"""Most values in one IN list of the ack and the requeue (longer lists go in parts)."""
+_IN_SIZES = (*(2**i for i in range(10)), IN_MAX)
+_IN_MARKS = {n: _marks(n) for n in _IN_SIZES}
+
+
+def _padded(values: Sequence[str]) -> tuple[str, list[str | None]]:
+    """An IN list for up to :data:`IN_MAX` values, padded with NULLs (which match nothing) to the next power of
+    two: a handful of statement texts, so sqlite3's statement cache keeps them parsed across acks of any size."""
+    size = next(n for n in _IN_SIZES if n >= len(values))  # a StopIteration past IN_MAX: the callers split
+    return _IN_MARKS[size], [*values, *([None] * (size - len(values)))]
+
+
 LAST_ACK_KEY = "outbox_last_ack_at"
 """kv key: when the newest platform ack changed a message (the status page's "last ack")."""
 
@@ -198,7 +218,9 @@ class Outbox:
         with self.store.transaction(durable=False) as db:
             rows = db.conn.execute(_CLAIM, [limit]).fetchall()
             if rows:
-                db.conn.execute(_SENT + _marks(len(rows)), [iso(self.store.clock.utc_now()), *(r[0] for r in rows)])
+                marked = db.conn.execute(_SENT, [iso(self.store.clock.utc_now()), rows[-1][0]]).rowcount
+                if marked != len(rows):  # cannot happen in one snapshot; never send what the table does not say
+                    raise StoreError(f"claim marked {marked} messages for {len(rows)} read")
         return [_row_to_message(r) for r in rows]
 
     def ack(self, message_ids: Iterable[str]) -> AckResult:
@@ -214,12 +236,13 @@ class Outbox:
         never_sent: list[str] = []
         with self.store.transaction(durable=True) as db:
             now = iso(self.store.clock.utc_now())
-            for start in range(0, len(ids), 500):
-                part = ids[start : start + 500]
-                cur = db.conn.execute(_ACKED + _marks(len(part)), [now, *part])
+            for start in range(0, len(ids), IN_MAX):
+                part = ids[start : start + IN_MAX]
+                marks, params = _padded(part)
+                cur = db.conn.execute(_ACKED + marks, [now, *params])
                 changed += cur.rowcount
                 if cur.rowcount < len(part):  # only then can some be never-sent ones
-                    never_sent += [row[0] for row in db.conn.execute(_NEVER_SENT + _marks(len(part)), part)]
+                    never_sent += [row[0] for row in db.conn.execute(_NEVER_SENT + marks, params)]
             if changed:
                 db.conn.execute(_LAST_ACK, [LAST_ACK_KEY, now, now])
         return AckResult(changed, tuple(never_sent))
@@ -229,8 +252,12 @@ class Outbox:
         ids = list(message_ids)
         if not ids:
             return 0
+        requeued = 0
         with self.store.transaction(durable=False) as db:
-            return int(db.conn.execute(_REQUEUE + _marks(len(ids)), ids).rowcount)
+            for start in range(0, len(ids), IN_MAX):
+                marks, params = _padded(ids[start : start + IN_MAX])
+                requeued += db.conn.execute(_REQUEUE + marks, params).rowcount
+        return requeued
 
     def requeue_all_sent(self) -> int:
         """At start-up: whatever was in flight when we stopped goes out again."""

@@ -385,3 +385,21 @@ def test_migration_0010_state_index_holds_only_unacked_messages(tmp_path: Path) 
     assert outbox.retry_parked() == 1
     unsent = [r["message_id"] for r in store.query("SELECT message_id FROM readings WHERE sequence IN (7, 8)")]
     assert {m.message_id for m in outbox.claim_batch(10)} == {*ids[3:], *unsent}
+
+
+def test_ack_and_requeue_of_any_size_apply_exactly_the_named_messages(tmp_path: Path) -> None:
+    """Acks and requeues go in IN lists padded with NULLs to a few fixed sizes (parts of at most 512): every size
+    applies exactly the messages named, and an ack still reports those never sent."""
+    store = make_store(tmp_path)
+    outbox = Outbox(store)
+    add_readings(store, [reading(i) for i in range(1, 1302)])
+    sent = [m.message_id for m in outbox.claim_batch(1300)]
+    outbox.requeue([outbox.claim_batch(1)[0].message_id])  # one more, sent once and requeued
+    add_readings(store, [reading(2000)])  # and one never sent
+    (unsent,) = [r["message_id"] for r in store.query("SELECT message_id FROM readings WHERE sequence = 2000")]
+    assert outbox.requeue(sent[:700]) == 700  # two parts (512 + 188 padded to 256)
+    assert outbox.requeue(sent[:700]) == 0
+    result = outbox.ack([*sent[:3], *sent[700:1300], unsent, "no-such-id"])  # 605 named: 512 + 93 (padded 128)
+    assert result.applied == 603  # sent[:3] were requeued after being sent: their ack still counts
+    assert result.never_sent == (unsent,)
+    assert outbox.stats().counts == scanned_counts(store) == {"glucose": {"acked": 603, "pending": 699}}
