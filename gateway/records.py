@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 MGDL_PER_MMOLL = 18.016
 """mg/dL per mmol/L for glucose (molar mass 180.16 g/mol), as DESIGN §2 fixes it."""
@@ -405,12 +405,15 @@ class Referral:
     decided_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OutboxMessage:
+class OutboxMessage(NamedTuple):
     """One up message waiting in the outbox. ``topic`` is relative to the configured topic prefix.
 
     Either ``payload`` holds the bytes, or ``body_ref`` names where the store reads them at send time
     (image chunks: ``image:<sha256>:<offset>:<length>``), so big images are not copied into SQLite.
+
+    A NamedTuple rather than a frozen dataclass: the claim builds one per message drained, and a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) cost about a third of the claim's CPU.
+    Immutable all the same.
     """
 
     seq: int

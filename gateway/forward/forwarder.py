@@ -373,8 +373,9 @@ class Forwarder:
             if room > 0 and link.connected:
                 batch = self.outbox.claim_batch(room)
                 sent_any = bool(batch)
+                now = self.clock.monotonic()  # one send time for the batch: its ack deadlines start together
                 for i, message in enumerate(batch):
-                    if not self._send(link, message):
+                    if not self._send(link, message, now):
                         # not connected any more: the rest of the batch goes back, in order
                         self.outbox.requeue([m.message_id for m in batch[i:]])
                         break
@@ -397,8 +398,8 @@ class Forwarder:
         due = oldest.sent_mono + self.config.forward.ack_timeout_s - self.clock.monotonic()
         return max(0.001, min(IDLE_POLL_S, due))
 
-    def _send(self, link: MqttLink, message: OutboxMessage) -> bool:
-        """Publish one claimed message; False when the link is down (the caller requeues)."""
+    def _send(self, link: MqttLink, message: OutboxMessage, sent_mono: float) -> bool:
+        """Publish one claimed message (sent at ``sent_mono``); False when the link is down (the caller requeues)."""
         try:
             body = message.payload if message.payload is not None else self._read_body(message)
             handle = link.publish(
@@ -414,7 +415,7 @@ class Forwarder:
             return False
         if handle.state == "lost":
             return False
-        self._inflight[message.message_id] = _Inflight(message.seq, message.kind, self.clock.monotonic(), handle)
+        self._inflight[message.message_id] = _Inflight(message.seq, message.kind, sent_mono, handle)
         self.counters["sent"] += 1
         return True
 

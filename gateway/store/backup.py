@@ -344,8 +344,11 @@ def _import_backup(source: Path, db_path: Path, image_dir: Path, *, force: bool)
     with translate_sqlite_errors("preparing the restored store"):
         conn = sqlite3.connect(db_path, isolation_level=None)
         try:
-            # In flight when the backup was taken: send again (the platform deduplicates on message_id).
-            requeued = conn.execute("UPDATE outbox SET state = 'pending' WHERE state = 'sent'").rowcount
+            # In flight when the backup was taken: send again (the platform deduplicates on message_id). "!= 'acked'":
+            # the partial state index (migration 0010) serves only queries that say so.
+            requeued = conn.execute(
+                "UPDATE outbox SET state = 'pending' WHERE state = 'sent' AND state != 'acked'"
+            ).rowcount
             counts = _counts(conn)
         finally:
             conn.close()

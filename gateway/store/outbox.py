@@ -32,10 +32,12 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from sqlite_utils import Database
 
+from gateway.errors import StoreError
 from gateway.records import OutboxMessage
 from gateway.store.db import Store, iso, new_id
 
@@ -121,46 +123,61 @@ def enqueue(
     return message_id
 
 
-_MESSAGE_COLUMNS = "o.seq, o.message_id, o.kind, b.topic, b.payload, b.body_ref, b.properties, o.attempts, o.created_at"
-"""What an :class:`OutboxMessage` needs, nothing more: the claim runs once per message drained."""
+_MESSAGE_COLUMNS = (
+    # a pending message always has its body (bodies go only once acked); a missing one is sent as nothing to
+    # send: the forwarder parks it ("message body cannot be read"). ``attempts + 1``: the attempt this claim
+    # starts (the row says the same once updated).
+    "o.seq, o.message_id, o.kind, coalesce(b.topic, ''), b.payload, b.body_ref, b.properties, o.attempts + 1, "
+    "o.created_at"
+)
+"""What an :class:`OutboxMessage` needs, in its field order: the claim runs once per message drained."""
+_NO_PROPERTIES: Mapping[str, str] = MappingProxyType({})
 
 
 def _row_to_message(row: Sequence[Any]) -> OutboxMessage:
     seq, message_id, kind, topic, payload, body_ref, properties, attempts, created_at = row
+    # positional, and most rows (JSON payloads) carry no properties: skip the parse on the drain's hot path
     return OutboxMessage(
-        seq=seq,
-        message_id=message_id,
-        kind=kind,
-        # a pending message always has its body (bodies go only once acked); a missing one is sent as
-        # nothing to send: the forwarder parks it ("message body cannot be read")
-        topic=topic or "",
-        payload=payload,
-        body_ref=body_ref,
-        # most rows (JSON payloads) carry none: skip the parse on the drain's hot path
-        properties={} if properties in (None, "{}") else json.loads(properties),
-        attempts=attempts + 1,  # the attempt this claim starts (the row says the same once updated)
-        created_at=created_at,
+        seq,
+        message_id,
+        kind,
+        topic,
+        payload,
+        body_ref,
+        _NO_PROPERTIES if properties in (None, "{}") else json.loads(properties),
+        attempts,
+        created_at,
     )
 
+
+UNACKED = "state != 'acked'"
+"""The state index (``outbox_unacked``, migration ``0010_outbox_unacked_index``) holds only the messages not yet
+acked: a query that should use it says this too (SQLite uses a partial index only for queries that do)."""
 
 # The statements of the drain's hot path, built once from the lifecycle table.
 _CLAIM = (
     f"SELECT {_MESSAGE_COLUMNS} FROM outbox o LEFT JOIN outbox_bodies b ON b.seq = o.seq "
-    f"WHERE {_where_from('claim', 'o.state')} ORDER BY o.seq LIMIT ?"
+    f"WHERE {_where_from('claim', 'o.state')} AND o.{UNACKED} ORDER BY o.seq LIMIT ?"
 )
-_SENT = f"UPDATE outbox SET state = '{_to('claim')}', attempts = attempts + 1, sent_at = ? WHERE seq IN "
+# The claim marks what its SELECT returned, in the same transaction (one snapshot): the first rows a claim leaves,
+# up to the last seq it took. One statement whatever the batch's size (an IN list of n marks is a new statement
+# for each n, parsed again: a drain claims what each platform ack frees, a few dozen at a time).
+_SENT = (
+    f"UPDATE outbox SET state = '{_to('claim')}', attempts = attempts + 1, sent_at = ? "
+    f"WHERE {_where_from('claim')} AND {UNACKED} AND seq <= ?"
+)
 # "+state": look rows up by message_id; the state index would walk the whole backlog
 _ACKED = (
     f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? WHERE {_where_from('ack', '+state')} AND message_id IN "
 )
 _NEVER_SENT = "SELECT message_id FROM outbox WHERE +state = 'pending' AND sent_at IS NULL AND message_id IN "
 _REQUEUE = f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout', '+state')} AND message_id IN "
-_REQUEUE_ALL = f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout')}"
+_REQUEUE_ALL = f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout')} AND {UNACKED}"
 _PARK = (
     f"UPDATE outbox SET state = '{_to('park')}', parked_reason = ? "
     f"WHERE message_id = ? AND {_where_from('park', '+state')}"
 )
-_RETRY = f"UPDATE outbox SET state = '{_to('retry')}', parked_reason = NULL WHERE {_where_from('retry')}"
+_RETRY = f"UPDATE outbox SET state = '{_to('retry')}', parked_reason = NULL WHERE {_where_from('retry')} AND {UNACKED}"
 _LAST_ACK = (
     "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
@@ -169,6 +186,19 @@ _LAST_ACK = (
 
 def _marks(n: int) -> str:
     return "(" + ", ".join("?" * n) + ")"
+
+
+IN_MAX = 512
+"""Most values in one IN list of the ack and the requeue (longer lists go in parts)."""
+_IN_SIZES = (*(2**i for i in range(10)), IN_MAX)
+_IN_MARKS = {n: _marks(n) for n in _IN_SIZES}
+
+
+def _padded(values: Sequence[str]) -> tuple[str, list[str | None]]:
+    """An IN list for up to :data:`IN_MAX` values, padded with NULLs (which match nothing) to the next power of
+    two: a handful of statement texts, so sqlite3's statement cache keeps them parsed across acks of any size."""
+    size = next(n for n in _IN_SIZES if n >= len(values))  # a StopIteration past IN_MAX: the callers split
+    return _IN_MARKS[size], [*values, *([None] * (size - len(values)))]
 
 
 LAST_ACK_KEY = "outbox_last_ack_at"
@@ -188,7 +218,9 @@ class Outbox:
         with self.store.transaction(durable=False) as db:
             rows = db.conn.execute(_CLAIM, [limit]).fetchall()
             if rows:
-                db.conn.execute(_SENT + _marks(len(rows)), [iso(self.store.clock.utc_now()), *(r[0] for r in rows)])
+                marked = db.conn.execute(_SENT, [iso(self.store.clock.utc_now()), rows[-1][0]]).rowcount
+                if marked != len(rows):  # cannot happen in one snapshot; never send what the table does not say
+                    raise StoreError(f"claim marked {marked} messages for {len(rows)} read")
         return [_row_to_message(r) for r in rows]
 
     def ack(self, message_ids: Iterable[str]) -> AckResult:
@@ -204,12 +236,13 @@ class Outbox:
         never_sent: list[str] = []
         with self.store.transaction(durable=True) as db:
             now = iso(self.store.clock.utc_now())
-            for start in range(0, len(ids), 500):
-                part = ids[start : start + 500]
-                cur = db.conn.execute(_ACKED + _marks(len(part)), [now, *part])
+            for start in range(0, len(ids), IN_MAX):
+                part = ids[start : start + IN_MAX]
+                marks, params = _padded(part)
+                cur = db.conn.execute(_ACKED + marks, [now, *params])
                 changed += cur.rowcount
                 if cur.rowcount < len(part):  # only then can some be never-sent ones
-                    never_sent += [row[0] for row in db.conn.execute(_NEVER_SENT + _marks(len(part)), part)]
+                    never_sent += [row[0] for row in db.conn.execute(_NEVER_SENT + marks, params)]
             if changed:
                 db.conn.execute(_LAST_ACK, [LAST_ACK_KEY, now, now])
         return AckResult(changed, tuple(never_sent))
@@ -219,8 +252,12 @@ class Outbox:
         ids = list(message_ids)
         if not ids:
             return 0
+        requeued = 0
         with self.store.transaction(durable=False) as db:
-            return int(db.conn.execute(_REQUEUE + _marks(len(ids)), ids).rowcount)
+            for start in range(0, len(ids), IN_MAX):
+                marks, params = _padded(ids[start : start + IN_MAX])
+                requeued += db.conn.execute(_REQUEUE + marks, params).rowcount
+        return requeued
 
     def requeue_all_sent(self) -> int:
         """At start-up: whatever was in flight when we stopped goes out again."""
@@ -246,8 +283,8 @@ class Outbox:
             counts.setdefault(row["kind"], {})[row["state"]] = row["n"]
         oldest = self.store.scalar(
             "SELECT created_at FROM outbox WHERE seq = (SELECT min(first) FROM ("
-            "SELECT min(seq) AS first FROM outbox WHERE state = 'pending' "
-            "UNION ALL SELECT min(seq) FROM outbox WHERE state = 'sent'))"
+            f"SELECT min(seq) AS first FROM outbox WHERE state = 'pending' AND {UNACKED} "
+            f"UNION ALL SELECT min(seq) FROM outbox WHERE state = 'sent' AND {UNACKED}))"
         )
         unsent = sum(n for by_state in counts.values() for s, n in by_state.items() if s in ("pending", "sent"))
         parked = sum(by_state.get("parked", 0) for by_state in counts.values())
@@ -257,7 +294,8 @@ class Outbox:
         """Parked messages with their reasons (no payloads)."""
         return self.store.query(
             "SELECT o.seq, o.message_id, o.kind, b.topic, o.parked_reason, o.created_at FROM outbox o "
-            "LEFT JOIN outbox_bodies b ON b.seq = o.seq WHERE o.state = 'parked' ORDER BY o.seq LIMIT ?",
+            "LEFT JOIN outbox_bodies b ON b.seq = o.seq "
+            f"WHERE o.state = 'parked' AND o.{UNACKED} ORDER BY o.seq LIMIT ?",
             [limit],
         )
 

@@ -8,7 +8,7 @@ import random
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +22,7 @@ from support.factories import MESSAGES, T0, confirm, make_store, reading, store_
 
 from gateway.clock import FakeClock
 from gateway.store import Store, retention
+from gateway.store import outbox as outbox_module
 from gateway.store.events import add_event
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.outbox import Outbox
@@ -346,3 +347,59 @@ def test_the_retention_task_drops_acked_bodies_even_on_an_untrusted_clock(tmp_pa
     assert result.bodies == (0 if synchronised else 2)  # synchronised: the readings went, bodies with them
     assert result.readings == (2 if synchronised else 0)
     assert store.scalar("SELECT count(*) FROM outbox_bodies") == 0
+
+
+# -- migration 0010: the state index holds only unacked messages -----------------------------------------------
+def _plan(store: Store, sql: str, params: Sequence[object]) -> str:
+    return " | ".join(row[3] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+
+
+def test_migration_0010_state_index_holds_only_unacked_messages(tmp_path: Path) -> None:
+    """A store as 0001-0008 left it (the full (state, seq) index), messages in every state: 0010 replaces the
+    index by one of the unacked messages only; the outbox's queries on the state use it; the lifecycle goes on."""
+    db = Database(tmp_path / "gateway.db")
+    MIGRATIONS.apply(db, stop_before="0010_outbox_unacked_index")
+    assert "outbox_state_seq" in {i.name for i in db.table("outbox").indexes}
+    db.close()
+    store = make_store(tmp_path)  # opening applies 0010
+    outbox = Outbox(store)
+    add_readings(store, [reading(i) for i in range(1, 9)])
+    ids = [m.message_id for m in outbox.claim_batch(6)]
+    assert confirm(store, ids[:3]) == 3  # acked
+    outbox.park(ids[3], "too large")  # parked; ids[4:6] sent; readings 7, 8 pending
+    assert {i.name for i in store.db.table("outbox").indexes} >= {"outbox_unacked"}
+    assert "outbox_state_seq" not in {i.name for i in store.db.table("outbox").indexes}
+    # the acked messages have no entry in it
+    indexed = store.scalar("SELECT count(*) FROM outbox INDEXED BY outbox_unacked WHERE state != 'acked'")
+    assert indexed == 5 == store.scalar("SELECT count(*) FROM outbox WHERE +state != 'acked'")
+    # the claim, the restart's requeue, the retry and the oldest unsent walk it (not the whole history)
+    for sql, params in [
+        (outbox_module._CLAIM, [500]),
+        (outbox_module._REQUEUE_ALL, []),
+        (outbox_module._RETRY, []),
+        (f"SELECT min(seq) FROM outbox WHERE state = 'pending' AND {outbox_module.UNACKED}", []),
+    ]:
+        assert "outbox_unacked" in _plan(store, sql, params), sql
+    assert outbox.stats().counts == scanned_counts(store)
+    assert outbox.requeue_all_sent() == 2
+    assert outbox.retry_parked() == 1
+    unsent = [r["message_id"] for r in store.query("SELECT message_id FROM readings WHERE sequence IN (7, 8)")]
+    assert {m.message_id for m in outbox.claim_batch(10)} == {*ids[3:], *unsent}
+
+
+def test_ack_and_requeue_of_any_size_apply_exactly_the_named_messages(tmp_path: Path) -> None:
+    """Acks and requeues go in IN lists padded with NULLs to a few fixed sizes (parts of at most 512): every size
+    applies exactly the messages named, and an ack still reports those never sent."""
+    store = make_store(tmp_path)
+    outbox = Outbox(store)
+    add_readings(store, [reading(i) for i in range(1, 1302)])
+    sent = [m.message_id for m in outbox.claim_batch(1300)]
+    outbox.requeue([outbox.claim_batch(1)[0].message_id])  # one more, sent once and requeued
+    add_readings(store, [reading(2000)])  # and one never sent
+    (unsent,) = [r["message_id"] for r in store.query("SELECT message_id FROM readings WHERE sequence = 2000")]
+    assert outbox.requeue(sent[:700]) == 700  # two parts (512 + 188 padded to 256)
+    assert outbox.requeue(sent[:700]) == 0
+    result = outbox.ack([*sent[:3], *sent[700:1300], unsent, "no-such-id"])  # 605 named: 512 + 93 (padded 128)
+    assert result.applied == 603  # sent[:3] were requeued after being sent: their ack still counts
+    assert result.never_sent == (unsent,)
+    assert outbox.stats().counts == scanned_counts(store) == {"glucose": {"acked": 603, "pending": 699}}
