@@ -37,11 +37,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
-import select
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -53,7 +50,13 @@ from zoneinfo import ZoneInfo
 
 from dbus_fast import DBusError
 
-from gateway.emulate.ble_meter import TransferStats, stats_writer
+from gateway.emulate.ble_meter import (
+    Faults,
+    TransferStats,
+    start_peripheral_process,
+    stats_writer,
+    stop_peripheral_process,
+)
 from gateway.emulate.gatt_peripheral import NOT_PERMITTED, Characteristic, GattPeripheral, GattTable
 from gateway.emulate.racp_server import RacpServer
 from gateway.errors import DeviceError
@@ -184,17 +187,12 @@ def make_cuff_readings(
 
 
 @dataclass
-class CuffFaults:
-    """What goes wrong with this cuff."""
+class CuffFaults(Faults):
+    """What goes wrong with this cuff (as for the meter; "records" are its measurements). Cuffs usually require
+    pairing: with ``bonding_required`` it refuses Feature reads and RACP writes, and indicates nothing, to a central
+    that has not paired."""
 
-    drop_link_after: int | None = None
-    """Drop the link once, after this many measurements of a transfer were sent."""
-    delay_s: float = 0.0
-    """Pause between measurements (a slow cuff)."""
-    malformed_sequences: frozenset[int] = frozenset()
-    """Send these readings' measurement values one byte short."""
     bonding_required: bool = True
-    """Refuse Feature reads and RACP writes, and indicate nothing, to a central that has not paired."""
 
 
 @dataclass
@@ -506,15 +504,7 @@ class DemoCuff:
 
     def stop(self) -> None:
         """Stop the cuff process by its PID."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        stop_peripheral_process(self.process)
 
 
 def start_cuff_process(
@@ -522,24 +512,19 @@ def start_cuff_process(
 ) -> DemoCuff:
     """Start ``python -m gateway.emulate.ble_cuff`` on adapter ``hci<adapter_index>`` of ``env`` and wait until
     it is registered. Raises DeviceError when it does not come up (its stderr is in ``log``)."""
-    cmd = [sys.executable, "-m", "gateway.emulate.ble_cuff", "--adapter", env.adapter_path(adapter_index),
-           "--serial", serial, *args]  # fmt: skip
-    with open(log, "ab") as stderr:
-        proc = subprocess.Popen(
-            cmd,
-            env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=env.address or ""),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            start_new_session=True,
+    try:
+        proc, address = start_peripheral_process(
+            env,
+            "gateway.emulate.ble_cuff",
+            adapter_index,
+            log,
+            ["--serial", serial, *args],
+            ready="cuff ",
+            timeout_s=timeout_s,
         )
-    assert proc.stdout is not None
-    ready = select.select([proc.stdout], [], [], timeout_s)[0]
-    line = proc.stdout.readline().strip() if ready else ""
-    if not line.startswith("cuff "):
-        DemoCuff(proc, serial, "?").stop()
-        raise DeviceError(f"emulated cuff did not start (see {log})")
-    return DemoCuff(proc, serial, address=line.rsplit(" ", 1)[-1])
+    except DeviceError:
+        raise DeviceError(f"emulated cuff did not start (see {log})") from None
+    return DemoCuff(proc, serial, address=address)
 
 
 def start_demo_cuff(env: "BluezEnv", state_dir: Path, *, timezone: str = "Asia/Shanghai") -> DemoCuff:

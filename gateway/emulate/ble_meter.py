@@ -34,7 +34,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -449,15 +449,7 @@ class DemoBle:
 
     def stop(self) -> None:
         """Stop the meter process, then the emulated BlueZ, by PID."""
-        if self.meter.poll() is None:
-            self.meter.terminate()
-            try:
-                self.meter.wait(5)
-            except subprocess.TimeoutExpired:
-                self.meter.kill()
-                self.meter.wait(5)
-        if self.meter.stdout is not None:
-            self.meter.stdout.close()
+        stop_peripheral_process(self.meter)
         self.env.stop()
 
 
@@ -478,9 +470,24 @@ def start_demo_ble(
     env = BluezEnv(adapters=3, set_environ=False).start()  # hci2: the demo's blood pressure cuff
     serial = "EMU-DEMO-1"
     log = state_dir / "ble-meter.log"
-    cmd = [sys.executable, "-m", "gateway.emulate.ble_meter", "--adapter", env.adapter_path(1), "--count", str(count),
-           "--unit", unit.value, "--serial", serial, "--add-every-s", str(add_every_s),
-           "--timezone", timezone]  # fmt: skip
+    args = ["--count", str(count), "--unit", unit.value, "--serial", serial, "--add-every-s", str(add_every_s),
+            "--timezone", timezone]  # fmt: skip
+    try:
+        proc, address = start_peripheral_process(env, "gateway.emulate.ble_meter", 1, log, args, ready="meter ")
+    except DeviceError:
+        env.stop()
+        raise DeviceError(f"emulated BLE meter did not start (see {log})") from None
+    return DemoBle(env, proc, serial, count, unit, address=address)
+
+
+def start_peripheral_process(
+    env: "BluezEnv", module: str, adapter_index: int, log: Path, args: Sequence[str], *, ready: str,
+    timeout_s: float = 15.0,
+) -> tuple["subprocess.Popen[str]", str]:  # fmt: skip
+    """Start ``python -m <module>`` (an emulated peripheral) on adapter ``hci<adapter_index>`` of ``env`` and wait
+    for its first line, ``<ready><address>``: the process and its Bluetooth address. Raises DeviceError (after
+    stopping it) when it does not come up within ``timeout_s``; its stderr goes to ``log``."""
+    cmd = [sys.executable, "-m", module, "--adapter", env.adapter_path(adapter_index), *args]
     with open(log, "ab") as stderr:
         proc = subprocess.Popen(
             cmd,
@@ -491,13 +498,25 @@ def start_demo_ble(
             start_new_session=True,
         )
     assert proc.stdout is not None
-    ready = select.select([proc.stdout], [], [], 15.0)[0]
-    line = proc.stdout.readline().strip() if ready else ""
-    if not line.startswith("meter "):
-        demo = DemoBle(env, proc, serial, count, unit, "?")
-        demo.stop()
-        raise DeviceError(f"emulated BLE meter did not start (see {log})")
-    return DemoBle(env, proc, serial, count, unit, address=line.rsplit(" ", 1)[-1])
+    up = select.select([proc.stdout], [], [], timeout_s)[0]
+    line = proc.stdout.readline().strip() if up else ""
+    if not line.startswith(ready):
+        stop_peripheral_process(proc)
+        raise DeviceError(f"{module} did not start (see {log})")
+    return proc, line.rsplit(" ", 1)[-1]
+
+
+def stop_peripheral_process(proc: "subprocess.Popen[str]") -> None:
+    """Stop an emulated peripheral's process by its PID (terminate, then kill after 5 s)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def main(argv: list[str] | None = None) -> None:
