@@ -256,12 +256,8 @@ class Forwarder:
     # -- the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
         """Connect, drain, back off on failure; until cancelled."""
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue[LinkEvent] = asyncio.Queue()
-
-        def on_event(event: LinkEvent) -> None:  # network thread -> event loop
-            with contextlib.suppress(RuntimeError):  # loop closed at shutdown
-                loop.call_soon_threadsafe(events.put_nowait, event)
+        on_event = events.put_nowait  # the link calls it on this loop (an unbounded queue: never blocks)
 
         requeued = self.outbox.requeue_all_sent()
         if requeued:
@@ -277,7 +273,7 @@ class Forwarder:
                 try:
                     settings = settings_from_config(self.config, will_payload=self._offline_payload())
                     link = self._link = MqttLink(settings, on_event, online_payload=self._online_payload)
-                    await asyncio.to_thread(link.connect)
+                    await link.connect()
                 except (ForwardError, ConfigError) as exc:
                     self._set_state(state_for(exc), exc)
                     _logger.warning("cannot connect to the broker: %s: %s", type(exc).__name__, exc)
@@ -380,14 +376,18 @@ class Forwarder:
                         self.outbox.requeue([m.message_id for m in batch[i:]])
                         break
             timeout = 0.0 if sent_any and len(self._inflight) < window else self._wait_s()
-            first = await self._next_event(events, timeout) if timeout > 0 else None
+            if timeout > 0:
+                first = await self._next_event(events, timeout)
+            else:  # more to claim at once; first let the loop write what was just published and read what came
+                await asyncio.sleep(0)
+                first = None
             batch_events = ([first] if first is not None else []) + self._pending(events)
             ended = self._apply(batch_events)
             self._expire()
             if ended is not None:
                 return ended
             if not link.connected and not batch_events:
-                # The thread reports every end; this guards against a link that is down without saying so.
+                # The link reports every end; this guards against a link that is down without saying so.
                 await asyncio.sleep(0)
 
     def _wait_s(self) -> float:

@@ -7,12 +7,13 @@ connect. Every paho return code, reason code and socket/TLS exception is transla
 :mod:`gateway.errors` (``BrokerAuthError``, ``BrokerTLSError``, ``BrokerUnavailable``, ``MessageRejected``).
 
 One :class:`MqttLink` holds at most one connection. Each :meth:`MqttLink.connect` builds a *fresh* paho
-client and runs its network loop in a thread we own, with paho's own reconnect switched off:
+client, driven by the asyncio loop that connects it (no network thread), with paho's own reconnect switched
+off:
 
 - the gateway's outbox, not paho's in-memory queue, decides what is re-sent (so nothing is sent twice
   on paho's initiative, and a message the broker refuses cannot be replayed forever by paho);
-- the network thread cannot die unnoticed: whatever ends it (disconnect, socket error, a bug), the link
-  emits one :class:`Disconnected` event, and the forwarder backs off and reconnects.
+- every end of a connection (the broker's DISCONNECT or ours, a socket error, keepalive, an error paho lets
+  through) emits one :class:`Disconnected` event, and the forwarder backs off and reconnects.
 
 The broker refusing one message: a PUBACK with a reason code >= 0x80 marks that message rejected. But
 mosquitto answers a PUBLISH over ``message_size_limit`` with PUBACK reason 0x95 (Packet too large), which is
@@ -38,12 +39,13 @@ us read it into memory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
+import select
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,14 +228,6 @@ class PublishHandle:
         """True once the broker acknowledged (PUBACK with a success code)."""
         return self.state == "published"
 
-    def wait_for_publish(self, timeout: float = 10.0) -> bool:
-        """Block until the broker answered or the link dropped (at most ``timeout`` s); True when published."""
-        # Polling, so that the hot path does not build a Condition per message; callers are tests and tools.
-        deadline = time.monotonic() + timeout
-        while self.state == "queued" and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return self.is_published()
-
     def _finish(self, state: str, reason: str | None = None) -> None:
         self.state, self.reason = state, reason
 
@@ -307,10 +301,17 @@ class _LastError(logging.Handler):
 
 
 class MqttLink:
-    """One connection at a time to the broker; events go to ``on_event`` (called from the network thread).
+    """One connection at a time to the broker, driven by the asyncio event loop that calls :meth:`connect`.
 
-    ``on_event`` must not block and must not raise (the forwarder hands events to its event loop).
-    ``online_payload`` builds the retained ``status`` published after each successful connect.
+    paho runs without a thread of its own (its "external event loop" mode, as aiomqtt uses it): the loop
+    watches the socket and calls paho's ``loop_read``/``loop_write``, and ``loop_misc`` once a second for
+    keepalive. Everything (paho's callbacks, :meth:`publish`, :meth:`acknowledge`, the events) happens on the
+    loop's thread, so the link needs no locks, and a publish never races a PUBACK or the end of the
+    connection. One thread also means no GIL hand-offs between a network thread and the drain: the
+    forwarder's CPU per message fell by about a quarter (bench/outbox_drain.py, issue 17).
+
+    ``on_event`` is called on the loop's thread and must not block or raise. ``online_payload`` builds the
+    retained ``status`` published after each successful connect.
     """
 
     def __init__(
@@ -323,18 +324,17 @@ class MqttLink:
         self.settings = settings
         self._on_event = on_event
         self._online_payload = online_payload
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Client | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._sock: Any = None
+        """The socket the loop watches (paho's, until the connection ends)."""
+        self._tick: asyncio.TimerHandle | None = None
         self._handles: dict[int, PublishHandle] = {}  # mid -> handle, in publish order
-        self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() to the map
-        self._connack: threading.Event = threading.Event()
-        self._connack_rc: ReasonCode | None = None
+        self._connack: asyncio.Future[ReasonCode | None] | None = None
         self._disconnect_rc: ReasonCode | None = None
+        self._loop_error: ForwardError | None = None
         self._connected = False
         self._ended = False
-        self._publishing = 0
-        self._deferred_error: object = _NOTHING
         self.max_packet_size: int | None = None
         self.receive_maximum = RECEIVE_MAXIMUM_DEFAULT
         self.session_present = False
@@ -345,6 +345,7 @@ class MqttLink:
         self._paho_errors = logging.Logger(f"{__name__}.paho", logging.ERROR)  # noqa: LOG001 - one per link
         self._paho_errors.propagate = False
         self._paho_errors.addHandler(_LastError(self._paho_error))
+        self._last_socket_error: str | None = None
 
     # -- connection --------------------------------------------------------------------------
     @property
@@ -361,7 +362,7 @@ class MqttLink:
             reconnect_on_failure=False,
             manual_ack=True,  # PUBACK a downlink message only once it is stored (acknowledge())
         )
-        client.suppress_exceptions = True  # a bug in a callback must not kill the network thread
+        client.suppress_exceptions = True  # a bug in a callback must not end the connection
         client.max_inflight_messages_set(min(s.max_inflight, RECEIVE_MAXIMUM_DEFAULT))  # until CONNACK says
         client.max_queued_messages_set(0)
         if s.username is not None:
@@ -374,52 +375,59 @@ class MqttLink:
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish
         client.on_message = self._handle_message
-        # paho's error lines only (not on_log, which formats a line for every packet: ~10% of a drain's CPU)
+        # paho's error lines until CONNACK (not on_log, which formats a line for every packet)
         client.enable_logger(self._paho_errors)
         return client
 
-    def connect(self) -> Connected:
-        """Connect (blocking: TCP, TLS, CONNECT and CONNACK) and start the network thread.
+    async def connect(self) -> Connected:
+        """Connect (TCP, TLS and CONNECT in a worker thread; CONNACK on the loop) and watch the socket.
 
         Raises BrokerUnavailable, BrokerTLSError or BrokerAuthError; the link is then closed.
         """
         self.close()
         s = self.settings
+        loop = self._loop = asyncio.get_running_loop()
         client = self._new_client()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = s.session_expiry_s  # without it MQTT 5 drops the session at disconnect
         if s.max_packet_size is not None:
             props.MaximumPacketSize = s.max_packet_size  # the broker drops larger messages to us, unread
-        self._connack = threading.Event()
-        self._connack_rc = self._disconnect_rc = None
+        self._connack = loop.create_future()
+        self._connack_rc = None
+        self._disconnect_rc = None
+        self._loop_error = None
         self._last_socket_error = None
+        self._handles.clear()
+        self._ended = False
         self.connection = next(_CONNECTIONS)
-        with self._lock:
-            self._handles.clear()
-            self._early.clear()
-            self._ended = False
-            self._publishing = 0
-            self._deferred_error = _NOTHING
         where = f"{s.host}:{s.port}"
         try:
-            client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props)
+            # Blocking: name lookup, TCP, the TLS handshake; paho writes CONNECT itself (no socket callbacks yet).
+            await asyncio.to_thread(
+                client.connect, s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props
+            )
         except Exception as exc:  # socket and TLS errors, translated once here
             with contextlib.suppress(Exception):
-                sock = client.socket()
-                if sock is not None:
-                    sock.close()
+                half_open = client.socket()
+                if half_open is not None:
+                    half_open.close()
             raise connect_exception(exc, where) from exc
+        sock: Any = client.socket()  # a socket or an SSL socket (paho types it as a protocol without fileno)
+        if sock is None:
+            raise BrokerUnavailable(f"{where}: connection closed while connecting")
         set_nodelay(client)
-        self._client = client
-        thread = threading.Thread(target=self._network_loop, args=(client,), name="mqtt-link", daemon=True)
-        self._thread = thread
-        thread.start()
-        if not self._connack.wait(s.connect_timeout_s):
+        self._watch(loop, client, sock)
+        try:
+            async with asyncio.timeout(s.connect_timeout_s):
+                rc = await self._connack
+        except TimeoutError:
             self.close()
-            raise BrokerUnavailable(f"{where}: no CONNACK within {s.connect_timeout_s:g} s")
-        rc = self._connack_rc
-        if rc is None:  # the loop ended before a CONNACK: the broker closed the socket (TLS alert, refused)
-            error = self._thread_error or self._closed_before_connack(where)
+            raise BrokerUnavailable(f"{where}: no CONNACK within {s.connect_timeout_s:g} s") from None
+        except BaseException:  # cancelled while waiting: leave nothing open
+            self.close()
+            raise
+        if rc is None:  # the connection ended before a CONNACK: the broker closed it (TLS alert, refused)
+            error = self._loop_error or self._closed_before_connack(where)
             self.close()
             raise error
         if rc.is_failure:
@@ -431,12 +439,111 @@ class MqttLink:
             receive_maximum=self.receive_maximum,
         )
 
-    _thread_error: ForwardError | None = None
-    _last_socket_error: str | None = None
+    def _watch(self, loop: asyncio.AbstractEventLoop, client: Client, sock: Any) -> None:
+        """Hand paho's socket to the loop: reads always, writes while paho has bytes queued."""
+        self._client = client
+        self._sock = sock
+        client.on_socket_close = self._socket_closed
+        client.on_socket_register_write = self._want_write
+        client.on_socket_unregister_write = self._wrote_all
+        loop.add_reader(sock, self._readable)
+        if client.want_write():  # CONNECT only partly written in connect(): paho thinks it is registered already
+            loop.add_writer(sock, self._writable)
+        self._tick = loop.call_later(1.0, self._keepalive)
+
+    def _readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.loop_read()
+            sock = self._sock
+            # TLS: bytes already decrypted wait in the SSL object, where the selector cannot see them
+            if sock is not None and hasattr(sock, "pending") and sock.pending() and self._loop is not None:
+                self._loop.call_soon(self._readable)
+        except Exception as exc:  # a socket / TLS error paho let through, or a bug: the connection ends
+            self._abort(connect_exception(exc, "network loop"))
+
+    def _writable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.loop_write()
+        except Exception as exc:
+            self._abort(connect_exception(exc, "network loop"))
+
+    def _keepalive(self) -> None:
+        client, loop = self._client, self._loop
+        if client is None or loop is None or self._sock is None:
+            return
+        try:
+            client.loop_misc()  # PINGREQ when due; ends the connection when the broker stopped answering
+        except Exception as exc:
+            self._abort(connect_exception(exc, "network loop"))
+            return
+        if self._sock is not None:
+            self._tick = loop.call_later(1.0, self._keepalive)
+
+    def _want_write(self, _client: Client, _userdata: Any, sock: Any) -> None:
+        if self._loop is not None and sock is self._sock:
+            self._loop.add_writer(sock, self._writable)
+
+    def _wrote_all(self, _client: Client, _userdata: Any, sock: Any) -> None:
+        if self._loop is not None and sock is self._sock:
+            self._loop.remove_writer(sock)
+
+    def _socket_closed(self, _client: Client, _userdata: Any, sock: Any) -> None:
+        """paho closes its socket on every end of a connection (read error, the broker's DISCONNECT, ours,
+        keepalive): stop watching it now (paho closes it next), and report the end once paho is done (its
+        on_disconnect, with the broker's reason, may come right after this)."""
+        self._unwatch(sock)
+        self._connected = False
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting for the event
+                self._loop.call_soon(self._connection_ended)
+
+    def _unwatch(self, sock: Any) -> None:
+        if sock is None or sock is not self._sock:
+            return
+        self._sock = None
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(sock)
+            loop.remove_writer(sock)
+
+    def _abort(self, error: ForwardError) -> None:
+        """End the connection over an error paho did not handle itself."""
+        _logger.warning("MQTT network loop ended: %s", error)
+        self._loop_error = error
+        sock = self._sock
+        self._unwatch(sock)
+        self._connected = False
+        with contextlib.suppress(Exception):
+            sock.close()
+        self._connection_ended()
+
+    def _connection_ended(self) -> None:
+        """Once per connection: wake connect() when it ended before CONNACK, else emit Disconnected."""
+        if self._ended:
+            return
+        self._ended = True
+        waiter = self._connack
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # connect() reports the failure itself
+            return
+        rc = self._connack_rc
+        if rc is not None and not rc.is_failure:
+            self._emit(self._disconnected_event(self._loop_error))
+
+    _connack_rc: ReasonCode | None = None
 
     def _closed_before_connack(self, where: str) -> ForwardError:
         # With TLS 1.3 a server that wants our client certificate says so in an alert after the handshake;
-        # paho reads it in its loop and only logs it ("failed to receive on socket: [SSL: ...]").
+        # paho reads it in loop_read and only logs it ("failed to receive on socket: [SSL: ...]").
         text = self._last_socket_error
         if text and any(word in text.lower() for word in ("ssl", "tls", "certificate")):
             return BrokerTLSError(f"{where}: the broker ended the TLS session: {text}")
@@ -445,33 +552,8 @@ class MqttLink:
     def _paho_error(self, text: str) -> None:
         self._last_socket_error = text
 
-    def _network_loop(self, client: Client) -> None:
-        """Run paho's loop until the connection ends; then say so, whatever ended it."""
-        self._thread_error = None
-        error: ForwardError | None = None
-        try:
-            client.loop_forever()
-        except Exception as exc:  # socket / TLS errors surface here; anything else is reported the same way
-            error = connect_exception(exc, "network loop")
-            self._thread_error = error
-            _logger.warning("MQTT network loop ended: %s", error)
-        finally:
-            self._connected = False
-            if not self._connack.is_set():
-                self._connack.set()  # wake connect(): it reports the failure itself
-            elif self._connack_rc is not None and not self._connack_rc.is_failure:
-                with self._lock:
-                    self._ended = True
-                    # A publish() still between paho and our map holds a message that may be the refused
-                    # one: the last publish() to finish reports the end instead (see _finish_publish).
-                    event = None if self._publishing else self._disconnected_event(error)
-                    if event is None:
-                        self._deferred_error = error
-                if event is not None:
-                    self._emit(event)
-
     def _disconnected_event(self, error: ForwardError | None) -> Disconnected:
-        """The end of the connection, with the refused and the unanswered messages. Call with the lock held."""
+        """The end of the connection, with the refused and the unanswered messages."""
         rc = self._disconnect_rc
         reason = _reason_text(rc) if rc is not None else "connection lost"
         pending = [h for h in self._handles.values() if h.state == "queued"]
@@ -494,19 +576,20 @@ class MqttLink:
         )
 
     def close(self, offline_payload: bytes | None = None) -> None:
-        """Disconnect cleanly (publishing ``offline_payload`` as retained status first) and stop the thread."""
-        client, thread = self._client, self._thread
-        self._client = self._thread = None
+        """Disconnect cleanly (publishing ``offline_payload`` as retained status first); at most ~2 s."""
+        client = self._client
+        self._client = None
         if client is None:
             return
         with contextlib.suppress(Exception):
             if offline_payload is not None and self._connected and self.settings.will_topic:
-                client.publish(self.settings.will_topic, offline_payload, qos=QOS, retain=True).wait_for_publish(2.0)
-            client.disconnect()  # before the thread ends (TESTING.md: disconnect, then stop the loop)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5.0)
+                client.publish(self.settings.will_topic, offline_payload, qos=QOS, retain=True)
+            if self._sock is not None:
+                client.disconnect()  # a clean DISCONNECT: the broker does not publish our Last Will
+                _flush(client, deadline=time.monotonic() + CLOSE_FLUSH_S)
+        sock = self._sock
+        self._unwatch(sock)
         with contextlib.suppress(Exception):
-            sock = client.socket()
             if sock is not None:
                 sock.close()
         self._connected = False
@@ -527,7 +610,7 @@ class MqttLink:
         when there is no connection.
         """
         client = self._client
-        if client is None or not self._connected or self._ended:
+        if client is None or not self._connected:
             raise BrokerUnavailable("not connected to the broker")
         limit = self.max_packet_size
         if limit is not None and len(payload) + len(topic) + _PUBLISH_OVERHEAD > limit:
@@ -541,43 +624,18 @@ class MqttLink:
             # it inside; building paho Properties costs ~0.2 ms a message, as much as the rest of a publish.
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.UserProperty = [("message_id", message_id), *properties.items()]
-        with self._lock:
-            self._publishing += 1
-        handle: PublishHandle | None = None
-        try:
-            info = client.publish(topic, payload, qos=QOS, retain=retain, properties=props)
-            if info.rc == MQTTErrorCode.MQTT_ERR_PAYLOAD_SIZE:
-                raise MessageRejected(
-                    f"message of {len(payload)} bytes is too large for MQTT", reason="Payload too large"
-                )
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                raise BrokerUnavailable(f"publish failed: {info.rc.name}")
-            handle = PublishHandle(message_id, info.mid, len(payload))
-            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                handle._finish("lost", "not connected")
-        finally:
-            self._finish_publish(handle)
+        # paho only queues here (the loop writes when the socket is writable): no PUBACK can come before the
+        # handle is recorded, and the connection cannot end in between.
+        info = client.publish(topic, payload, qos=QOS, retain=retain, properties=props)
+        if info.rc == MQTTErrorCode.MQTT_ERR_PAYLOAD_SIZE:
+            raise MessageRejected(f"message of {len(payload)} bytes is too large for MQTT", reason="Payload too large")
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            raise BrokerUnavailable("not connected to the broker")
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise BrokerUnavailable(f"publish failed: {info.rc.name}")
+        handle = PublishHandle(message_id, info.mid, len(payload))
+        self._handles[info.mid] = handle
         return handle
-
-    def _finish_publish(self, handle: PublishHandle | None) -> None:
-        """Map a just-published message by mid (applying a PUBACK that came first), in publish order; and
-        report the end of the connection if it happened meanwhile."""
-        event = None
-        with self._lock:
-            self._publishing -= 1
-            if handle is not None and self._ended and self._deferred_error is _NOTHING:
-                handle._finish("lost", "connection ended")  # the end was reported already, without it
-            if handle is not None and handle.state == "queued":
-                early = self._early.pop(handle.mid, None)
-                if early is not None:
-                    self._settle(handle, early)
-                else:
-                    self._handles[handle.mid] = handle
-            if self._ended and not self._publishing and self._deferred_error is not _NOTHING:
-                error, self._deferred_error = self._deferred_error, _NOTHING
-                event = self._disconnected_event(error if isinstance(error, ForwardError) else None)
-        if event is not None:
-            self._emit(event)
 
     def subscribe(self, topics: Sequence[str]) -> None:
         """Subscribe at QoS 1 (the persistent session keeps them, and queues messages while we are away)."""
@@ -585,19 +643,11 @@ class MqttLink:
         if client is not None and topics:
             client.subscribe([(t, QOS) for t in topics])
 
-    def _settle(self, handle: PublishHandle, rc: ReasonCode) -> None:
-        if rc.is_failure:
-            text = f"broker refused the message: {_reason_text(rc)}"
-            handle._finish("rejected", text)
-            self._emit(Rejected(handle.message_id, text))
-        else:
-            handle._finish("published")
-
-    # -- paho callbacks (network thread; never raise) -----------------------------------------
+    # -- paho callbacks (on the loop; never raise) --------------------------------------------
     def _emit(self, event: LinkEvent) -> None:
         try:
             self._on_event(event)
-        except Exception:  # the consumer's bug must not end the network thread
+        except Exception:  # the consumer's bug must not end the connection
             _logger.exception("MQTT link event handler failed")
 
     def _handle_connect(
@@ -605,6 +655,7 @@ class MqttLink:
     ) -> None:
         self._connack_rc = rc
         if not rc.is_failure:
+            client.disable_logger()  # connected: paho's per-packet debug lines would cost ~1 us each from here on
             self.session_present = bool(flags.session_present)
             self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props is not None else None
             announced = getattr(props, "ReceiveMaximum", None) if props is not None else None
@@ -621,7 +672,9 @@ class MqttLink:
                 except Exception:
                     _logger.exception("could not publish the online status")
             self._emit(Connected(self.session_present, self.max_packet_size, self.receive_maximum))
-        self._connack.set()
+        waiter = self._connack
+        if waiter is not None and not waiter.done():
+            waiter.set_result(rc)
 
     def _handle_disconnect(
         self, _client: Client, _userdata: Any, _flags: DisconnectFlags, rc: ReasonCode, _props: Properties | None
@@ -632,14 +685,15 @@ class MqttLink:
     def _handle_publish(
         self, _client: Client, _userdata: Any, mid: int, rc: ReasonCode, _props: Properties | None
     ) -> None:
-        with self._lock:
-            handle = self._handles.pop(mid, None)
-            if handle is None:
-                self._early[mid] = rc  # publish() has not recorded it yet (or it is our status message)
-                if len(self._early) > 10_000:
-                    self._early.clear()
-                return
-            self._settle(handle, rc)
+        handle = self._handles.pop(mid, None)
+        if handle is None:
+            return  # our retained status message
+        if rc.is_failure:
+            text = f"broker refused the message: {_reason_text(rc)}"
+            handle._finish("rejected", text)
+            self._emit(Rejected(handle.message_id, text))
+        else:
+            handle._finish("published")
 
     def _handle_message(self, _client: Client, _userdata: Any, message: MQTTMessage) -> None:
         self._emit(Received(message.topic, bytes(message.payload), message.mid, message.qos, self.connection))
@@ -651,3 +705,19 @@ class MqttLink:
         if client is None or message.qos == 0 or message.connection != self.connection or not self._connected:
             return False
         return client.ack(message.mid, message.qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+CLOSE_FLUSH_S = 2.0
+"""How long :meth:`MqttLink.close` waits for the socket to take the offline status and the DISCONNECT."""
+
+
+def _flush(client: Client, *, deadline: float) -> None:
+    """Write what paho has queued, waiting for the socket (at most until ``deadline``): the loop is not
+    running the socket any more when the link closes."""
+    while client.want_write() and (sock := client.socket()) is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        select.select([], [sock], [], left)
+        if client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return
