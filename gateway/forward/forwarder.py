@@ -81,6 +81,10 @@ IDLE_POLL_S = 0.1
 """How often an empty outbox is looked at again (other components write rows without telling us)."""
 CLAIM_MAX = 500
 """Most messages claimed in one transaction (the next claim follows at once while the window has room)."""
+ACK_GATHER_S = 0.02
+"""Platform acks that arrive within this long of each other are applied in one durable transaction: one fsync
+on the SD card instead of one per ack message (the platform acks a few dozen messages at a time). What they
+confirm counts, and their downlink messages are PUBACKed, only once that transaction is committed."""
 RATE_WINDOW_S = 60.0
 HEALTHY_BEAT_S = 120.0
 PROBE_TIMEOUT_S = 2.0
@@ -146,6 +150,10 @@ class Forwarder:
         self._rng = rng or random.Random()
         self._inflight: OrderedDict[str, _Inflight] = OrderedDict()
         self._acked: deque[tuple[float, int]] = deque()
+        self._gathered_ids: list[str] = []
+        """Message ids named by platform acks received but not yet applied (see ACK_GATHER_S)."""
+        self._gathered_acks: list[Received] = []
+        self._gather_until: float | None = None
         self._beat = clock.monotonic()
         self.state = LinkState.STOPPED
         self.last_error: ErrorInfo | None = None
@@ -329,7 +337,7 @@ class Forwarder:
             wait = min(left, 1.0, max(0.001, next_probe - now)) if probe else min(left, 1.0)
             event = await self._next_event(events, wait)
             if event is not None:
-                self._apply([event, *self._pending(events)])
+                self._apply([event, *self._pending(events)], gather=False)
             self._expire()
             if probe and self.clock.monotonic() >= next_probe:
                 fwd = self.config.forward
@@ -391,12 +399,16 @@ class Forwarder:
                 await asyncio.sleep(0)
 
     def _wait_s(self) -> float:
-        """How long to wait for events: until the oldest ack deadline, at most the idle poll."""
-        if not self._inflight:
-            return IDLE_POLL_S
-        oldest = next(iter(self._inflight.values()))
-        due = oldest.sent_mono + self.config.forward.ack_timeout_s - self.clock.monotonic()
-        return max(0.001, min(IDLE_POLL_S, due))
+        """How long to wait for events: until the oldest ack deadline or the gathered acks are due, at most the
+        idle poll."""
+        now = self.clock.monotonic()
+        due = IDLE_POLL_S
+        if self._inflight:
+            oldest = next(iter(self._inflight.values()))
+            due = min(due, oldest.sent_mono + self.config.forward.ack_timeout_s - now)
+        if self._gather_until is not None:
+            due = min(due, self._gather_until - now)
+        return max(0.001, due)
 
     def _send(self, link: MqttLink, message: OutboxMessage, sent_mono: float) -> bool:
         """Publish one claimed message (sent at ``sent_mono``); False when the link is down (the caller requeues)."""
@@ -460,23 +472,25 @@ class Forwarder:
         _logger.info("no platform ack within %.0f s for %d messages; re-sending", self.config.forward.ack_timeout_s,
                      requeued)  # fmt: skip
 
-    def _apply(self, events: list[LinkEvent]) -> ForwardError | None:
+    def _apply(self, events: list[LinkEvent], *, gather: bool = True) -> ForwardError | None:
         """Apply a batch of link events; return the error when the connection ended.
 
-        Each downlink message is handled on its own and acknowledged to the broker only after its outcome
-        is committed (platform acks: after the one transaction that applies the batch's acks). A StoreError
-        propagates without acknowledging: the supervisor restarts us and the broker redelivers.
+        Each downlink message is handled on its own. A platform ack is gathered with those that follow it
+        within ACK_GATHER_S (``gather=False``: applied now), then all are applied in one transaction, and
+        their messages are acknowledged to the broker (PUBACK) only after it is committed; any other downlink
+        message is acknowledged once its outcome is committed. A StoreError propagates without acknowledging:
+        the supervisor restarts us and the broker redelivers.
         """
-        acked: list[str] = []
-        after_confirm: list[Received] = []
         ended: ForwardError | None = None
         for event in events:
             match event:
                 case Received():
                     ids = self._downlink(event)
                     if ids:
-                        acked.extend(ids)
-                        after_confirm.append(event)
+                        self._gathered_ids.extend(ids)
+                        self._gathered_acks.append(event)
+                        if self._gather_until is None:
+                            self._gather_until = self.clock.monotonic() + ACK_GATHER_S
                     else:
                         self._acknowledge(event)
                 case Rejected(message_id=mid, reason=reason):
@@ -493,11 +507,20 @@ class Forwarder:
                     ended = error
                 case Connected():
                     pass
-        if acked:
-            self._confirm(acked)
-        for event in after_confirm:
-            self._acknowledge(event)
+        due = self._gather_until
+        if due is not None and (
+            not gather or ended is not None or len(self._gathered_ids) >= CLAIM_MAX or self.clock.monotonic() >= due
+        ):
+            self._apply_gathered()
         return ended
+
+    def _apply_gathered(self) -> None:
+        """Apply the gathered acks in one durable transaction, then PUBACK their downlink messages."""
+        ids, acks = self._gathered_ids, self._gathered_acks
+        self._gathered_ids, self._gathered_acks, self._gather_until = [], [], None
+        self._confirm(ids)
+        for event in acks:
+            self._acknowledge(event)
 
     def _acknowledge(self, message: Received) -> None:
         """PUBACK a handled downlink message (a no-op once its connection ended: it comes again)."""

@@ -185,3 +185,36 @@ def test_any_json_document_gives_a_value_or_a_contract_error(doc: dict[str, obje
     for topic in (contract.TOPIC_ACK, contract.TOPIC_REFERRAL):
         with contextlib.suppress(ContractError):
             downlink.parse(topic, payload)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.recursive(
+        st.text(max_size=24) | st.integers(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+        max_leaves=12,
+    ),
+    st.booleans(),
+)
+def test_a_plain_payload_holds_no_string_the_text_check_refuses(doc: object, ensure_ascii: bool) -> None:
+    """The shortcut that skips the walk over an ack's strings (printable ASCII, no escapes) never skips one the
+    walk would refuse; and a payload with any refused character is never plain."""
+    payload = json.dumps(doc, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")
+    refused_by_walk = False
+    try:
+        downlink.check_text(doc, what="ack")
+    except ContractError:
+        refused_by_walk = True
+    if downlink.plain_json(payload):
+        assert not refused_by_walk
+    if refused_by_walk:
+        assert not downlink.plain_json(payload)
+
+
+def test_plain_json_examples() -> None:
+    assert downlink.plain_json(contract.ack_payload(["m-1", "m-2"]))
+    assert not downlink.plain_json(b'{"message_ids": ["m\\u0000"]}')  # an escape: the walk decides
+    assert not downlink.plain_json('{"note": "\u202e"}'.encode())  # non-ASCII: the walk decides
+    assert not downlink.plain_json(b'{"message_ids":\n["m-1"]}')  # a literal newline
+    with pytest.raises(ContractError, match="control character"):
+        downlink.parse_ack(b'{"schema": "cg.ack/1", "message_ids": ["m\\u0007"]}')
