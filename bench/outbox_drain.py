@@ -19,7 +19,7 @@ Ratios (targets in the JSON):
 - ``ratio_broker_ack`` = broker_ack / bare (target >= 0.8): the forwarder's own send path.
 - ``cpu_ratio`` = the gateway's CPU per message in the drain / the bare loop's CPU per message (target <= 1.5):
   what the outbox, the acks and the bookkeeping cost on top of paho. CPU is the bench process's (both run in
-  it: the gateway's asyncio loop and its paho network thread, or the bare loop's).
+  it: the gateway's asyncio loop, which also drives paho, or the bare loop's two threads).
 
 The last line is one JSON object.
 
@@ -334,6 +334,7 @@ def main() -> None:
             "qos": QOS,
             "paho_inflight": min(args.window, rounds[0]["broker_receive_maximum"]),
             "tcp_nodelay": "both",
+            "threads": "bare: the publishing thread and paho's network thread (loop_start); gateway: its event loop",
             "payloads": "the same bytes",
             "durability": "bare: none; gateway: each reading durable before its claim, each platform ack committed "
             "durably (synchronous=FULL) before it counts",

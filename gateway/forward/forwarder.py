@@ -384,13 +384,15 @@ class Forwarder:
                         self.outbox.requeue([m.message_id for m in batch[i:]])
                         break
             timeout = 0.0 if sent_any and len(self._inflight) < window else self._wait_s()
+            quiet = False
             if timeout > 0:
                 first = await self._next_event(events, timeout)
+                quiet = first is None  # a whole wait without news: gathered acks are applied now
             else:  # more to claim at once; first let the loop write what was just published and read what came
                 await asyncio.sleep(0)
                 first = None
             batch_events = ([first] if first is not None else []) + self._pending(events)
-            ended = self._apply(batch_events)
+            ended = self._apply(batch_events, gather=not quiet)
             self._expire()
             if ended is not None:
                 return ended
@@ -476,10 +478,11 @@ class Forwarder:
         """Apply a batch of link events; return the error when the connection ended.
 
         Each downlink message is handled on its own. A platform ack is gathered with those that follow it
-        within ACK_GATHER_S (``gather=False``: applied now), then all are applied in one transaction, and
-        their messages are acknowledged to the broker (PUBACK) only after it is committed; any other downlink
-        message is acknowledged once its outcome is committed. A StoreError propagates without acknowledging:
-        the supervisor restarts us and the broker redelivers.
+        within ACK_GATHER_S by the clock, or until a wait passes without news (``gather=False``: everything
+        gathered is applied now; the link is quiet, or we are backing off), then all are applied in one
+        transaction, and their messages are acknowledged to the broker (PUBACK) only after it is committed;
+        any other downlink message is acknowledged once its outcome is committed. A StoreError propagates
+        without acknowledging: the supervisor restarts us and the broker redelivers.
         """
         ended: ForwardError | None = None
         for event in events:

@@ -156,7 +156,7 @@ def tls_context(tls: TlsSettings) -> ssl.SSLContext:
     return ctx
 
 
-# -- events the link emits (from its network thread) ----------------------------------------------------
+# -- events the link emits (on the event loop, from paho's callbacks) ----------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,3 +94,15 @@ def test_a_large_gathering_is_applied_at_once(tmp_path: Path, commits: list[list
     assert commits == []
     forwarder._apply([_ack(forwarder, ids[2:], 2)])
     assert commits == [ids]
+
+
+def test_a_quiet_link_applies_what_is_gathered_whatever_the_clock_says(
+    tmp_path: Path, commits: list[list[str]]
+) -> None:
+    """The drain passes ``gather=False`` after a whole wait without news: a clock that does not move (a test's,
+    or a wall clock held back) never holds acks."""
+    forwarder, _clock, ids = _forwarder_with_sent(tmp_path, 2)
+    forwarder._apply([_ack(forwarder, ids, 1)])
+    assert commits == []
+    forwarder._apply([], gather=False)
+    assert commits == [ids]
