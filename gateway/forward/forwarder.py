@@ -427,8 +427,6 @@ class Forwarder:
             return True
         except BrokerUnavailable:
             return False
-        if handle.state == "lost":
-            return False
         self._inflight[message.message_id] = _Inflight(message.seq, message.kind, sent_mono, handle)
         self.counters["sent"] += 1
         return True

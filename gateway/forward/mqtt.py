@@ -451,39 +451,32 @@ class MqttLink:
             loop.add_writer(sock, self._writable)
         self._tick = loop.call_later(1.0, self._keepalive)
 
-    def _readable(self) -> None:
+    def _step(self, step: Callable[[Client], object]) -> bool:
+        """One of paho's network steps, on the loop. False when there is no connection, or when the step raised
+        (a socket or TLS error paho let through, or a bug): the connection then ends."""
         client = self._client
-        if client is None:
-            return
+        if client is None or self._sock is None:
+            return False
         try:
-            client.loop_read()
-            sock = self._sock
-            # TLS: bytes already decrypted wait in the SSL object, where the selector cannot see them
-            if sock is not None and hasattr(sock, "pending") and sock.pending() and self._loop is not None:
-                self._loop.call_soon(self._readable)
-        except Exception as exc:  # a socket / TLS error paho let through, or a bug: the connection ends
+            step(client)
+        except Exception as exc:
             self._abort(connect_exception(exc, "network loop"))
+            return False
+        return self._sock is not None
+
+    def _readable(self) -> None:
+        sock = self._sock
+        # TLS: bytes already decrypted wait in the SSL object, where the selector cannot see them
+        if self._step(Client.loop_read) and hasattr(sock, "pending") and sock.pending() and self._loop is not None:
+            self._loop.call_soon(self._readable)
 
     def _writable(self) -> None:
-        client = self._client
-        if client is None:
-            return
-        try:
-            client.loop_write()
-        except Exception as exc:
-            self._abort(connect_exception(exc, "network loop"))
+        self._step(Client.loop_write)
 
     def _keepalive(self) -> None:
-        client, loop = self._client, self._loop
-        if client is None or loop is None or self._sock is None:
-            return
-        try:
-            client.loop_misc()  # PINGREQ when due; ends the connection when the broker stopped answering
-        except Exception as exc:
-            self._abort(connect_exception(exc, "network loop"))
-            return
-        if self._sock is not None:
-            self._tick = loop.call_later(1.0, self._keepalive)
+        # PINGREQ when due; ends the connection when the broker stopped answering
+        if self._step(Client.loop_misc) and self._loop is not None:
+            self._tick = self._loop.call_later(1.0, self._keepalive)
 
     def _want_write(self, _client: Client, _userdata: Any, sock: Any) -> None:
         if self._loop is not None and sock is self._sock:
@@ -627,11 +620,13 @@ class MqttLink:
         # paho only queues here (the loop writes when the socket is writable): no PUBACK can come before the
         # handle is recorded, and the connection cannot end in between.
         info = client.publish(topic, payload, qos=QOS, retain=retain, properties=props)
-        if info.rc == MQTTErrorCode.MQTT_ERR_PAYLOAD_SIZE:
-            raise MessageRejected(f"message of {len(payload)} bytes is too large for MQTT", reason="Payload too large")
-        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-            raise BrokerUnavailable("not connected to the broker")
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if info.rc == MQTTErrorCode.MQTT_ERR_PAYLOAD_SIZE:
+                raise MessageRejected(
+                    f"message of {len(payload)} bytes is too large for MQTT", reason="Payload too large"
+                )
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                raise BrokerUnavailable("not connected to the broker")
             raise BrokerUnavailable(f"publish failed: {info.rc.name}")
         handle = PublishHandle(message_id, info.mid, len(payload))
         self._handles[info.mid] = handle
