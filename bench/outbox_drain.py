@@ -21,6 +21,11 @@ Ratios (targets in the JSON):
   what the outbox, the acks and the bookkeeping cost on top of paho. CPU is the bench process's (both run in
   it: the gateway's asyncio loop, which also drives paho, or the bare loop's two threads).
 
+CPUs: the bench process (the bare loop, then the gateway) runs on the first CPU it may use, the brokers and the
+receiver on the others (on a one-CPU machine, all on that one). The gateway and the bare loop are then measured
+alike, neither competing with the emulated platform for its core: on a Pi the platform is elsewhere. Unpinned,
+on a shared 2-core machine, a round's ratio swung by half with how fast the receiver happened to run.
+
 The last line is one JSON object.
 
     .venv/bin/python bench/outbox_drain.py [--readings 20000] [--window 500] [--rounds 3]
@@ -193,11 +198,23 @@ def queued_payloads(store: Store, n: int) -> list[bytes]:
     return [bytes(m.payload or b"") for m in messages]
 
 
+_CPUS = sorted(os.sched_getaffinity(0))
+BENCH_CPUS = {_CPUS[0]}
+PLATFORM_CPUS = set(_CPUS[1:]) or BENCH_CPUS
+"""The bench process's CPU, and the brokers' and the receiver's (see the module's docstring)."""
+
+
+def on_platform_cpus(pid: int) -> None:
+    os.sched_setaffinity(pid, PLATFORM_CPUS)
+
+
 def broker_ack_round(work: Path, readings: int, batch: int) -> tuple[float, float]:
     """The forwarder alone on a fresh store and a broker of its own (the receiver, subscribed to every gateway's
     topics on the other one, would acknowledge): messages per second until the broker PUBACKed them all."""
     broker = MosquittoBroker(work / "alone-broker", BrokerOptions(persistence=False, extra_lines=[NODELAY]))
     broker.start()
+    assert broker.process is not None
+    on_platform_cpus(broker.process.pid)
     try:
         return _forwarder_alone(broker.port, work, readings, batch)
     finally:
@@ -238,6 +255,9 @@ def one_round(readings: int, batch: int, window: int) -> dict[str, Any]:
              "--report-s", "3600"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        assert broker.process is not None
+        on_platform_cpus(broker.process.pid)
+        on_platform_cpus(receiver.pid)
         try:
             clock = SystemClock("assume_synced")
             store = open_store(work / "gw" / "gateway.db", work / "gw" / "images", clock=clock,
@@ -245,7 +265,6 @@ def one_round(readings: int, batch: int, window: int) -> dict[str, Any]:
             store_rate = fill_store(store, readings, batch)
             payloads = queued_payloads(store, readings)
             receive_maximum = broker_receive_maximum(broker.port)
-            assert broker.process is not None
             others = {"broker": broker.process.pid, "receiver": receiver.pid}
             before = {name: cpu_seconds(pid) for name, pid in others.items()}
             bare_rate, bare_cpu = bare_loop(broker.port, payloads, window)
@@ -298,6 +317,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="figures are the median over the rounds")
     args = parser.parse_args()
 
+    os.sched_setaffinity(0, BENCH_CPUS)
     rounds = []
     for i in range(args.rounds):
         figures = one_round(args.readings, args.batch, args.window)
@@ -334,6 +354,7 @@ def main() -> None:
             "qos": QOS,
             "paho_inflight": min(args.window, rounds[0]["broker_receive_maximum"]),
             "tcp_nodelay": "both",
+            "cpus": {"bench": sorted(BENCH_CPUS), "brokers_and_receiver": sorted(PLATFORM_CPUS)},
             "threads": "bare: the publishing thread and paho's network thread (loop_start); gateway: its event loop",
             "payloads": "the same bytes",
             "durability": "bare: none; gateway: each reading durable before its claim, each platform ack committed "
