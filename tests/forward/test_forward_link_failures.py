@@ -155,3 +155,27 @@ def test_probe_does_not_defeat_the_backoff_when_the_port_answers_but_the_broker_
             assert not run.forwarder._may_probe()  # sitting out the hour now
     finally:
         listener.close()
+
+
+def test_a_broker_that_stops_answering_is_noticed_by_keepalive(tmp_path, broker, receiver_factory) -> None:
+    """A broker that goes silent without closing the connection (a frozen host, a cable pulled somewhere between):
+    no error ever arrives, only the missing PINGRESP tells. The link, driven by the forwarder's event loop, runs
+    paho's keepalive itself; the forwarder leaves ``online``, backs off, and drains once the broker answers."""
+    import os
+    import signal
+
+    assert broker.process is not None
+    receiver = receiver_factory(broker)
+    store = _store(tmp_path)
+    config = gateway_config(tmp_path / "gw", port=broker.port, keepalive_s=5)
+    with ForwarderRunner(config, store) as run:
+        wait_until(lambda: Outbox(store).stats().total_unsent == 0, what="drained before the broker froze")
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: run.forwarder.state != "online", what="keepalive noticed the silent broker")
+            add_readings(store, [reading(i) for i in range(N + 1, 2 * N + 1)])
+        finally:
+            os.kill(broker.process.pid, signal.SIGCONT)
+        wait_until(lambda: Outbox(store).stats().total_unsent == 0, what="drained after the broker answered again")
+        assert run.forwarder.state == "online"
+    assert receiver.counts()["readings"] == 2 * N
