@@ -494,7 +494,7 @@ class MqttLink:
         self._connected = False
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting for the event
-                self._loop.call_soon(self._connection_ended)
+                self._loop.call_soon(self._connection_ended, self.connection)
 
     def _unwatch(self, sock: Any) -> None:
         if sock is None or sock is not self._sock:
@@ -517,11 +517,12 @@ class MqttLink:
         self._connected = False
         with contextlib.suppress(Exception):
             sock.close()
-        self._connection_ended()
+        self._connection_ended(self.connection)
 
-    def _connection_ended(self) -> None:
-        """Once per connection: wake connect() when it ended before CONNACK, else emit Disconnected."""
-        if self._ended:
+    def _connection_ended(self, connection: int) -> None:
+        """Once per connection: wake connect() when it ended before CONNACK, else emit Disconnected. (A report
+        scheduled for a connection that a new connect() has replaced since is dropped.)"""
+        if self._ended or connection != self.connection:
             return
         self._ended = True
         waiter = self._connack
