@@ -144,12 +144,11 @@ async def _run(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     runtime.desk.bind(loop)
-    requeued = Outbox(runtime.store).requeue_all_sent()
     runtime.components = build_components(runtime, factories)
     _logger.info(
-        "gateway %s starting: site %s gateway %s, %d components (%s), %d messages requeued",
+        "gateway %s starting: site %s gateway %s, %d components (%s)",
         __version__, config.gateway.site_id, config.gateway.gateway_id, len(runtime.components),
-        ", ".join(c.name for c in runtime.components), requeued,
+        ", ".join(c.name for c in runtime.components),
     )  # fmt: skip
     tasks = [asyncio.create_task(_supervise(c, runtime, stop), name=c.name) for c in runtime.components]
     notifier = runtime.notifier = notify.Notifier()

@@ -42,7 +42,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     print(f"backup restored into {summary.path}")
     for path in summary.set_aside:
         print(f"previous store kept as {path}")
-    _print({"counts": summary.counts, "images": summary.images, "requeued": summary.requeued})
+    _print({"counts": summary.counts, "images": summary.images})
     return EXIT_OK
 
 

@@ -7,8 +7,8 @@ What it supports:
 - A message is confirmed only when the platform's ``ack`` names its ``message_id`` (PUBACK only proves the
   broker has it). Unconfirmed messages go back to the queue after ``forward.ack_timeout_s``, measured on
   the monotonic clock: the wall clock of a Pi without RTC may jump by years when NTP syncs late.
-- At start every ``sent`` row is requeued (what was in flight when we stopped goes out again; the
-  platform deduplicates on ``message_id``).
+- What is in flight lives in memory (the outbox's and ours): what was in flight when we stopped goes out
+  again (the platform deduplicates on ``message_id``).
 - A message the broker refuses (PUBACK failure code, or a link dropped over it: 0x95 Packet too large)
   is parked with the reason, and the rest keeps draining. A body that cannot be read is parked too.
 - Failures get a named state (``auth_refused``, ``tls_error``, ``unreachable``...) with the error text,
@@ -267,9 +267,9 @@ class Forwarder:
         events: asyncio.Queue[LinkEvent] = asyncio.Queue()
         on_event = events.put_nowait  # the link calls it on this loop (an unbounded queue: never blocks)
 
-        requeued = self.outbox.requeue_all_sent()
+        requeued = self.outbox.requeue_in_flight()  # a restart by the supervisor: our memory is still there
         if requeued:
-            _logger.info("requeued %d messages that were in flight at the last stop", requeued)
+            _logger.info("requeued %d messages that were in flight when the drain stopped", requeued)
         self._inflight.clear()
         attempt = 0
         cut_short = False

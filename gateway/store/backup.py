@@ -64,7 +64,6 @@ class BackupSummary:
     images: int
     image_bytes: int
     missing_images: list[str] = field(default_factory=list)
-    requeued: int = 0
     set_aside: list[Path] = field(default_factory=list)
 
 
@@ -344,20 +343,18 @@ def _import_backup(source: Path, db_path: Path, image_dir: Path, *, force: bool)
     with translate_sqlite_errors("preparing the restored store"):
         conn = sqlite3.connect(db_path, isolation_level=None)
         try:
-            # In flight when the backup was taken: send again (the platform deduplicates on message_id). "!= 'acked'":
-            # the partial state index (migration 0010) serves only queries that say so.
-            requeued = conn.execute(
-                "UPDATE outbox SET state = 'pending' WHERE state = 'sent' AND state != 'acked'"
-            ).rowcount
+            # What was in flight when the backup was taken is pending in it (in flight is the forwarder's memory;
+            # an older backup's 'sent' rows become pending when the store is opened: migration 0011), so it is
+            # sent again; the platform deduplicates on message_id.
             counts = _counts(conn)
         finally:
             conn.close()
     _chown_like(db_path, db_path.parent)
     _chown_like(image_dir, db_path.parent)
     _logger.info(
-        "import: %d readings, %d captures, %d outbox messages (%d requeued), %d images from %s",
-        counts.get("readings", 0), counts.get("captures", 0), counts.get("outbox", 0), requeued, images, source,
+        "import: %d readings, %d captures, %d outbox messages, %d images from %s",
+        counts.get("readings", 0), counts.get("captures", 0), counts.get("outbox", 0), images, source,
     )  # fmt: skip
     return BackupSummary(
-        db_path, counts, images, image_bytes, list(manifest.get("missing_images", [])), requeued, set_aside
+        db_path, counts, images, image_bytes, list(manifest.get("missing_images", [])), set_aside=set_aside
     )

@@ -284,7 +284,7 @@ def delivery_states(store: Store, capture_ids: list[str]) -> dict[str, Delivery]
     refs = [f"capture:{c}" for c in capture_ids]
     marks = ", ".join("?" for _ in refs)
     rows = store.query(
-        "SELECT record_ref, sum(state = 'parked') AS parked, sum(state IN ('pending', 'sent')) AS waiting "
+        "SELECT record_ref, sum(state = 'parked') AS parked, sum(state = 'pending') AS waiting "
         f"FROM outbox WHERE record_ref IN ({marks}) GROUP BY record_ref",
         refs,
     )

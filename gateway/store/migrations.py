@@ -476,3 +476,19 @@ def _outbox_unacked_index(db: Database) -> None:
         CREATE INDEX outbox_unacked ON outbox (state, seq) WHERE state != 'acked';
         """
     )
+
+
+@MIGRATIONS(name="0011_outbox_sent_in_memory")
+def _outbox_sent_in_memory(db: Database) -> None:
+    # Issue 17: "in flight" lives in the forwarder's memory; a claim writes no message row (see
+    # gateway.store.outbox). Rows still 'sent' go back to 'pending' (they went out again at every start anyway),
+    # and the ack guard's evidence moves from each row's sent_at to one mark, the highest seq sent: claims went in
+    # seq order, so every message at or below the highest sent one went out (or was parked). The columns 'sent_at'
+    # and the state 'sent' stay in the schema, unused (dropping a column rebuilds the table).
+    db.execute(
+        "INSERT INTO kv (key, value, updated_at) "
+        "SELECT 'outbox_sent_through', CAST(max(seq) AS TEXT), max(sent_at) FROM outbox "
+        "WHERE sent_at IS NOT NULL HAVING max(seq) IS NOT NULL "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+    )
+    db.execute("UPDATE outbox SET state = 'pending' WHERE state = 'sent' AND state != 'acked'")

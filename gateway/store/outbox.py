@@ -2,26 +2,30 @@
 
 Row lifecycle, the one table of it (``TRANSITIONS``, with ``GUARDS`` on guarded transitions)::
 
-    pending --claim--> sent --ack--> acked
-       ^                 |
-       +----timeout------+            (also every 'sent' row at start-up: re-send, the platform dedupes)
-    pending|sent --park--> parked --retry--> pending
-    pending --ack--> acked            only if sent before (sent_at set): an ack for a message we had
-                                      already requeued. An ack naming a message never sent is a platform
-                                      bug or a forged ack; it is not applied (Outbox.ack reports it).
+    pending --ack--> acked            only if sent before (seq <= the sent-through mark): an ack naming a
+                                      message never sent is a platform bug or a forged ack; it is not applied
+                                      (Outbox.ack reports it)
+    pending --park--> parked --retry--> pending
+
+and, in the memory of the :class:`Outbox` that drains (the forwarder's), never written::
+
+    pending --claim--> in flight --ack|park--> (as above)
+                           +--timeout|link lost--> pending      (attempts + 1: a send that went unconfirmed)
 
 Storage (migration ``0007_outbox_state_apart``): ``outbox`` holds a message's identity and lifecycle, the
 narrow row every transition rewrites; ``outbox_bodies`` holds what is sent (topic, payload or body_ref,
-properties), written once by :func:`enqueue` and never updated: claim, ack, requeue, park and retry touch
-only ``outbox``. Once the platform has acked a message its body is no longer needed (nothing sends an acked
-message again); the prune deletes it (:func:`drop_acked_bodies`). ``outbox_counts`` holds the counts per
-(kind, state), maintained by triggers in the transaction of every write, so :meth:`Outbox.stats` reads a
-few rows whatever the history's size.
+properties), written once by :func:`enqueue` and never updated: ack, park and retry touch only ``outbox``.
+Once the platform has acked a message its body is no longer needed (nothing sends an acked message again);
+the prune deletes it (:func:`drop_acked_bodies`). ``outbox_counts`` holds the counts per (kind, state),
+maintained by triggers in the transaction of every write, so :meth:`Outbox.stats` reads a few rows whatever
+the history's size.
 
-``sent`` is a stored state, not only the forwarder's memory: every ``sent`` row is requeued at start, but a
-platform ack for a message sent before a restart arrives after it (the broker keeps it for our persistent
-session), and the guard on ``pending --ack--> acked`` needs to know the message went out (``sent_at``); the
-write is one narrow row per message in a non-durable transaction.
+"In flight" lives in memory (migration ``0011_outbox_sent_in_memory``): what was in flight when the gateway
+stopped is sent again anyway (the platform deduplicates on ``message_id``), so a claim writes no row. What
+must outlive a restart is the ack guard: a platform ack for a message sent before a restart arrives after it
+(the broker keeps it for our persistent session). Claims go in ``seq`` order and AUTOINCREMENT never hands
+a seq out twice, so one number says which messages went out: the highest seq ever claimed
+(:data:`SENT_THROUGH_KEY`), raised in each claim's transaction.
 
 All outbox SQL lives here.
 """
@@ -37,21 +41,20 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from gateway.errors import StoreError
 from gateway.records import OutboxMessage
 from gateway.store.db import Store, iso, new_id
 
+SENT_THROUGH_KEY = "outbox_sent_through"
+"""kv key: the highest seq ever claimed (every message at or below it went out at least once, or was parked)."""
+_SENT_THROUGH = f"(SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM kv WHERE key = '{SENT_THROUGH_KEY}')"
+
 TRANSITIONS: dict[tuple[str, str], str] = {
-    ("pending", "claim"): "sent",
-    ("sent", "ack"): "acked",
     ("pending", "ack"): "acked",
-    ("sent", "timeout"): "pending",
     ("pending", "park"): "parked",
-    ("sent", "park"): "parked",
     ("parked", "retry"): "pending",
 }
 GUARDS: dict[tuple[str, str], str] = {
-    ("pending", "ack"): "sent_at IS NOT NULL",
+    ("pending", "ack"): f"seq <= {_SENT_THROUGH}",
 }
 """SQL conditions a row must also meet for a transition: a pending row is acked only if it was sent before."""
 
@@ -125,8 +128,8 @@ def enqueue(
 
 _MESSAGE_COLUMNS = (
     # a pending message always has its body (bodies go only once acked); a missing one is sent as nothing to
-    # send: the forwarder parks it ("message body cannot be read"). ``attempts + 1``: the attempt this claim
-    # starts (the row says the same once updated).
+    # send: the forwarder parks it ("message body cannot be read"). ``attempts`` counts the sends that went
+    # unconfirmed; ``+ 1``: the one this claim starts.
     "o.seq, o.message_id, o.kind, coalesce(b.topic, ''), b.payload, b.body_ref, b.properties, o.attempts + 1, "
     "o.created_at"
 )
@@ -155,30 +158,32 @@ UNACKED = "state != 'acked'"
 acked: a query that should use it says this too (SQLite uses a partial index only for queries that do)."""
 
 # The statements of the drain's hot path, built once from the lifecycle table.
-_CLAIM = (
+_CLAIMABLE = "o.state = 'pending' AND o." + UNACKED
+_CLAIM_AHEAD = (
     f"SELECT {_MESSAGE_COLUMNS} FROM outbox o LEFT JOIN outbox_bodies b ON b.seq = o.seq "
-    f"WHERE {_where_from('claim', 'o.state')} AND o.{UNACKED} ORDER BY o.seq LIMIT ?"
+    f"WHERE {_CLAIMABLE} AND o.seq > ? ORDER BY o.seq LIMIT ?"
 )
-# The claim marks what its SELECT returned, in the same transaction (one snapshot): the first rows a claim leaves,
-# up to the last seq it took. One statement whatever the batch's size (an IN list of n marks is a new statement
-# for each n, parsed again: a drain claims what each platform ack frees, a few dozen at a time).
-_SENT = (
-    f"UPDATE outbox SET state = '{_to('claim')}', attempts = attempts + 1, sent_at = ? "
-    f"WHERE {_where_from('claim')} AND {UNACKED} AND seq <= ?"
+_CLAIM_BEHIND = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM outbox o LEFT JOIN outbox_bodies b ON b.seq = o.seq "
+    f"WHERE {_CLAIMABLE} AND o.seq <= ? ORDER BY o.seq LIMIT ?"
+)
+# One row whatever the claim's size; never lowered (a claim after a restart may start below the mark).
+_RAISE_SENT_THROUGH = (
+    "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+    "value = max(CAST(kv.value AS INTEGER), CAST(excluded.value AS INTEGER)), updated_at = excluded.updated_at"
 )
 # "+state": look rows up by message_id; the state index would walk the whole backlog
 _ACKED = (
     f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? WHERE {_where_from('ack', '+state')} AND message_id IN "
 )
-_NEVER_SENT = "SELECT message_id FROM outbox WHERE +state = 'pending' AND sent_at IS NULL AND message_id IN "
-_REQUEUE = f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout', '+state')} AND message_id IN "
-_REQUEUE_ALL = f"UPDATE outbox SET state = '{_to('timeout')}' WHERE {_where_from('timeout')} AND {UNACKED}"
+_NEVER_SENT = f"SELECT message_id FROM outbox WHERE +state = 'pending' AND seq > {_SENT_THROUGH} AND message_id IN "
+_UNCONFIRMED = "UPDATE outbox SET attempts = attempts + 1 WHERE +state = 'pending' AND message_id IN "
 _PARK = (
     f"UPDATE outbox SET state = '{_to('park')}', parked_reason = ? "
     f"WHERE message_id = ? AND {_where_from('park', '+state')}"
 )
 _RETRY = f"UPDATE outbox SET state = '{_to('retry')}', parked_reason = NULL WHERE {_where_from('retry')} AND {UNACKED}"
-_LAST_ACK = (
+_SET_KV = (
     "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
 )
@@ -205,26 +210,77 @@ LAST_ACK_KEY = "outbox_last_ack_at"
 """kv key: when the newest platform ack changed a message (the status page's "last ack")."""
 
 
+IN_FLIGHT = "in_flight"
+"""What :meth:`Outbox.state_of` says of a message the outbox has in flight (never stored)."""
+LOOK_BEHIND_S = 5.0
+"""While messages are in flight, a claim that finds nothing new also looks below the claim cursor at most this
+often: for messages another process put back in the queue meanwhile (parked ones retried from the CLI)."""
+
+
 class Outbox:
-    """Outbox operations for the forwarder and the operations CLI."""
+    """Outbox operations for the forwarder and the operations CLI.
+
+    One instance drains (the forwarder's): it keeps what it has in flight, in memory. Claims read ahead of a
+    cursor, the highest seq claimed since nothing was in flight; a message put back (timeout, link lost) is
+    below it, so the next claim looks there first, skipping what is still in flight.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._in_flight: set[str] = set()
+        """The message ids this outbox claimed and has not seen acked, parked or put back."""
+        self._after = 0
+        """The claim cursor: every message in flight has seq <= _after."""
+        self._behind = False
+        """True when a pending message not in flight may have seq <= _after (we put one back)."""
+        self._looked_behind_at: float | None = None
 
     def claim_batch(self, limit: int) -> list[OutboxMessage]:
-        """Take up to ``limit`` pending messages in order and mark them sent (only their narrow rows change)."""
+        """Take up to ``limit`` pending messages that are not in flight, in ``seq`` order, and hold them in flight.
+
+        Writes no message row: only the sent-through mark (one kv row), in the same transaction.
+        """
         if limit <= 0:
             return []
+        if not self._in_flight:  # nothing in flight: the cursor can start over, and the claim is exact
+            self._after, self._behind = 0, False
+        rows: list[Any] = []
         with self.store.transaction(durable=False) as db:
-            rows = db.conn.execute(_CLAIM, [limit]).fetchall()
-            if rows:
-                marked = db.conn.execute(_SENT, [iso(self.store.clock.utc_now()), rows[-1][0]]).rowcount
-                if marked != len(rows):  # cannot happen in one snapshot; never send what the table does not say
-                    raise StoreError(f"claim marked {marked} messages for {len(rows)} read")
+            if self._behind or self._look_behind_due():
+                rows = self._claim_behind(db, limit)
+            if len(rows) < limit:
+                ahead = db.conn.execute(_CLAIM_AHEAD, [self._after, limit - len(rows)]).fetchall()
+                if ahead:
+                    self._after = ahead[-1][0]
+                    now = iso(self.store.clock.utc_now())
+                    db.conn.execute(_RAISE_SENT_THROUGH, [SENT_THROUGH_KEY, self._after, now])
+                    rows += ahead
+                elif self._looked_behind_at is None:  # caught up: from now on, look behind now and then
+                    self._looked_behind_at = self.store.clock.monotonic()
+        self._in_flight.update(row[1] for row in rows)
         return [_row_to_message(r) for r in rows]
 
+    def _look_behind_due(self) -> bool:
+        looked = self._looked_behind_at
+        return looked is not None and self.store.clock.monotonic() - looked >= LOOK_BEHIND_S
+
+    def _claim_behind(self, db: Database, limit: int) -> list[Any]:
+        """Pending messages at or below the cursor that are not in flight (put back, or retried), up to ``limit``."""
+        self._looked_behind_at = None
+        fetch = limit + len(self._in_flight)
+        found = db.conn.execute(_CLAIM_BEHIND, [self._after, fetch]).fetchall()
+        free = [row for row in found if row[1] not in self._in_flight]
+        # all of them seen, and all taken: nothing is left behind the cursor
+        self._behind = len(found) == fetch or len(free) > limit
+        return free[:limit]
+
+    @property
+    def in_flight(self) -> int:
+        """How many messages this outbox has in flight."""
+        return len(self._in_flight)
+
     def ack(self, message_ids: Iterable[str]) -> AckResult:
-        """Mark messages the platform has durably stored: those sent, or requeued after being sent.
+        """Mark messages the platform has durably stored: those sent, also those put back after being sent.
 
         Unknown and already-acked ids are ignored (acks repeat); ids of messages never sent are not applied
         and come back in ``never_sent``.
@@ -244,49 +300,57 @@ class Outbox:
                 if cur.rowcount < len(part):  # only then can some be never-sent ones
                     never_sent += [row[0] for row in db.conn.execute(_NEVER_SENT + marks, params)]
             if changed:
-                db.conn.execute(_LAST_ACK, [LAST_ACK_KEY, now, now])
+                db.conn.execute(_SET_KV, [LAST_ACK_KEY, now, now])
+        self._in_flight.difference_update(ids)
         return AckResult(changed, tuple(never_sent))
 
     def requeue(self, message_ids: Iterable[str]) -> int:
-        """Put sent-but-unconfirmed messages back to pending (ack timeout)."""
-        ids = list(message_ids)
+        """Put messages in flight back in the queue, unconfirmed (ack timeout, link lost): the next claims take
+        them first. Counts the unconfirmed send in their ``attempts``; returns how many went back (those still
+        pending: not acked or parked meanwhile)."""
+        ids = [mid for mid in message_ids if mid in self._in_flight]
         if not ids:
             return 0
+        self._in_flight.difference_update(ids)
+        self._behind = True
         requeued = 0
         with self.store.transaction(durable=False) as db:
             for start in range(0, len(ids), IN_MAX):
                 marks, params = _padded(ids[start : start + IN_MAX])
-                requeued += db.conn.execute(_REQUEUE + marks, params).rowcount
+                requeued += db.conn.execute(_UNCONFIRMED + marks, params).rowcount
         return requeued
 
-    def requeue_all_sent(self) -> int:
-        """At start-up: whatever was in flight when we stopped goes out again."""
-        with self.store.transaction(durable=False) as db:
-            return int(db.conn.execute(_REQUEUE_ALL).rowcount)
+    def requeue_in_flight(self) -> int:
+        """Put everything in flight back in the queue (the forwarder's start: what a stopped run had in flight
+        goes out again; the platform deduplicates)."""
+        return self.requeue(list(self._in_flight))
 
     def park(self, message_id: str, reason: str) -> None:
         """Set a message aside that the broker refuses; it stays stored and can be retried."""
         with self.store.transaction(durable=True) as db:
             db.conn.execute(_PARK, [reason, message_id])
+        self._in_flight.discard(message_id)
 
     def retry_parked(self, kind: str | None = None) -> int:
         """Put parked messages back in the queue (after IT fixed the cause)."""
         where, params = ("", []) if kind is None else (" AND kind = ?", [kind])
         with self.store.transaction(durable=True) as db:
-            return int(db.conn.execute(_RETRY + where, params).rowcount)
+            retried = int(db.conn.execute(_RETRY + where, params).rowcount)
+        self._behind = self._behind or (retried > 0 and bool(self._in_flight))
+        return retried
 
     def stats(self) -> OutboxStats:
         """Counts per kind and state (the maintained counts: a few rows, whatever the history's size), and the
-        creation time of the oldest unsent message (the first pending or sent row of the state index)."""
+        creation time of the oldest unsent message (the first pending row of the state index). Messages in
+        flight are pending here: in flight is the forwarder's memory (see the module's docstring)."""
         counts: dict[str, dict[str, int]] = {}
         for row in self.store.query("SELECT kind, state, n FROM outbox_counts WHERE n > 0 ORDER BY kind, state"):
             counts.setdefault(row["kind"], {})[row["state"]] = row["n"]
         oldest = self.store.scalar(
-            "SELECT created_at FROM outbox WHERE seq = (SELECT min(first) FROM ("
-            f"SELECT min(seq) AS first FROM outbox WHERE state = 'pending' AND {UNACKED} "
-            f"UNION ALL SELECT min(seq) FROM outbox WHERE state = 'sent' AND {UNACKED}))"
+            "SELECT created_at FROM outbox WHERE seq = "
+            f"(SELECT min(seq) FROM outbox WHERE state = 'pending' AND {UNACKED})"
         )
-        unsent = sum(n for by_state in counts.values() for s, n in by_state.items() if s in ("pending", "sent"))
+        unsent = sum(by_state.get("pending", 0) for by_state in counts.values())
         parked = sum(by_state.get("parked", 0) for by_state in counts.values())
         return OutboxStats(counts=counts, oldest_unsent_created_at=oldest, total_unsent=unsent, parked=parked)
 
@@ -300,7 +364,10 @@ class Outbox:
         )
 
     def state_of(self, message_id: str) -> str | None:
-        """The state of one message (None when unknown, or pruned)."""
+        """The state of one message (None when unknown, or pruned); ``"in_flight"`` while this outbox has it in
+        flight (stored, it is pending)."""
+        if message_id in self._in_flight:
+            return IN_FLIGHT
         value = self.store.scalar("SELECT state FROM outbox WHERE message_id = ?", [message_id])
         return None if value is None else str(value)
 

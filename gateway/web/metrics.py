@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 from gateway.services import GatewayServices, Health, ProblemKind
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OUTBOX_STATES = ("pending", "sent", "acked", "parked")
+OUTBOX_STATES = ("pending", "acked", "parked")
+"""The stored states (in flight is the forwarder's memory: ``cg_outbox_in_flight``)."""
 
 
 def _broker_connected(broker: dict[str, Any]) -> float:
@@ -41,6 +42,11 @@ class GatewayCollector(Collector):
             for state in OUTBOX_STATES:
                 outbox.add_metric([kind, state], float(by_state.get(state, 0)))
         yield outbox
+        yield GaugeMetricFamily(
+            "cg_outbox_in_flight",
+            "Messages sent and not yet acknowledged by the platform (the forwarder's memory; pending when stored)",
+            value=float(status["broker"].get("in_flight") or 0),
+        )
         oldest = status["outbox"]["oldest_unsent_age_s"]
         yield GaugeMetricFamily(
             "cg_outbox_oldest_unsent_age_seconds",

@@ -48,7 +48,7 @@ def test_only_confirmed_old_readings_are_pruned(store: Store, clock: FakeClock) 
     outbox = Outbox(store)
     acked, pending, sent, parked = (add_reading(store, s) for s in (1, 2, 3, 4))
     confirm(store, [acked])
-    claimed = outbox.claim_batch(10)  # pending, sent, parked become 'sent'
+    claimed = outbox.claim_batch(10)  # pending, sent, parked go out (in flight)
     assert {m.message_id for m in claimed} == {pending, sent, parked}
     outbox.requeue([pending])
     outbox.park(parked, "too large")
@@ -62,7 +62,7 @@ def test_only_confirmed_old_readings_are_pruned(store: Store, clock: FakeClock) 
     assert result.readings == 1
     kept = {r["message_id"]: r["state"] for r in store.query(
         "SELECT r.message_id, o.state FROM readings r JOIN outbox o USING (message_id)")}  # fmt: skip
-    assert kept == {pending: "pending", sent: "sent", parked: "parked", recent_acked: "acked"}
+    assert kept == {pending: "pending", sent: "pending", parked: "parked", recent_acked: "acked"}  # sent: in flight
     assert outbox.state_of(acked) is None  # its acked outbox row went with it
     assert result.outbox == 1
     # Nothing more to do on a second run.

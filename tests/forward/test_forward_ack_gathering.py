@@ -18,7 +18,7 @@ from gateway.errors import BrokerUnavailable
 from gateway.forward import forwarder as forwarder_module
 from gateway.forward.forwarder import ACK_GATHER_S, Forwarder, _Inflight
 from gateway.forward.mqtt import Disconnected, Received
-from gateway.store.outbox import Outbox
+from gateway.store.outbox import IN_FLIGHT, Outbox
 from gateway.store.readings import add_readings
 from gateway.wire import contract
 
@@ -54,19 +54,19 @@ def commits(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
 def test_acks_within_the_gathering_time_are_one_transaction(tmp_path: Path, commits: list[list[str]]) -> None:
     forwarder, clock, ids = _forwarder_with_sent(tmp_path, 6)
-    outbox = Outbox(forwarder.store)
+    outbox = forwarder.outbox
     forwarder._apply([_ack(forwarder, ids[:2], 1)])
     clock.advance(ACK_GATHER_S / 2)
     forwarder._apply([_ack(forwarder, ids[2:4], 2)])
     # gathered, not applied: nothing counts yet, and the window still holds them
     assert commits == [] and forwarder.counters["acked"] == 0
-    assert {outbox.state_of(i) for i in ids[:4]} == {"sent"}
+    assert {outbox.state_of(i) for i in ids[:4]} == {IN_FLIGHT}
     assert len(forwarder._inflight) == 6
     assert 0 < forwarder._wait_s() <= ACK_GATHER_S / 2  # the drain wakes when they are due
     clock.advance(ACK_GATHER_S / 2)
     forwarder._apply([])
     assert commits == [ids[:4]]
-    assert [outbox.state_of(i) for i in ids] == ["acked"] * 4 + ["sent"] * 2
+    assert [outbox.state_of(i) for i in ids] == ["acked"] * 4 + [IN_FLIGHT] * 2
     assert forwarder.counters["acked"] == 4 and len(forwarder._inflight) == 2
 
 

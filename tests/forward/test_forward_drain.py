@@ -42,13 +42,14 @@ def test_drains_in_order_and_confirms_only_on_platform_ack(tmp_path, broker, rec
         wait_until(lambda: receiver.counts()["readings"] == 120, what="120 readings at the receiver")
         # PUBACKs have all come back by now, but nothing is confirmed without the platform's ack
         wait_until(lambda: run.forwarder.counters["sent"] == 120)
-        assert outbox.stats().counts["glucose"] == {"sent": 120}
+        assert outbox.stats().counts["glucose"] == {"pending": 120}  # in flight is the forwarder's memory
         snap = run.forwarder.snapshot()
         assert snap["state"] == "online" and snap["in_flight"] == 120
         receiver.ack_enabled = True
         add_readings(store, [reading(121)])  # the next batch's ack carries only its own ids...
         wait_until(lambda: outbox.stats().counts["glucose"].get("acked") == 1)
-        assert outbox.stats().counts["glucose"]["sent"] == 120  # ...so the first 120 are still unconfirmed
+        assert outbox.stats().counts["glucose"]["pending"] == 120  # ...so the first 120 are still unconfirmed
+        assert run.forwarder.snapshot()["in_flight"] == 120
     sequences = [r["sequence"] for r in receiver.readings()]
     assert sequences == sorted(sequences)  # drained in outbox order
 

@@ -86,8 +86,9 @@ def test_migration_0007_moves_messages_in_every_state(tmp_path: Path) -> None:
     assert set(after) == set(before)
     for message_id, old in before.items():
         new = after[message_id]
-        for column in ("seq", "kind", "state", "attempts", "created_at", "sent_at", "acked_at", "parked_reason"):
+        for column in ("seq", "kind", "attempts", "created_at", "sent_at", "acked_at", "parked_reason"):
             assert new[column] == old[column], (message_id, column)
+        assert new["state"] == ("pending" if old["state"] == "sent" else old["state"])  # 0011: in flight in memory
         if old["state"] == "acked":
             assert new["payload"] is None and new["topic"] is None  # an acked message's body is not kept
         else:
@@ -101,21 +102,20 @@ def test_migration_0007_moves_messages_in_every_state(tmp_path: Path) -> None:
         outbox.stats().counts
         == scanned_counts(store)
         == {
-            "glucose": {"pending": 2, "sent": 1, "acked": 1},
+            "glucose": {"pending": 3, "acked": 1},
             "capture": {"parked": 1},
             "image_chunk": {"pending": 1},
             "event": {"acked": 1},
         }
     )
-    # The lifecycle goes on: a restart requeues the sent one; the claim sends in seq order, bodies included.
-    assert outbox.requeue_all_sent() == 1
+    # The lifecycle goes on: the claim sends in seq order, bodies included.
     claimed = outbox.claim_batch(10)
     assert [m.message_id for m in claimed] == ["m-pending", "m-sent", "m-requeued", "m-chunk"]
     assert claimed[0].payload == b'{"v":1}' and claimed[3].body_ref == "image:ab:0:10"
     assert claimed[3].properties == {"index": "0"} and claimed[2].attempts == 3
     assert outbox.ack(["m-requeued"]).applied == 1
     add_readings(store, [reading(1)])
-    (new_seq,) = [r["seq"] for r in store.query("SELECT seq FROM outbox WHERE kind = 'glucose' AND state = 'pending'")]
+    new_seq = store.scalar("SELECT max(seq) FROM outbox")
     assert new_seq == 9  # after m-gone's 8
     assert outbox.stats().counts == scanned_counts(store)
 
@@ -159,7 +159,7 @@ def test_claim_ack_requeue_and_park_never_rewrite_a_payload_row(tmp_path: Path) 
         outbox.requeue([first[2].message_id])
         outbox.park(first[3].message_id, "too large")
         outbox.retry_parked()
-        outbox.requeue_all_sent()
+        outbox.requeue_in_flight()
         again = outbox.claim_batch(10)
         outbox.ack([m.message_id for m in again])
     writes = [s for s in statements if s.lstrip().upper().startswith(("UPDATE", "DELETE", "INSERT"))]
@@ -169,8 +169,9 @@ def test_claim_ack_requeue_and_park_never_rewrite_a_payload_row(tmp_path: Path) 
 
 # -- counts maintained, never scanned ----------------------------------------------------------------------------
 class OutboxWalk(RuleBasedStateMachine):
-    """Any sequence of enqueue / claim / ack / requeue / park / retry / prune keeps the maintained counts equal to
-    the counts a scan finds."""
+    """Any sequence of enqueue / claim / ack / requeue / park / retry / restart / prune keeps the maintained counts
+    equal to the counts a scan finds, never claims a message in flight again, and leaves no pending message behind
+    the claims."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -180,6 +181,8 @@ class OutboxWalk(RuleBasedStateMachine):
         self.outbox = Outbox(self.store)
         self.seq = 0
         self.sent: list[str] = []
+        self.in_flight: set[str] = set()
+        """The messages the draining outbox holds in flight, by this model."""
 
     def teardown(self) -> None:
         self.store.close()
@@ -200,13 +203,17 @@ class OutboxWalk(RuleBasedStateMachine):
 
     @rule(n=st.integers(1, 10))
     def claim(self, n: int) -> None:
-        self.sent += [m.message_id for m in self.outbox.claim_batch(n)]
+        claimed = [m.message_id for m in self.outbox.claim_batch(n)]
+        assert not set(claimed) & self.in_flight, "a message in flight was claimed again"
+        self.in_flight |= set(claimed)
+        self.sent += claimed
 
     @precondition(lambda self: self.sent)
     @rule(data=st.data())
     def ack(self, data: st.DataObject) -> None:
         ids = data.draw(st.lists(st.sampled_from(self.sent), max_size=8))
         self.outbox.ack([*ids, "f" * 32])
+        self.in_flight -= set(ids)
 
     @precondition(lambda self: self.sent)
     @rule(data=st.data())
@@ -216,14 +223,26 @@ class OutboxWalk(RuleBasedStateMachine):
             self.outbox.requeue([message_id])
         else:
             self.outbox.park(message_id, "refused")
+        self.in_flight.discard(message_id)
+
+    @rule(elsewhere=st.booleans())
+    def retry(self, elsewhere: bool) -> None:
+        (Outbox(self.store) if elsewhere else self.outbox).retry_parked()  # the CLI has an outbox of its own
+
+    @rule(lost=st.booleans())
+    def restart(self, lost: bool) -> None:
+        if lost:  # the process ended: memory gone
+            self.outbox = Outbox(self.store)
+        else:
+            self.outbox.requeue_in_flight()
+        self.in_flight.clear()
 
     @rule()
-    def retry(self) -> None:
-        self.outbox.retry_parked()
-
-    @rule()
-    def restart(self) -> None:
-        self.outbox.requeue_all_sent()
+    def claim_everything_after_a_look_behind(self) -> None:
+        self.clock.mono += outbox_module.LOOK_BEHIND_S
+        self.claim(1_000_000)
+        waiting = {r["message_id"] for r in self.store.query("SELECT message_id FROM outbox WHERE state = 'pending'")}
+        assert waiting == self.in_flight, "a pending message was left behind the claims"
 
     @rule(days=st.integers(0, 200))
     def prune(self, days: int) -> None:
@@ -235,6 +254,13 @@ class OutboxWalk(RuleBasedStateMachine):
         assert self.outbox.stats().counts == scanned_counts(self.store)
         acked = sum(by_state.get("acked", 0) for by_state in scanned_counts(self.store).values())
         assert self.outbox.ack_activity()[0] == acked
+
+    @invariant()
+    def in_flight_is_pending_and_held_once(self) -> None:
+        assert self.outbox.in_flight == len(self.in_flight)
+        assert all(self.outbox.state_of(m) == outbox_module.IN_FLIGHT for m in self.in_flight)
+        stored = {r["message_id"]: r["state"] for r in self.store.query("SELECT message_id, state FROM outbox")}
+        assert all(stored[m] == "pending" for m in self.in_flight)
 
 
 TestOutboxWalk = OutboxWalk.TestCase
@@ -330,7 +356,7 @@ def test_acked_bodies_go_at_the_prune_whatever_their_age_and_unsent_ones_stay(tm
     assert json.loads(outbox.body_of(claimed[2].message_id) or b"")["message_id"] == claimed[2].message_id
     assert outbox.state_of(claimed[0].message_id) == "acked"  # the record's message is kept, without its body
     assert store.scalar("SELECT count(*) FROM outbox_bodies") == 3
-    outbox.requeue_all_sent()
+    outbox.requeue_in_flight()
     assert [m.payload is not None for m in outbox.claim_batch(10)] == [True, True, True]
 
 
@@ -372,16 +398,16 @@ def test_migration_0010_state_index_holds_only_unacked_messages(tmp_path: Path) 
     # the acked messages have no entry in it
     indexed = store.scalar("SELECT count(*) FROM outbox INDEXED BY outbox_unacked WHERE state != 'acked'")
     assert indexed == 5 == store.scalar("SELECT count(*) FROM outbox WHERE +state != 'acked'")
-    # the claim, the restart's requeue, the retry and the oldest unsent walk it (not the whole history)
+    # the claims, the retry and the oldest unsent walk it (not the whole history)
     for sql, params in [
-        (outbox_module._CLAIM, [500]),
-        (outbox_module._REQUEUE_ALL, []),
+        (outbox_module._CLAIM_AHEAD, [0, 500]),
+        (outbox_module._CLAIM_BEHIND, [10**9, 500]),
         (outbox_module._RETRY, []),
         (f"SELECT min(seq) FROM outbox WHERE state = 'pending' AND {outbox_module.UNACKED}", []),
     ]:
         assert "outbox_unacked" in _plan(store, sql, params), sql
     assert outbox.stats().counts == scanned_counts(store)
-    assert outbox.requeue_all_sent() == 2
+    assert outbox.requeue_in_flight() == 2  # (confirm acked ids[:3] with an outbox of its own)
     assert outbox.retry_parked() == 1
     unsent = [r["message_id"] for r in store.query("SELECT message_id FROM readings WHERE sequence IN (7, 8)")]
     assert {m.message_id for m in outbox.claim_batch(10)} == {*ids[3:], *unsent}
@@ -403,3 +429,43 @@ def test_ack_and_requeue_of_any_size_apply_exactly_the_named_messages(tmp_path: 
     assert result.applied == 603  # sent[:3] were requeued after being sent: their ack still counts
     assert result.never_sent == (unsent,)
     assert outbox.stats().counts == scanned_counts(store) == {"glucose": {"acked": 603, "pending": 699}}
+
+
+# -- migration 0011: in flight in memory, the ack guard one mark -------------------------------------------------
+def test_migration_0011_sent_rows_go_back_to_the_queue_and_their_acks_still_count(tmp_path: Path) -> None:
+    db = Database(tmp_path / "gateway.db")
+    MIGRATIONS.apply(db, stop_before="0011_outbox_sent_in_memory")
+    rows = [  # (message_id, state, attempts, sent_at)
+        ("m-never", "pending", 0, None),
+        ("m-sent", "sent", 1, "2026-11-01T08:00:00.000+00:00"),
+        ("m-requeued", "pending", 2, "2026-11-01T08:01:00.000+00:00"),
+        ("m-new", "pending", 0, None),
+    ]
+    with db.conn:
+        for message_id, state, attempts, sent_at in rows:
+            seq = db.conn.execute(
+                "INSERT INTO outbox (message_id, kind, created_at, state, attempts, sent_at) "
+                "VALUES (?, 'glucose', '2026-11-01T07:00:00.000+00:00', ?, ?, ?)",
+                [message_id, state, attempts, sent_at],
+            ).lastrowid
+            db.conn.execute("INSERT INTO outbox_bodies (seq, topic, payload) VALUES (?, 'glucose', x'7b7d')", [seq])
+    db.close()
+    store = make_store(tmp_path)  # opening applies 0011
+    assert scanned_counts(store) == {"glucose": {"pending": 4}} == Outbox(store).stats().counts
+    seqs = {r["message_id"]: r["seq"] for r in store.query("SELECT message_id, seq FROM outbox")}
+    assert store.get_kv(outbox_module.SENT_THROUGH_KEY) == str(seqs["m-requeued"])
+    # a late ack for what went out before the upgrade counts; one for a message never sent does not
+    result = Outbox(store).ack(["m-sent", "m-requeued", "m-new"])
+    assert (result.applied, result.never_sent) == (2, ("m-new",))
+    assert [m.message_id for m in Outbox(store).claim_batch(10)] == ["m-never", "m-new"]
+
+
+def test_migration_0011_on_a_store_that_never_sent_leaves_no_mark(tmp_path: Path) -> None:
+    db = Database(tmp_path / "gateway.db")
+    MIGRATIONS.apply(db, stop_before="0011_outbox_sent_in_memory")
+    db.close()
+    store = make_store(tmp_path)
+    assert store.get_kv(outbox_module.SENT_THROUGH_KEY) is None
+    add_readings(store, [reading(1)])
+    (message_id,) = [r["message_id"] for r in store.query("SELECT message_id FROM outbox")]
+    assert Outbox(store).ack([message_id]).never_sent == (message_id,)

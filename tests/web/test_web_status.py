@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from web_harness import login, make_config
 
 from gateway.clock import FakeClock
+from gateway.forward.forwarder import Forwarder, _Inflight
 from gateway.records import GlucoseReading, MeterInfo, Unit
 from gateway.runtime import Runtime
 from gateway.services import GatewayServices
@@ -114,7 +115,10 @@ def test_metrics_format_and_values(client: FlaskClient, runtime: Runtime, fake_c
     sent = outbox.claim_batch(1)
     outbox.ack([m.message_id for m in sent])
     fake_clock.advance(90)
-    runtime.components.append(Stuck())
+    forwarder = Forwarder(runtime.config, runtime.store, runtime.clock)  # two messages in flight (not running)
+    for message in forwarder.outbox.claim_batch(2):
+        forwarder._inflight[message.message_id] = _Inflight(message.seq, message.kind, fake_clock.monotonic(), None)
+    runtime.components += [Stuck(), forwarder]
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -126,6 +130,7 @@ def test_metrics_format_and_values(client: FlaskClient, runtime: Runtime, fake_c
     }
     assert samples[("cg_outbox_messages", (("kind", "glucose"), ("state", "pending")))] == 3
     assert samples[("cg_outbox_messages", (("kind", "glucose"), ("state", "acked")))] == 1
+    assert samples[("cg_outbox_in_flight", ())] == 2  # stored as pending: in flight is the forwarder's memory
     assert samples[("cg_outbox_oldest_unsent_age_seconds", ())] == pytest.approx(90, abs=1)
     assert samples[("cg_broker_connected", ())] == 0
     assert samples[("cg_clock_synchronised", ())] == 1
