@@ -213,8 +213,8 @@ LAST_ACK_KEY = "outbox_last_ack_at"
 IN_FLIGHT = "in_flight"
 """What :meth:`Outbox.state_of` says of a message the outbox has in flight (never stored)."""
 LOOK_BEHIND_S = 5.0
-"""While messages are in flight, a claim that finds nothing new also looks below the claim cursor at most this
-often: for messages another process put back in the queue meanwhile (parked ones retried from the CLI)."""
+"""While messages are in flight, a claim also looks below the claim cursor this often: for messages another process
+put back in the queue meanwhile (parked ones retried from the CLI)."""
 
 
 class Outbox:
@@ -233,7 +233,7 @@ class Outbox:
         """The claim cursor: every message in flight has seq <= _after."""
         self._behind = False
         """True when a pending message not in flight may have seq <= _after (we put one back)."""
-        self._looked_behind_at: float | None = None
+        self._looked_behind_at = store.clock.monotonic()
 
     def claim_batch(self, limit: int) -> list[OutboxMessage]:
         """Take up to ``limit`` pending messages that are not in flight, in ``seq`` order, and hold them in flight.
@@ -246,7 +246,7 @@ class Outbox:
             self._after, self._behind = 0, False
         rows: list[Any] = []
         with self.store.transaction(durable=False) as db:
-            if self._behind or self._look_behind_due():
+            if self._after and (self._behind or self._look_behind_due()):
                 rows = self._claim_behind(db, limit)
             if len(rows) < limit:
                 ahead = db.conn.execute(_CLAIM_AHEAD, [self._after, limit - len(rows)]).fetchall()
@@ -255,18 +255,15 @@ class Outbox:
                     now = iso(self.store.clock.utc_now())
                     db.conn.execute(_RAISE_SENT_THROUGH, [SENT_THROUGH_KEY, self._after, now])
                     rows += ahead
-                elif self._looked_behind_at is None:  # caught up: from now on, look behind now and then
-                    self._looked_behind_at = self.store.clock.monotonic()
         self._in_flight.update(row[1] for row in rows)
         return [_row_to_message(r) for r in rows]
 
     def _look_behind_due(self) -> bool:
-        looked = self._looked_behind_at
-        return looked is not None and self.store.clock.monotonic() - looked >= LOOK_BEHIND_S
+        return self.store.clock.monotonic() - self._looked_behind_at >= LOOK_BEHIND_S
 
     def _claim_behind(self, db: Database, limit: int) -> list[Any]:
         """Pending messages at or below the cursor that are not in flight (put back, or retried), up to ``limit``."""
-        self._looked_behind_at = None
+        self._looked_behind_at = self.store.clock.monotonic()
         fetch = limit + len(self._in_flight)
         found = db.conn.execute(_CLAIM_BEHIND, [self._after, fetch]).fetchall()
         free = [row for row in found if row[1] not in self._in_flight]

@@ -187,14 +187,14 @@ def test_messages_put_back_go_first_and_nothing_in_flight_goes_twice(tmp_path: P
 
 def test_a_message_retried_by_another_process_is_claimed_once_the_drain_looks_behind(tmp_path: Path) -> None:
     """The CLI retries a parked message (another Outbox) while the forwarder has messages in flight: its claims
-    read ahead of their cursor, and once caught up they look behind it too (every LOOK_BEHIND_S)."""
+    read ahead of their cursor, and look behind it too every LOOK_BEHIND_S."""
     clock = FakeClock(T0)
     store = make_store(tmp_path, clock=clock)
     add_readings(store, [reading(s) for s in range(1, 5)])
     drain = Outbox(store)
     refused, *others = drain.claim_batch(4)
     drain.park(refused.message_id, "broker refused the message: too large")
-    assert drain.claim_batch(10) == []  # caught up; the others still in flight
+    assert drain.claim_batch(10) == []  # the others still in flight
     assert Outbox(store).retry_parked() == 1  # the CLI, its own outbox
     assert drain.claim_batch(10) == []  # not yet looked behind
     clock.advance(LOOK_BEHIND_S)
