@@ -14,12 +14,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlite_utils import Database
-
 from gateway.records import BloodPressureReading
-from gateway.store.db import Store, iso, new_id
-from gateway.store.outbox import enqueue
-from gateway.store.readings import AddResult
+from gateway.store.db import Store, iso
+from gateway.store.readings import AddResult, RecordTable, insert_records
 from gateway.wire import contract
 
 KIND = "blood_pressure"
@@ -37,6 +34,40 @@ def bp_identity(reading: BloodPressureReading) -> str:
     return f"{head}#t={when}#bp={reading.systolic:g}/{reading.diastolic:g}/{mean}{reading.unit}"
 
 
+def _columns(reading: BloodPressureReading) -> dict[str, Any]:
+    return {
+        "identity": bp_identity(reading),
+        "meter_id": reading.meter_id,
+        "sequence": reading.sequence,
+        "cuff_user": reading.user_id,
+        "meter_time": None if reading.meter_time is None else reading.meter_time.isoformat(),
+        "clock_offset_s": reading.clock_offset_s,
+        "corrected_time": iso(reading.corrected_time),
+        "time_trusted": int(reading.time_trusted),
+        "systolic": reading.systolic,
+        "diastolic": reading.diastolic,
+        "mean_arterial": reading.mean_arterial,
+        "unit": str(reading.unit),
+        "systolic_mmhg": reading.systolic_mmhg,
+        "diastolic_mmhg": reading.diastolic_mmhg,
+        "mean_arterial_mmhg": reading.mean_arterial_mmhg,
+        "pulse_bpm": reading.pulse_bpm,
+        "status": json.dumps([str(s) for s in reading.status]),
+        "patient_id": reading.patient_id,
+        "session_id": reading.session_id,
+        "flags": json.dumps(list(reading.flags)),
+    }
+
+
+BLOOD_PRESSURE: RecordTable[BloodPressureReading] = RecordTable(
+    table="blood_pressure",
+    kind=KIND,
+    topic=contract.TOPIC_BLOOD_PRESSURE,
+    columns=_columns,
+    payload=contract.blood_pressure_payload,
+)
+
+
 def add_blood_pressure(store: Store, readings: Sequence[BloodPressureReading]) -> AddResult:
     """Store readings not seen before, each with its ``blood_pressure`` outbox message, in ONE durable
     transaction (duplicates counted, nothing added for them). Raises IntakeRefused when the disk is nearly full."""
@@ -44,69 +75,7 @@ def add_blood_pressure(store: Store, readings: Sequence[BloodPressureReading]) -
         return AddResult()
     store.check_intake()
     with store.transaction(durable=True) as db:
-        return insert_blood_pressure(db, store, readings)
-
-
-def insert_blood_pressure(db: Database, store: Store, readings: Sequence[BloodPressureReading]) -> AddResult:
-    """The inserts of :func:`add_blood_pressure`, inside the caller's transaction (the caller checks intake)."""
-    result = AddResult()
-    origin = store.origin
-    now = store.clock.utc_now()
-    for reading in readings:
-        reading_id, message_id = new_id(), new_id()
-        cur = db.execute(
-            "INSERT OR IGNORE INTO blood_pressure (reading_id, identity, meter_id, sequence, cuff_user, meter_time, "
-            "clock_offset_s, corrected_time, time_trusted, systolic, diastolic, mean_arterial, unit, systolic_mmhg, "
-            "diastolic_mmhg, mean_arterial_mmhg, pulse_bpm, status, patient_id, session_id, flags, stored_at, "
-            "message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                reading_id,
-                bp_identity(reading),
-                reading.meter_id,
-                reading.sequence,
-                reading.user_id,
-                None if reading.meter_time is None else reading.meter_time.isoformat(),
-                reading.clock_offset_s,
-                iso(reading.corrected_time),
-                int(reading.time_trusted),
-                reading.systolic,
-                reading.diastolic,
-                reading.mean_arterial,
-                str(reading.unit),
-                reading.systolic_mmhg,
-                reading.diastolic_mmhg,
-                reading.mean_arterial_mmhg,
-                reading.pulse_bpm,
-                json.dumps([str(s) for s in reading.status]),
-                reading.patient_id,
-                reading.session_id,
-                json.dumps(list(reading.flags)),
-                iso(now),
-                message_id,
-            ],
-        )
-        if cur.rowcount == 0:
-            result.duplicates += 1
-            continue
-        enqueue(
-            db,
-            kind=KIND,
-            topic=contract.TOPIC_BLOOD_PRESSURE,
-            created_at=now,
-            message_id=message_id,  # the reading names its message (blood_pressure.message_id)
-            payload=contract.blood_pressure_payload(
-                reading,
-                reading_id=reading_id,
-                message_id=message_id,
-                site_id=origin.site_id,
-                gateway_id=origin.gateway_id,
-                created_at=now,
-                payload_format=origin.payload_format,
-            ),
-        )
-        result.added += 1
-        result.reading_ids.append(reading_id)
-    return result
+        return insert_records(db, store, readings, BLOOD_PRESSURE)
 
 
 def last_sequence(store: Store, meter_id: str) -> int | None:

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 from gateway.errors import ErrorInfo
 from gateway.records import BloodPressureReading, ControlResult, GlucoseReading, MeterInfo
-from gateway.store.blood_pressure import insert_blood_pressure
+from gateway.store.blood_pressure import BLOOD_PRESSURE
 from gateway.store.db import Store, iso, new_id
 from gateway.store.qc import insert_results
-from gateway.store.readings import AddResult, insert_readings, write_meter
+from gateway.store.readings import GLUCOSE, AddResult, insert_records, write_meter
 
 StoredReading = GlucoseReading | ControlResult | BloodPressureReading
 """What a download stores: glucose readings and control-solution results from a meter, blood pressure readings
@@ -87,10 +87,10 @@ class DownloadWriter:
         pressure = [r for r in records if isinstance(r, BloodPressureReading)]
         self.store.check_intake()
         with self.store.transaction(durable=True) as db:
-            result = insert_readings(db, self.store, readings)
+            result = insert_records(db, self.store, readings, GLUCOSE)
             qc = insert_results(db, self.store, controls)
             if pressure:
-                more = insert_blood_pressure(db, self.store, pressure)
+                more = insert_records(db, self.store, pressure, BLOOD_PRESSURE)
                 result.added, result.duplicates = result.added + more.added, result.duplicates + more.duplicates
                 result.reading_ids.extend(more.reading_ids)
             db.execute(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlite_utils import Database
 
@@ -13,6 +14,10 @@ from gateway.records import ControlResult, GlucoseReading, MeterInfo
 from gateway.store.db import Store, iso, new_id
 from gateway.store.outbox import enqueue
 from gateway.wire import contract
+from gateway.wire.contract import PayloadFormat
+
+R = TypeVar("R")
+R_contra = TypeVar("R_contra", contravariant=True)
 
 
 def reading_identity(record: GlucoseReading | ControlResult) -> str:
@@ -35,66 +40,60 @@ class AddResult:
     reading_ids: list[str] = field(default_factory=list)
 
 
-def add_readings(store: Store, readings: Sequence[GlucoseReading]) -> AddResult:
-    """Store readings not seen before, each with its ``glucose`` outbox message, in ONE durable transaction.
+class PayloadBuilder(Protocol[R_contra]):
+    """A contract builder of a record's message (:func:`gateway.wire.contract.glucose_payload` and its kin)."""
 
-    A reading whose identity is already stored is counted as a duplicate and adds nothing, so a second
-    download of the same meter is harmless. Raises IntakeRefused when the disk is nearly full.
-    """
-    if not readings:
-        return AddResult()
-    store.check_intake()
-    with store.transaction(durable=True) as db:
-        return insert_readings(db, store, readings)
+    def __call__(
+        self,
+        record: R_contra,
+        /,
+        *,
+        reading_id: str,
+        message_id: str,
+        site_id: str,
+        gateway_id: str,
+        created_at: datetime,
+        payload_format: PayloadFormat,
+    ) -> bytes: ...
 
 
-def insert_readings(db: Database, store: Store, readings: Sequence[GlucoseReading]) -> AddResult:
-    """The inserts of :func:`add_readings`, inside the caller's transaction (the caller checks intake)."""
+@dataclass(frozen=True, slots=True)
+class RecordTable(Generic[R]):
+    """How one kind of meter reading is stored and sent: its table, its own columns, its outbox message."""
+
+    table: str
+    kind: str
+    """The outbox kind (and its topic) of the reading's message."""
+    topic: str
+    columns: Callable[[R], dict[str, Any]]
+    """The reading's own columns; ``reading_id``, ``stored_at`` and ``message_id`` are the store's."""
+    payload: PayloadBuilder[R]
+
+
+def insert_records(db: Database, store: Store, records: Sequence[R], table: RecordTable[R]) -> AddResult:
+    """Store readings not seen before, each with its outbox message, inside the caller's transaction (the caller
+    checks intake). A reading whose identity (a UNIQUE column) is stored already adds nothing."""
     result = AddResult()
     origin = store.origin
     now = store.clock.utc_now()
-    for reading in readings:
+    sql = ""
+    for record in records:
         reading_id, message_id = new_id(), new_id()
-        cur = db.execute(
-            "INSERT OR IGNORE INTO readings (reading_id, identity, meter_id, sequence, meter_time, clock_offset_s, "
-            "corrected_time, time_trusted, value, unit, mmol_l, patient_id, session_id, sample_type, "
-            "sample_location, meal, tester, health, flags, stored_at, message_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                reading_id,
-                reading_identity(reading),
-                reading.meter_id,
-                reading.sequence,
-                reading.meter_time.isoformat(),
-                reading.clock_offset_s,
-                iso(reading.corrected_time),
-                int(reading.time_trusted),
-                reading.value,
-                str(reading.unit),
-                reading.mmol_l,
-                reading.patient_id,
-                reading.session_id,
-                reading.sample_type,
-                reading.sample_location,
-                None if reading.meal is None else str(reading.meal),
-                None if reading.tester is None else str(reading.tester),
-                None if reading.health is None else str(reading.health),
-                json.dumps(list(reading.flags)),
-                iso(now),
-                message_id,
-            ],
+        values = {"reading_id": reading_id, **table.columns(record), "stored_at": iso(now), "message_id": message_id}
+        sql = sql or (
+            f"INSERT OR IGNORE INTO {table.table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
         )
-        if cur.rowcount == 0:
+        if db.execute(sql, list(values.values())).rowcount == 0:
             result.duplicates += 1
             continue
         enqueue(
             db,
-            kind="glucose",
-            topic=contract.TOPIC_GLUCOSE,
+            kind=table.kind,
+            topic=table.topic,
             created_at=now,
-            message_id=message_id,  # the reading names its message (readings.message_id)
-            payload=contract.glucose_payload(
-                reading,
+            message_id=message_id,  # the reading names its message (its message_id column)
+            payload=table.payload(
+                record,
                 reading_id=reading_id,
                 message_id=message_id,
                 site_id=origin.site_id,
@@ -106,6 +105,51 @@ def insert_readings(db: Database, store: Store, readings: Sequence[GlucoseReadin
         result.added += 1
         result.reading_ids.append(reading_id)
     return result
+
+
+def _glucose_columns(reading: GlucoseReading) -> dict[str, Any]:
+    return {
+        "identity": reading_identity(reading),
+        "meter_id": reading.meter_id,
+        "sequence": reading.sequence,
+        "meter_time": reading.meter_time.isoformat(),
+        "clock_offset_s": reading.clock_offset_s,
+        "corrected_time": iso(reading.corrected_time),
+        "time_trusted": int(reading.time_trusted),
+        "value": reading.value,
+        "unit": str(reading.unit),
+        "mmol_l": reading.mmol_l,
+        "patient_id": reading.patient_id,
+        "session_id": reading.session_id,
+        "sample_type": reading.sample_type,
+        "sample_location": reading.sample_location,
+        "meal": None if reading.meal is None else str(reading.meal),
+        "tester": None if reading.tester is None else str(reading.tester),
+        "health": None if reading.health is None else str(reading.health),
+        "flags": json.dumps(list(reading.flags)),
+    }
+
+
+GLUCOSE: RecordTable[GlucoseReading] = RecordTable(
+    table="readings",
+    kind="glucose",
+    topic=contract.TOPIC_GLUCOSE,
+    columns=_glucose_columns,
+    payload=contract.glucose_payload,
+)
+
+
+def add_readings(store: Store, readings: Sequence[GlucoseReading]) -> AddResult:
+    """Store readings not seen before, each with its ``glucose`` outbox message, in ONE durable transaction.
+
+    A reading whose identity is already stored is counted as a duplicate and adds nothing, so a second
+    download of the same meter is harmless. Raises IntakeRefused when the disk is nearly full.
+    """
+    if not readings:
+        return AddResult()
+    store.check_intake()
+    with store.transaction(durable=True) as db:
+        return insert_records(db, store, readings, GLUCOSE)
 
 
 def upsert_meter(store: Store, info: MeterInfo) -> None:
