@@ -46,4 +46,6 @@ def test_unanswered_publishes_never_exceed_the_brokers_receive_maximum(
     finally:
         relay.close()
     assert receiver.counts()["readings"] == N
+    # "offline" was written before the link closed; the relay's thread counts it when it reads it
+    wait_until(lambda: relay.publishes_upstream >= N + 2, what="the offline status through the relay")
     assert relay.publishes_upstream == N + 2  # "online", the readings once each, "offline" at stop
