@@ -16,7 +16,8 @@ Figures (medians of ``--repeat`` runs where it says so):
   (equal figures: independent of the history's size). ``sampler_ms``: the web sampler's minute
   (``sample_queue()``).
 - ``desk_page_ms``, ``desk_page_bytes``: a nurse's session page for one download of ``--download`` readings
-  (Flask test client, logged in).
+  (Flask test client, logged in). ``visit_picture_ms``: the data of a patient's visit picture (their readings
+  since the last visit, summarised: ``GatewayServices.visit_picture``) for the last download's patient.
 - ``claim_ms_per_500``, ``claim_cpu_ms_per_500``: ``Outbox.claim_batch(500)``, wall and thread CPU (each batch
   put back with ``requeue`` between runs).
 - ``prune_pass_ms_max``, ``prune_pass_ms_median``, ``prune_passes``, ``prune_total_s``, ``pruned_readings``: a
@@ -118,15 +119,16 @@ def build(runtime: Runtime, clock: FakeClock, args: argparse.Namespace) -> dict[
     step = timedelta(days=YEAR_DAYS) / downloads
     added = confirmed = since_retention = 0
     status_at_tenth: float | None = None
-    session_id = ""
+    session_id = patient_id = ""
     started = time.perf_counter()
     for d in range(downloads):
         clock.now = START + step * d
         # One visit, written as the download session writes it (store.downloads, the unit of work).
-        writer = DownloadWriter.begin(store, patient_id=f"P-{d:05d}", operator="nurse")
+        patient_id = f"P-{d:05d}"
+        writer = DownloadWriter.begin(store, patient_id=patient_id, operator="nurse")
         session_id = writer.session_id
         writer.meter(MeterInfo(meter_id=f"bench:{d:05d}", family="bench", transport="serial", serial=f"{d:05d}"),
-                     f"P-{d:05d}")  # fmt: skip
+                     patient_id)  # fmt: skip
         writer.total = args.download
         result = writer.add_batch(download(d, args.download, session_id, clock.now))
         writer.finish("done")
@@ -145,6 +147,7 @@ def build(runtime: Runtime, clock: FakeClock, args: argparse.Namespace) -> dict[
     retention.prune(store, 10 * YEAR_DAYS)
     return {
         "session_id": session_id,
+        "patient_id": patient_id,
         "status_ms_at_tenth": status_at_tenth,
         "build_s": time.perf_counter() - started,
         "readings": added,
@@ -278,6 +281,8 @@ def main() -> None:
         }
         page_ms, page_bytes = desk_page(runtime, built["session_id"], args.repeat)
         figures.update(desk_page_ms=round(page_ms, 1), desk_page_bytes=page_bytes)
+        visit_ms = median_ms(lambda: services.visit_picture(built["patient_id"]), args.repeat)
+        figures.update(visit_picture_ms=round(visit_ms, 1))
         claim_wall, claim_cpu = claim_ms(runtime, max(30, args.repeat))
         figures.update(claim_ms_per_500=round(claim_wall, 2), claim_cpu_ms_per_500=round(claim_cpu, 2))
         figures.update(size_figures(runtime))

@@ -13,7 +13,14 @@ from gateway.errors import DiskFull, IntakeRefused, StoreError
 from gateway.records import Unit
 from gateway.store import open_store
 from gateway.store.outbox import Outbox
-from gateway.store.readings import add_readings, count_readings, last_sequence, reading_identity
+from gateway.store.readings import (
+    add_readings,
+    count_readings,
+    last_sequence,
+    patient_readings_since,
+    reading_identity,
+)
+from gateway.store.referrals import _patient_seen
 from gateway.wire import contract
 
 
@@ -133,3 +140,30 @@ def test_sqlite_errors_come_out_as_store_errors(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info, store.transaction() as db:
         db.execute("INSERT INTO no_such_table VALUES (1)")
     assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+def test_a_patients_readings_are_found_through_the_patient_index(tmp_path: Path) -> None:
+    """Migration 0012: the visit picture's query and the referral check "was this patient ever here" walk the
+    patient's own readings, not every reading the store keeps; the answers are those of a scan."""
+    store = make_store(tmp_path)
+    add_readings(store, [reading(s, patient_id=f"P-{s % 3}") for s in range(1, 31)])
+    since = "2000-01-01T00:00:00+00:00"
+    found = patient_readings_since(store, "P-1", since)
+    scanned = store.query(
+        "SELECT reading_id FROM readings NOT INDEXED WHERE patient_id = 'P-1' ORDER BY corrected_time, id"
+    )
+    assert [r["reading_id"] for r in found] == [r["reading_id"] for r in scanned] and len(found) == 10
+    plans = {
+        "visit": store.db.execute(
+            "EXPLAIN QUERY PLAN SELECT reading_id FROM readings WHERE patient_id = ? AND corrected_time > ? "
+            "ORDER BY corrected_time, id",
+            ["P-1", since],
+        ).fetchall(),
+        "seen": store.db.execute(
+            "EXPLAIN QUERY PLAN SELECT EXISTS (SELECT 1 FROM readings WHERE patient_id = ?)", ["P-9"]
+        ).fetchall(),
+    }
+    for name, plan in plans.items():
+        assert any("readings_patient_time" in row[3] for row in plan), (name, plan)
+    with store.transaction() as db:
+        assert _patient_seen(db, "P-2") and not _patient_seen(db, "P-9")
