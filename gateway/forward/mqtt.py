@@ -71,7 +71,6 @@ RECEIVE_MAXIMUM_DEFAULT = 65_535
 _AUTH_REFUSED = {0x86, 0x87, 0x8A, 0x8C}  # bad user name or password, not authorized, banned, bad auth
 # DISCONNECT reasons after which the oldest unanswered PUBLISH is the one the broker refused.
 _MESSAGE_REFUSED_DISCONNECT = {0x81, 0x82, 0x95, 0x97, 0x99}  # malformed, protocol error, too large, quota, format
-_NOTHING = object()
 _CONNECTIONS = itertools.count(1)
 """Connection numbers, unique in the process: a message's mid means nothing on another connection."""
 _PUBLISH_OVERHEAD = 512
@@ -331,6 +330,7 @@ class MqttLink:
         self._tick: asyncio.TimerHandle | None = None
         self._handles: dict[int, PublishHandle] = {}  # mid -> handle, in publish order
         self._connack: asyncio.Future[ReasonCode | None] | None = None
+        self._connack_rc: ReasonCode | None = None
         self._disconnect_rc: ReasonCode | None = None
         self._loop_error: ForwardError | None = None
         self._connected = False
@@ -532,8 +532,6 @@ class MqttLink:
         rc = self._connack_rc
         if rc is not None and not rc.is_failure:
             self._emit(self._disconnected_event(self._loop_error))
-
-    _connack_rc: ReasonCode | None = None
 
     def _closed_before_connack(self, where: str) -> ForwardError:
         # With TLS 1.3 a server that wants our client certificate says so in an alert after the handshake;
