@@ -26,9 +26,14 @@ receiver on the others (on a one-CPU machine, all on that one). The gateway and 
 alike, neither competing with the emulated platform for its core: on a Pi the platform is elsewhere. Unpinned,
 on a shared 2-core machine, a round's ratio swung by half with how fast the receiver happened to run.
 
+The platform's acks: the gateway's CPU per message depends on how many ack messages come for how many messages
+(each one an MQTT PUBLISH to read, parse, validate and PUBACK). The reference receiver acknowledges each batch
+it stores in one ack, and batches form while the previous one commits; ``ids_per_ack_message`` says what that
+gave. ``--platform-ack-batch 1`` runs a platform that stores and acknowledges each message on its own.
+
 The last line is one JSON object.
 
-    .venv/bin/python bench/outbox_drain.py [--readings 20000] [--window 500] [--rounds 3]
+    .venv/bin/python bench/outbox_drain.py [--readings 20000] [--window 500] [--rounds 3] [--platform-ack-batch N]
 
 Each round prints its figures on stderr; the last line (stdout) holds the medians.
 """
@@ -57,6 +62,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from gateway.clock import SystemClock
 from gateway.config import ForwardSection, parse_config
 from gateway.emulate.broker import BrokerOptions, MosquittoBroker
+from gateway.emulate.platform import ACK_BATCH_MAX_DEFAULT
 from gateway.forward.forwarder import Forwarder
 from gateway.forward.mqtt import QOS, RECEIVE_MAXIMUM_DEFAULT, set_nodelay
 from gateway.records import GlucoseReading, Unit
@@ -243,16 +249,16 @@ def _forwarder_alone(port: int, work: Path, readings: int, batch: int) -> tuple[
         store.close()
 
 
-def one_round(readings: int, batch: int, window: int) -> dict[str, Any]:
+def one_round(readings: int, batch: int, window: int, platform_ack_batch: int) -> dict[str, Any]:
     """Fill a fresh store, time the bare loop, the forwarder alone, then the real drain; on a fresh broker and
-    receiver."""
+    receiver (storing and acknowledging at most ``platform_ack_batch`` messages together)."""
     with tempfile.TemporaryDirectory(prefix="cg-bench-") as tmp:
         work = Path(tmp)
         broker = MosquittoBroker(work / "broker", BrokerOptions(persistence=False, extra_lines=[NODELAY]))
         broker.start()
         receiver = subprocess.Popen(
             [sys.executable, "-m", "gateway", "receiver", "--port", str(broker.port), "--db", str(work / "p.db"),
-             "--report-s", "3600"],
+             "--report-s", "3600", "--ack-batch-max", str(platform_ack_batch)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         assert broker.process is not None
@@ -279,7 +285,9 @@ def one_round(readings: int, batch: int, window: int) -> dict[str, Any]:
             )
             time.sleep(1.0)  # the receiver process is subscribed by now
             before = {name: cpu_seconds(pid) for name, pid in others.items()}
-            drain_rate, drain_cpu = asyncio.run(_drain(Forwarder(config, store, clock), Outbox(store), readings))
+            forwarder = Forwarder(config, store, clock)
+            drain_rate, drain_cpu = asyncio.run(_drain(forwarder, Outbox(store), readings))
+            ack_messages = forwarder.counters["downlink_received"]
             drain_other_cpu = {name: (cpu_seconds(pid) - before[name]) / readings * 1e6 for name, pid in others.items()}
             store.close()
         finally:
@@ -301,6 +309,8 @@ def one_round(readings: int, batch: int, window: int) -> dict[str, Any]:
         "bare_broker_cpu_us_per_msg": bare_broker_cpu,
         "drain_broker_cpu_us_per_msg": drain_other_cpu["broker"],
         "drain_receiver_cpu_us_per_msg": drain_other_cpu["receiver"],
+        "ack_messages": ack_messages,
+        "ids_per_ack_message": readings / max(ack_messages, 1),
     }
 
 
@@ -315,12 +325,18 @@ def main() -> None:
         help="forward.inflight_window (default: the gateway's)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="figures are the median over the rounds")
+    parser.add_argument(
+        "--platform-ack-batch",
+        type=int,
+        default=ACK_BATCH_MAX_DEFAULT,
+        help="most messages the receiver stores and acknowledges together (default: the receiver's; 1: an ack each)",
+    )
     args = parser.parse_args()
 
     os.sched_setaffinity(0, BENCH_CPUS)
     rounds = []
     for i in range(args.rounds):
-        figures = one_round(args.readings, args.batch, args.window)
+        figures = one_round(args.readings, args.batch, args.window, args.platform_ack_batch)
         rounds.append(figures)
         print(f"round {i + 1}: " + json.dumps({k: round(v, 3) for k, v in figures.items()}), file=sys.stderr)
     median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
@@ -345,6 +361,9 @@ def main() -> None:
         "bare_broker_cpu_us_per_msg": round(median["bare_broker_cpu_us_per_msg"], 1),
         "drain_broker_cpu_us_per_msg": round(median["drain_broker_cpu_us_per_msg"], 1),
         "drain_receiver_cpu_us_per_msg": round(median["drain_receiver_cpu_us_per_msg"], 1),
+        "platform_ack_batch_max": args.platform_ack_batch,
+        "ack_messages": round(median["ack_messages"]),
+        "ids_per_ack_message": round(median["ids_per_ack_message"], 1),
         "target_ratio": TARGET_RATIO,
         "target_ratio_broker_ack": TARGET_RATIO,
         "target_cpu_ratio": TARGET_CPU_RATIO,

@@ -29,6 +29,13 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-file", type=Path, default=None, help="client key (secret file)")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def _settings(args: argparse.Namespace, db: Path) -> tuple[Any, str | None]:
     """ReceiverSettings from the options, and the gateway's topic prefix when a config was given."""
     from gateway.config import load_config, read_secret
@@ -50,6 +57,8 @@ def _settings(args: argparse.Namespace, db: Path) -> tuple[Any, str | None]:
             values[key] = getattr(args, key)
     if args.password_file is not None:
         values["password"] = read_secret(args.password_file)
+    if args.ack_batch_max is not None:
+        values["ack_batch_max"] = args.ack_batch_max
     return ReceiverSettings(db_path=db, **values), prefix
 
 
@@ -108,6 +117,14 @@ def register(subparsers: Any) -> None:
     _broker_options(receiver)
     receiver.add_argument("--db", type=Path, default=Path("state/platform.db"), help="the receiver's SQLite file")
     receiver.add_argument("--report-s", type=float, default=10.0, help="print counts this often (seconds)")
+    receiver.add_argument(
+        "--ack-batch-max",
+        type=_positive_int,
+        default=None,
+        help="most messages stored, then acknowledged in one ack, together (default: what arrived while the "
+        "previous batch was stored, up to a limit; 1: an ack per message, as a platform that confirms each message "
+        "as it stores it)",
+    )
     receiver.set_defaults(func=_cmd_receiver)
     sub = receiver.add_subparsers(dest="receiver_command", required=False, metavar="ACTION")
     refer = sub.add_parser("refer", help="send a grader's referral decision down to a gateway")

@@ -55,6 +55,8 @@ UP_TOPICS = (
     "cg/v1/+/+/status",
 )
 ACK_MAX_IDS = 10_000  # cg.ack/1 maxItems
+ACK_BATCH_MAX_DEFAULT = 2000
+"""Most messages the receiver stores, and then acknowledges in one ack, together (``ReceiverSettings``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,7 @@ class ReceiverSettings:
     session_expiry_s: int = 24 * 3600
     ack_interval_s: float = 0.05
     """Idle wake-up of the worker (arrivals wake it at once)."""
-    ack_batch_max: int = 2000
+    ack_batch_max: int = ACK_BATCH_MAX_DEFAULT
     """Most messages stored (and acknowledged) in one transaction."""
 
 

@@ -13,9 +13,9 @@ The checks, cheapest first, each before the next would cost anything:
    the link announces in its MQTT 5 CONNECT (Maximum Packet Size), so a broker never sends us more.
 2. **UTF-8**, strictly (encoded surrogates are not UTF-8).
 3. **JSON shape**, before and while parsing: nesting at most :data:`MAX_DEPTH` (measured by a linear scan
-   *before* the recursive parser runs), number literals at most :data:`MAX_NUMBER_CHARS` characters
-   (checked by the parser's hooks *before* the number is converted), no ``NaN``/``Infinity``, no
-   duplicate keys (two parsers could disagree on which one counts).
+   *before* the recursive parser runs; skipped when the text holds no more opening brackets than that), number
+   literals at most :data:`MAX_NUMBER_CHARS` characters (checked by the parser's hooks *before* the number is
+   converted), no ``NaN``/``Infinity``, no duplicate keys (two parsers could disagree on which one counts).
 4. **Schema** (``cg.ack/1``, ``cg.referral/1``), reported by JSON path and rule, never by value.
 5. **Fields**: ids match :data:`ID_PATTERN`; text is free of control characters, lone surrogates and
    bidirectional overrides (``note`` may hold TAB, LF and CR); timestamps are strict RFC 3339
@@ -125,8 +125,8 @@ def load_json(payload: bytes, *, what: str, limit: int) -> Any:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ContractError(f"not UTF-8 (byte {exc.start})", what=what, where="(encoding)") from None
-    depth = json_depth(text)
-    if depth > MAX_DEPTH:
+    # Nesting is at most the number of opening brackets: a message with few of them (an ack has two) skips the scan.
+    if text.count("[") + text.count("{") > MAX_DEPTH and (depth := json_depth(text)) > MAX_DEPTH:
         raise ContractError(f"nested {depth} levels deep, more than {MAX_DEPTH}", what=what, where="(json)")
     try:
         return json.loads(

@@ -120,6 +120,19 @@ def test_ack_refusals(payload: bytes, where: str, reason: str) -> None:
     assert error.what == "ack" and error.where == where and reason in error.reason
 
 
+@pytest.mark.parametrize("depth", range(downlink.MAX_DEPTH - 2, downlink.MAX_DEPTH + 3))
+def test_nesting_past_the_limit_is_refused_however_few_brackets(depth: int) -> None:
+    """The scan is skipped when the text has at most MAX_DEPTH opening brackets: never for a deeper one."""
+    nested = ("[" * depth + "]" * depth).encode()
+    for payload in (nested, b'{"a": "[]", "b": ' + nested + b"}"):
+        levels = depth + payload.startswith(b"{")
+        if levels > downlink.MAX_DEPTH:
+            error = refused(payload, lambda p: downlink.load_json(p, what="t", limit=1000))
+            assert error.where == "(json)" and f"nested {levels} levels" in error.reason
+        else:
+            assert downlink.load_json(payload, what="t", limit=1000) is not None
+
+
 def test_note_keeps_its_lines() -> None:
     note = "Moderate NPDR.\r\nRebook\tin 4 weeks."
     assert downlink.parse_referral(ref(note=note)).note == note

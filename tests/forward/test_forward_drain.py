@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from support.broker import ForwarderRunner, gateway_config, wait_until
 from support.factories import make_store, reading
 
 from gateway.clock import SystemClock
+from gateway.emulate.platform import ACK_BATCH_MAX_DEFAULT
 from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings
 
@@ -90,3 +92,33 @@ def test_receiver_offline_unconfirmed_messages_are_resent(tmp_path, broker, rece
     wait_until(lambda: receiver.counts()["readings"] == 80)
     _assert_exactly_once(receiver, store, 80)
     assert receiver.counts()["duplicates"] > 0  # the re-sends did arrive, and were recognised
+
+
+def test_a_platform_that_acks_each_message_on_its_own(tmp_path, broker, receiver_factory) -> None:
+    """One ack per message (a platform that confirms each message as it stores it): every ack is applied, each
+    message confirmed once; the gateway gathers the acks into fewer durable transactions."""
+    n = 60
+    store = _store(tmp_path)
+    add_readings(store, [reading(i) for i in range(1, n + 1)])
+    receiver = receiver_factory(broker, ack_batch_max=1)
+    outbox = Outbox(store)
+    config = gateway_config(tmp_path / "gw", port=broker.port, ack_timeout_s=600)
+    with ForwarderRunner(config, store) as run:
+        wait_until(lambda: outbox.stats().counts["glucose"].get("acked") == n, what=f"{n} confirmed")
+        assert run.forwarder.counters["downlink_received"] == n  # an ack message per message
+        assert run.forwarder.counters["acked"] == n
+        assert run.forwarder.counters["sent"] == n  # nothing sent twice
+    _assert_exactly_once(receiver, store, n)
+
+
+def test_the_receiver_command_takes_the_platform_ack_batch(tmp_path) -> None:
+    from gateway.cli import build_parser
+    from gateway.commands.receiver import _settings
+
+    args = build_parser().parse_args(["receiver", "--port", "1884", "--ack-batch-max", "1"])
+    settings, _prefix = _settings(args, tmp_path / "p.db")
+    assert (settings.ack_batch_max, settings.port) == (1, 1884)
+    default, _prefix = _settings(build_parser().parse_args(["receiver"]), tmp_path / "p.db")
+    assert default.ack_batch_max == ACK_BATCH_MAX_DEFAULT
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["receiver", "--ack-batch-max", "0"])
