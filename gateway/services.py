@@ -68,7 +68,7 @@ from gateway.store import qc as store_qc
 from gateway.store import readings as store_readings
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
-from gateway.store.assignments import AssignResult, UnassignedGroup
+from gateway.store.assignments import AssignResult, ReadingKind, UnassignedGroup
 from gateway.store.audit import AuditEntry
 from gateway.store.captures import Delivery
 from gateway.store.db import Store, iso, new_id
@@ -94,6 +94,7 @@ __all__ = [
     "OutboxAdmin",
     "OutboxSummary",
     "ProblemKind",
+    "ReadingKind",
     "ReadingsPage",
     "Role",
     "UnassignedGroup",
@@ -647,14 +648,27 @@ class GatewayServices:
         return registered or store_readings.patient_for_meter(self.store, meter_id)
 
     def unassigned_readings(self, meter_id: str | None = None) -> list[UnassignedGroup]:
-        """Readings downloaded without a patient (auto-sync), one group per meter (only ``meter_id``'s when given)."""
+        """Readings stored without a patient (auto-sync, a shared cuff's other users): glucose readings one group
+        per meter, blood pressure readings one per cuff user (only ``meter_id``'s when given)."""
         return store_assignments.unassigned(self.store, meter_id)
 
-    def assign_readings(self, meter_id: str, patient_id: str, *, through: int, actor: str) -> AssignResult:
-        """Give a meter's unassigned readings (up to stored row ``through``, what the page showed) to a patient:
-        audited, and a ``cg.assignment/1`` correction queued for the platform. Readings that have a patient are
-        never changed. Raises IntakeRefused / DiskFull when the store cannot take the correction."""
-        return store_assignments.assign(self.store, meter_id, patient_id, through=through, actor=actor)
+    def assign_readings(
+        self,
+        meter_id: str,
+        patient_id: str,
+        *,
+        through: int,
+        actor: str,
+        record: ReadingKind = ReadingKind.GLUCOSE,
+        cuff_user: int | None = None,
+    ) -> AssignResult:
+        """Give a meter's unassigned ``record`` readings (a cuff's: ``cuff_user``'s; up to stored row ``through``,
+        what the page showed) to a patient: audited, and a ``cg.assignment/1`` correction queued for the
+        platform. Readings that have a patient are never changed. Raises IntakeRefused / DiskFull when the store
+        cannot take the correction."""
+        return store_assignments.assign(
+            self.store, meter_id, patient_id, through=through, actor=actor, record=record, cuff_user=cuff_user
+        )
 
     # -- desk logins and sessions (web area) -----------------------------------------------------
     def login_limits(self) -> store_logins.LoginLimits:

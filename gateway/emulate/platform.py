@@ -1,14 +1,14 @@
 """The reference receiver: the hospital platform's stand-in for the demo and the tests.
 
 It subscribes to every gateway's up topics (``cg/v1/+/+/glucose``, ``glucose/assignment``, ``qc``,
-``blood-pressure``, ``retina/#``, ``events``, ``status``), validates each payload against the contract's JSON
-Schemas (a glucose message may be ``cg.glucose/1`` or a FHIR Observation, a meter's quality-control result
-``cg.qc/1`` or its FHIR form, kept apart from every patient's readings, a blood pressure message
-``cg.blood-pressure/1`` or its FHIR panel; an assignment of readings sent without a patient, ``cg.assignment/1``,
-applied per reading), deduplicates on ``message_id``, stores everything in its own SQLite database
-(:class:`~gateway.emulate.platform_store.PlatformStore`), reassembles image chunks and checks their SHA-256,
-and acknowledges on ``<prefix>ack`` in batches, *only after its own durable commit*. It can send a
-referral decision down to a gateway (``cmd/referral``).
+``blood-pressure``, ``blood-pressure/assignment``, ``retina/#``, ``events``, ``status``), validates each payload
+against the contract's JSON Schemas (a glucose message may be ``cg.glucose/1`` or a FHIR Observation, a meter's
+quality-control result ``cg.qc/1`` or its FHIR form, kept apart from every patient's readings, a blood pressure
+message ``cg.blood-pressure/1`` or its FHIR panel; an assignment of readings sent without a patient,
+``cg.assignment/1`` on either kind's assignment topic, applied per reading), deduplicates on ``message_id``, stores
+everything in its own SQLite database (:class:`~gateway.emulate.platform_store.PlatformStore`), reassembles image
+chunks and checks their SHA-256, and acknowledges on ``<prefix>ack`` in batches, *only after its own durable
+commit*. It can send a referral decision down to a gateway (``cmd/referral``).
 
 An invalid message is stored in the ``invalid`` table with the reason and acknowledged too (the platform
 has durably kept it; re-sending it would not make it valid). A duplicate is counted and acknowledged again.
@@ -50,6 +50,7 @@ UP_TOPICS = (
     "cg/v1/+/+/glucose/assignment",
     "cg/v1/+/+/qc",
     "cg/v1/+/+/blood-pressure",
+    "cg/v1/+/+/blood-pressure/assignment",
     "cg/v1/+/+/retina/#",
     "cg/v1/+/+/events",
     "cg/v1/+/+/status",
@@ -276,10 +277,10 @@ class Receiver:
                 contract.validate(contract.SCHEMA_FHIR if fhir else contract.SCHEMA_GLUCOSE, doc)
                 if db.add_message(str(message_id), item.topic, **ids, kind="glucose", payload=item.payload):
                     db.add_reading(str(message_id), doc, "fhir" if fhir else "json")
-            elif relative == contract.TOPIC_ASSIGNMENT:
+            elif relative in (contract.TOPIC_ASSIGNMENT, contract.TOPIC_BLOOD_PRESSURE_ASSIGNMENT):
                 contract.validate(contract.SCHEMA_ASSIGNMENT, doc)
                 if db.add_message(str(message_id), item.topic, **ids, kind="assignment", payload=item.payload):
-                    db.assign(str(message_id), doc)
+                    db.assign(str(message_id), doc)  # reading ids are unique across kinds
             elif relative == contract.TOPIC_QC:
                 fhir = doc.get("resourceType") == "Observation"
                 contract.validate(contract.SCHEMA_FHIR_QC if fhir else contract.SCHEMA_QC, doc)
@@ -343,8 +344,11 @@ class Receiver:
     def readings(self) -> list[dict[str, Any]]:
         """Stored readings in arrival order, with their documents parsed and ``patient_id``: the patient the
         platform files each under (an assignment's, else the reading's own; FHIR: the subject's identifier)."""
+        return self._with_patient("readings")
+
+    def _with_patient(self, table: str) -> list[dict[str, Any]]:
         rows = self.store.query(
-            "SELECT r.*, a.patient_id AS assigned_patient_id FROM readings r "
+            f"SELECT r.*, a.patient_id AS assigned_patient_id FROM {table} r "
             "LEFT JOIN assignments a ON a.reading_id = r.reading_id ORDER BY r.id"
         )
         for row in rows:
@@ -358,11 +362,9 @@ class Receiver:
         return rows
 
     def blood_pressure(self) -> list[dict[str, Any]]:
-        """Stored blood pressure readings in arrival order, with their documents parsed."""
-        rows = self.store.query("SELECT * FROM blood_pressure ORDER BY id")
-        for row in rows:
-            row["doc"] = json.loads(row["doc"])
-        return rows
+        """Stored blood pressure readings in arrival order, with their documents parsed and ``patient_id``, as
+        :meth:`readings` files them."""
+        return self._with_patient("blood_pressure")
 
     def qc_results(self) -> list[dict[str, Any]]:
         """Stored quality-control results (the meters', apart from the readings), documents parsed."""

@@ -500,3 +500,13 @@ def _readings_by_patient(db: Database) -> None:
     # check "was this patient ever here": both scanned every reading (10^6 in a year of a busy clinic: about a
     # quarter of a second here, several times that on a Pi). ~45 bytes a reading.
     db.execute("CREATE INDEX readings_patient_time ON readings (patient_id, corrected_time)")
+
+
+@MIGRATIONS(name="0013_blood_pressure_unassigned")
+def _blood_pressure_unassigned(db: Database) -> None:
+    # The nurse's desk lists the blood pressure readings without a patient (a shared cuff's other users) per cuff
+    # user, on every visit to the page; they are few, the table is a year of every patient's: an index of those
+    # only (the query says ``patient_id IS NULL`` too, so SQLite uses it).
+    db.execute(
+        "CREATE INDEX blood_pressure_unassigned ON blood_pressure (meter_id, cuff_user, id) WHERE patient_id IS NULL"
+    )

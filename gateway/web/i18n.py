@@ -120,6 +120,7 @@ COMPONENT_NAMES = {
 OUTBOX_KIND_NAMES = {
     "glucose": _l("glucose readings"),
     "assignment": _l("readings assigned to a patient"),
+    "blood_pressure_assignment": _l("blood pressure readings assigned to a patient"),
     "capture": _l("retinal photo records"),
     "image_chunk": _l("retinal image parts"),
     "event": _l("events"),

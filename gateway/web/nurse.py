@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_login import current_user
 
-from gateway.services import DeskSession, DeskUnavailable, DeviceView
+from gateway.services import DeskSession, DeskUnavailable, DeviceView, ReadingKind
 from gateway.web import i18n
 from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services, web_context
@@ -47,6 +47,14 @@ def clean_cuff_user(raw: str | None) -> int | None:
     """The cuff user chosen for a multi-user cuff, or None (every measurement is this patient's)."""
     value = (raw or "").strip()
     return int(value) if value.isdigit() and int(value) <= 254 else None
+
+
+def _reading_kind(raw: str | None) -> ReadingKind | None:
+    """The kind of readings a form assigns (glucose when it names none), None when it names another."""
+    try:
+        return ReadingKind(raw or ReadingKind.GLUCOSE)
+    except ValueError:
+        return None
 
 
 def glucose_band(mmol_l: float, low: float = HYPO_MMOL_L, high: float = HYPER_MMOL_L) -> str:
@@ -103,18 +111,29 @@ def desk() -> ResponseReturnValue:
 @bp.post("/assign")
 @roles_required("nurse")
 def assign() -> ResponseReturnValue:
-    """Give a meter's readings downloaded without a patient to the patient typed (one action, audited by the
-    store, a correction queued for the platform). Back to the download page it came from, else the desk."""
+    """Give a meter's readings stored without a patient (a cuff's: one cuff user's) to the patient typed (one
+    action, audited by the store, a correction queued for the platform). Back to the download page it came from,
+    else the desk."""
     patient_id = clean_patient_id(request.form.get("patient_id"))
     meter_id = request.form.get("meter_id", "").strip()
     through = request.form.get("through", type=int)
+    record = _reading_kind(request.form.get("record"))
     back = request.form.get("back", "").strip()
-    if patient_id is None or not meter_id or through is None:
+    if patient_id is None or not meter_id or through is None or record is None:
         flash(_("Enter or scan a patient id, then assign the readings."), "error")
     else:
         # A full store answers with the desks' 507 page (the app's handler): nothing is assigned then.
-        result = services().assign_readings(meter_id, patient_id, through=through, actor=current_user.username)
-        _logger.info("user %s assigned %d readings of meter %s", current_user.username, result.count, meter_id)
+        result = services().assign_readings(
+            meter_id,
+            patient_id,
+            through=through,
+            actor=current_user.username,
+            record=record,
+            cuff_user=clean_cuff_user(request.form.get("cuff_user")),
+        )
+        _logger.info(
+            "user %s assigned %d %s readings of meter %s", current_user.username, result.count, record, meter_id
+        )
         if result.count:
             flash(_("%(n)d readings assigned to patient %(patient)s.", n=result.count, patient=patient_id), "ok")
         else:
@@ -177,8 +196,11 @@ def session(session_id: str) -> ResponseReturnValue:
     meter_id = desk_session.meter_id
     qc_history = services().meter_qc_history(meter_id) if finished and meter_id else []
     # Readings of this meter still without a patient (this download's, or earlier auto-syncs'): a download for
-    # a patient that found nothing new must say they are here, and offer to assign them.
+    # a patient that found nothing new must say they are here, and offer to assign them. A cuff's other users'
+    # measurements are someone else's: offered to whichever patient the nurse types, never to this one.
     waiting = services().unassigned_readings(meter_id) if finished and meter_id else []
+    glucose_waiting = [g for g in waiting if g.record is ReadingKind.GLUCOSE]
+    cuff_waiting = [g for g in waiting if g.record is ReadingKind.BLOOD_PRESSURE]
     return render_template(
         "nurse_session.html",
         session_id=session_id,
@@ -191,7 +213,8 @@ def session(session_id: str) -> ResponseReturnValue:
         hyper=hyper,
         qc_here={row["qc_id"] for row in qc_here},
         qc_history=qc_history,
-        unassigned=waiting[0] if waiting else None,
+        unassigned=glucose_waiting[0] if glucose_waiting else None,
+        cuff_unassigned=cuff_waiting,
         **(_picture(desk_session.patient_id) if finished and desk_session.patient_id else _units()),
         reason=failure_reason(
             str(desk_session.state), desk_session.progress.error.type if desk_session.progress.error else None

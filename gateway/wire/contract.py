@@ -34,6 +34,8 @@ TOPIC_REFERRAL = "cmd/referral"
 TOPIC_ASSIGNMENT = "glucose/assignment"
 """Corrections: readings sent without a patient, assigned to one at the desk (``cg.assignment/1``)."""
 TOPIC_BLOOD_PRESSURE = "blood-pressure"
+TOPIC_BLOOD_PRESSURE_ASSIGNMENT = "blood-pressure/assignment"
+"""The same corrections (``cg.assignment/1``) for blood pressure readings (a shared cuff's other users)."""
 
 SCHEMA_GLUCOSE = "cg.glucose/1"
 SCHEMA_FHIR = "cg.fhir-observation/1"

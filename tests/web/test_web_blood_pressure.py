@@ -119,9 +119,33 @@ def test_nurse_chooses_the_cuff_user_and_sees_the_visits_blood_pressure(bluez, b
         assert "irregular pulse" in by_value[f"{irregular.systolic}/{irregular.diastolic}"][1]
         assert 'data-status="irregular_pulse"' in html and 'data-status="cuff_too_loose"' not in html
 
-        # The cuff is now known: the desk page offers the cuff-user choice for it (and not for other devices).
+        # The cuff is now known: the desk page offers the cuff-user choice for it (and not for other devices), and
+        # lists user 1's measurements as waiting for a patient, without filling in this one.
         desk = post_form(client, "/nurse", "/nurse", {"patient_id": PATIENT}).get_data(as_text=True)
-        assert 'data-cuff="bps:CUFF-0001"' in desk and desk.count('name="cuff_user"') == 1
+        assert 'data-cuff="bps:CUFF-0001"' in desk
+        waiting = desk.split('id="unassigned"', 1)[1].split("</section>", 1)[0]
+        [row] = re.findall(r'<tr data-meter="bps:CUFF-0001" data-record="blood_pressure" data-cuff-user="1">.*?</tr>',
+                           waiting, re.S)  # fmt: skip
+        assert ">7<" in row and 'name="patient_id" class="grow" value=""' in row
+
+        # The session page offers user 1's seven to whichever patient the nurse types (never to this one).
+        card = html.split('id="cuff-unassigned"', 1)[1].split("</section>", 1)[0]
+        assert 'data-cuff-user="1"' in card and ">7<" in card and PATIENT not in card
+        through = re.search(r'name="through" value="(\d+)"', card)
+        assert through is not None
+        answer = post_form(client, f"/nurse/session/{session_id}", "/nurse/assign",
+                           {"meter_id": "bps:CUFF-0001", "through": through.group(1), "record": "blood_pressure",
+                            "cuff_user": "1", "patient_id": "P-SPOUSE", "back": session_id})  # fmt: skip
+        assert answer.status_code == 302 and answer.headers["Location"].endswith(f"/nurse/session/{session_id}")
+        after = client.get(f"/nurse/session/{session_id}").get_data(as_text=True)
+        assert "7 readings assigned to patient P-SPOUSE." in after and 'id="cuff-unassigned"' not in after
+        assert len(_bp_rows(after)) == 7  # this patient's own, unchanged
+        by_user = {(r["cuff_user"], r["patient_id"]) for r in runtime.store.query(
+            "SELECT cuff_user, patient_id FROM blood_pressure")}  # fmt: skip
+        assert by_user == {(1, "P-SPOUSE"), (2, PATIENT)}
+        [message] = runtime.store.query("SELECT b.topic FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq "
+                                        "WHERE o.kind = 'blood_pressure_assignment'")  # fmt: skip
+        assert message["topic"].endswith("blood-pressure/assignment")
 
         # zh
         client.post("/lang", data={"lang": "zh", "next": "/nurse", "csrf_token": csrf_of(client, "/nurse")})
