@@ -45,8 +45,6 @@ _TABLES = {
         "blood_pressure", contract.TOPIC_BLOOD_PRESSURE_ASSIGNMENT, "blood_pressure_assignment", per_cuff_user=True
     ),
 }
-ASSIGNMENT_KINDS = tuple(t.kind for t in _TABLES.values())
-"""The outbox kinds of the corrections."""
 
 
 @dataclass(frozen=True, slots=True)
