@@ -19,6 +19,14 @@ EXIT_ERROR = 2
 DEFAULT_CONFIG = Path(os.environ.get("CG_CONFIG", "/etc/clinic-gateway/gateway.toml"))
 
 
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     """The common ``-c/--config FILE`` option."""
     parser.add_argument(

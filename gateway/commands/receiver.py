@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.commands.common import EXIT_ERROR, EXIT_OK
+from gateway.commands.common import EXIT_ERROR, EXIT_OK, positive_int
 
 DECISIONS = ("refer_urgent", "refer_routine", "rescreen_12m", "rescreen_6m", "no_dr", "ungradable_retake")
 
@@ -27,13 +27,6 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
     parser.add_argument("--cert-file", type=Path, default=None, help="client certificate (mutual TLS)")
     parser.add_argument("--key-file", type=Path, default=None, help="client key (secret file)")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
 
 
 def _settings(args: argparse.Namespace, db: Path) -> tuple[Any, str | None]:
@@ -119,7 +112,7 @@ def register(subparsers: Any) -> None:
     receiver.add_argument("--report-s", type=float, default=10.0, help="print counts this often (seconds)")
     receiver.add_argument(
         "--ack-batch-max",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="most messages stored, then acknowledged in one ack, together (default: what arrived while the "
         "previous batch was stored, up to a limit; 1: an ack per message, as a platform that confirms each message "

@@ -12,14 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.commands.common import EXIT_OK, add_config_argument, config_from
-
-
-def _days(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+from gateway.commands.common import EXIT_OK, add_config_argument, config_from, positive_int
 
 
 def _print(summary: dict[str, Any]) -> None:
@@ -85,6 +78,6 @@ def register(subparsers: Any) -> None:
     prune_cmd = subparsers.add_parser("prune", help="delete data the platform confirmed, older than retention_days")
     add_config_argument(prune_cmd)
     prune_cmd.add_argument(
-        "--days", type=_days, default=None, help="override store.retention_days for this run (at least 1)"
+        "--days", type=positive_int, default=None, help="override store.retention_days for this run (at least 1)"
     )
     prune_cmd.set_defaults(func=_cmd_prune)
