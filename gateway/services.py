@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -72,9 +72,9 @@ from gateway.store.assignments import AssignResult, ReadingKind, UnassignedGroup
 from gateway.store.audit import AuditEntry
 from gateway.store.captures import Delivery
 from gateway.store.db import Store, iso, new_id
-from gateway.store.events import recent_events
+from gateway.store.events import StoredEvent, recent_events
 from gateway.store.logins import LoginThrottled
-from gateway.store.outbox import Outbox, OutboxStats
+from gateway.store.outbox import Outbox, OutboxStats, ParkedMessage
 from gateway.store.retention import PruneResult, prune
 from gateway.store.startup import QUARANTINE_KEY
 from gateway.store.users import ROLES, Role, UserError, UserRow
@@ -357,7 +357,7 @@ class GatewayServices:
                 "unsent": stats.total_unsent,
                 "parked": stats.parked,
                 "oldest_unsent_age_s": oldest_age,
-                "parked_messages": self.outbox.parked(limit=10),
+                "parked_messages": [asdict(p) for p in self.outbox.parked(limit=10)],
             },
             "disk": {
                 "free_mb": round(usage.free / 1024 / 1024, 1),
@@ -373,7 +373,9 @@ class GatewayServices:
             "model": components.get("retina", {}).get("model"),
             "store": {"quarantined_file": self.store.get_kv(QUARANTINE_KEY)},
             "systemd_notify": self.runtime.notifier.snapshot(),
-            "recent_errors": _with_link_error(recent_events(self.store, limit=10, min_level="warning"), link),
+            "recent_errors": [
+                e.as_json() for e in _with_link_error(recent_events(self.store, limit=10, min_level="warning"), link)
+            ],
             "thresholds": {"page_stale_s": cfg.health.page_stale_s, "broker_down_s": cfg.health.broker_down_s},
         }
 
@@ -953,7 +955,7 @@ class GatewayServices:
         return True
 
 
-def _with_link_error(events: list[dict[str, Any]], link: LinkFacts | None) -> list[dict[str, Any]]:
+def _with_link_error(events: list[StoredEvent], link: LinkFacts | None) -> list[StoredEvent]:
     """Recent warnings and errors with the broker link's last error among them, newest first.
 
     The link's errors are not events (a flapping link would flood the events topic); the forwarder keeps
@@ -961,16 +963,16 @@ def _with_link_error(events: list[dict[str, Any]], link: LinkFacts | None) -> li
     """
     if link is None or link.last_error is None or link.last_error_at is None:
         return events
-    entry = {
-        "id": None,
-        "at": link.last_error_at,
-        "level": "warning" if link.online else "error",
-        "kind": "broker_link",
-        "message": str(link.last_error),
-        "detail": {"state": link.state, "error": link.last_error.type},
-    }
+    entry = StoredEvent(
+        id=None,
+        at=link.last_error_at,
+        level="warning" if link.online else "error",
+        kind="broker_link",
+        message=str(link.last_error),
+        detail={"state": link.state, "error": link.last_error.type},
+    )
     merged = [*events, entry]
-    merged.sort(key=lambda e: datetime.fromisoformat(e["at"]), reverse=True)
+    merged.sort(key=lambda e: datetime.fromisoformat(e.at), reverse=True)
     return merged[: max(len(events), 1)]
 
 
@@ -1009,7 +1011,7 @@ class OutboxSummary:
     last_ack_at: str | None
     oldest_unsent_created_at: str | None
     by_kind: dict[str, dict[str, int]]
-    parked_messages: list[dict[str, Any]]
+    parked_messages: list[ParkedMessage]
 
 
 class OutboxAdmin:
@@ -1027,7 +1029,7 @@ class OutboxAdmin:
         """Acked messages still kept, and when the newest platform ack arrived."""
         return self._outbox.ack_activity()
 
-    def parked(self, limit: int = 50) -> list[dict[str, Any]]:
+    def parked(self, limit: int = 50) -> list[ParkedMessage]:
         """Parked messages with their reasons, oldest first (no payloads)."""
         return self._outbox.parked(limit=limit)
 

@@ -40,7 +40,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     for kind, by_state in sorted(summary.by_kind.items()):
         print(f"  {kind:<12} " + ", ".join(f"{state} {n}" for state, n in sorted(by_state.items())))
     for row in summary.parked_messages:
-        print(f"  parked {row['message_id']} ({row['kind']}): {row['parked_reason']}")
+        print(f"  parked {row.message_id} ({row.kind}): {row.parked_reason}")
     return EXIT_OK
 
 

@@ -64,6 +64,24 @@ def add(store: Store, *, actor: str, action: str, **fields: Any) -> None:
         record(db, store, actor=actor, action=action, **fields)
 
 
-def recent(store: Store, *, limit: int = 50) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One recorded desk action: when, who, what, about which patient (read back for checks and IT)."""
+
+    id: int
+    at: str
+    actor: str
+    action: str
+    target_kind: str | None
+    target_id: str | None
+    patient_id: str | None
+    detail: dict[str, Any]
+
+
+def recent(store: Store, *, limit: int = 50) -> list[AuditRow]:
     """Newest audit rows first."""
-    return store.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])
+    rows = store.query(
+        "SELECT id, at, actor, action, target_kind, target_id, patient_id, detail FROM audit ORDER BY id DESC LIMIT ?",
+        [limit],
+    )
+    return [AuditRow(**{**row, "detail": json.loads(row["detail"])}) for row in rows]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from gateway.store.db import Store, iso, new_id
@@ -14,6 +15,23 @@ from gateway.store.outbox import enqueue
 from gateway.wire import contract
 
 Level = Literal["info", "warning", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One operational event as kept locally (ids, counts and reasons: never patient data)."""
+
+    id: int | None
+    """The events table's row id; None for an entry that is not a stored event (the broker link's last error)."""
+    at: str
+    level: Level
+    kind: str
+    message: str
+    detail: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        """The status page's form of the event."""
+        return asdict(self)
 
 
 def add_event(
@@ -49,7 +67,7 @@ def add_event(
     return message_id
 
 
-def recent_events(store: Store, *, limit: int = 20, min_level: Level = "info") -> list[dict[str, Any]]:
+def recent_events(store: Store, *, limit: int = 20, min_level: Level = "info") -> list[StoredEvent]:
     """Newest events first, at or above ``min_level``."""
     levels = {"info": ("info", "warning", "error"), "warning": ("warning", "error"), "error": ("error",)}[min_level]
     rows = store.query(
@@ -57,6 +75,4 @@ def recent_events(store: Store, *, limit: int = 20, min_level: Level = "info") -
         "ORDER BY id DESC LIMIT ?",
         [*levels, limit],
     )
-    for row in rows:
-        row["detail"] = json.loads(row["detail"])
-    return rows
+    return [StoredEvent(**{**row, "detail": json.loads(row["detail"])}) for row in rows]

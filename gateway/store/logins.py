@@ -24,7 +24,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from sqlite_utils import Database
 
@@ -216,6 +216,15 @@ def session_count(store: Store, username: str | None = None) -> int:
     return int(store.scalar("SELECT count(*) FROM web_sessions WHERE username = ?", [username]))
 
 
-def attempts(store: Store) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class RecordedAttempt:
+    """One row of the login throttle: a digest of the user name or the client's address, and when."""
+
+    scope: Scope
+    key: str
+    at: str
+
+
+def attempts(store: Store) -> list[RecordedAttempt]:
     """Recorded attempts, oldest first (for tests and troubleshooting; keys are digests and addresses)."""
-    return store.query("SELECT scope, key, at FROM web_login_attempts ORDER BY id")
+    return [RecordedAttempt(**row) for row in store.query("SELECT scope, key, at FROM web_login_attempts ORDER BY id")]

@@ -90,6 +90,20 @@ class AckResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ParkedMessage:
+    """A message set aside because the broker refused it, and why (what IT sees; never its payload)."""
+
+    seq: int
+    message_id: str
+    kind: str
+    topic: str | None
+    """None for a message whose body row is gone (the body is written with the message: not expected)."""
+    parked_reason: str
+    """Why: the broker's refusal, or why the message cannot be sent (a missing image file)."""
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
     """Counts per kind and state, and the age anchor of the oldest unsent message."""
 
@@ -351,14 +365,16 @@ class Outbox:
         parked = sum(by_state.get("parked", 0) for by_state in counts.values())
         return OutboxStats(counts=counts, oldest_unsent_created_at=oldest, total_unsent=unsent, parked=parked)
 
-    def parked(self, limit: int = 50) -> list[dict[str, Any]]:
-        """Parked messages with their reasons (no payloads)."""
-        return self.store.query(
+    def parked(self, limit: int = 50) -> list[ParkedMessage]:
+        """Parked messages with their reasons, oldest first (no payloads)."""
+        rows = self.store.query(
             "SELECT o.seq, o.message_id, o.kind, b.topic, o.parked_reason, o.created_at FROM outbox o "
             "LEFT JOIN outbox_bodies b ON b.seq = o.seq "
             f"WHERE o.state = 'parked' AND o.{UNACKED} ORDER BY o.seq LIMIT ?",
             [limit],
         )
+        # A parked row always has its reason (park() takes one); "" would show a row written otherwise.
+        return [ParkedMessage(**{**row, "parked_reason": row["parked_reason"] or ""}) for row in rows]
 
     def state_of(self, message_id: str) -> str | None:
         """The state of one message (None when unknown, or pruned); ``"in_flight"`` while this outbox has it in

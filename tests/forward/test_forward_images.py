@@ -60,5 +60,5 @@ def test_missing_image_file_parks_its_chunks_and_the_rest_drains(tmp_path, broke
         wait_until(lambda: outbox.stats().total_unsent == 0, what="outbox settled")
     stats = outbox.stats()
     assert stats.parked == stats.counts["image_chunk"]["parked"] > 0
-    assert all("cannot be read" in p["parked_reason"] for p in outbox.parked(limit=1000))
+    assert all("cannot be read" in p.parked_reason for p in outbox.parked(limit=1000))
     assert receiver.counts()["captures"] == 1  # the metadata message itself went through

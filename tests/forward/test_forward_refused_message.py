@@ -47,9 +47,9 @@ def _scenario(tmp_path: Path, broker, receiver_factory) -> None:
         assert run.forwarder.state == "online"
     assert outbox.state_of(big) == "parked"
     (parked,) = outbox.parked()
-    assert parked["message_id"] == big
-    assert "refused" in parked["parked_reason"]
-    assert "too large" in parked["parked_reason"].lower()
+    assert parked.message_id == big
+    assert "refused" in parked.parked_reason
+    assert "too large" in parked.parked_reason.lower()
     assert receiver.counts()["readings"] == 80
     assert [r["sequence"] for r in receiver.readings()] == list(range(1, 81))
     assert store.scalar("SELECT count(*) FROM events WHERE kind = 'message_parked'") == 1

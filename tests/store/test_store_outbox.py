@@ -74,7 +74,7 @@ def test_parked_messages_stay_stored_and_can_be_retried(tmp_path: Path) -> None:
     outbox.park(big.message_id, "broker refused: packet too large")
     stats = outbox.stats()
     assert stats.parked == 1 and stats.total_unsent == 1
-    assert outbox.parked()[0]["parked_reason"] == "broker refused: packet too large"
+    assert outbox.parked()[0].parked_reason == "broker refused: packet too large"
     assert outbox.claim_batch(5) == []
     assert outbox.retry_parked() == 1
     assert [m.message_id for m in outbox.claim_batch(5)] == [big.message_id]

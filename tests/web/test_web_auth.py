@@ -41,7 +41,7 @@ def test_each_role_reaches_its_pages_only(client: FlaskClient, runtime: Runtime,
     for path, needed in PAGES.items():
         code = client.get(path).status_code
         assert code == (200 if role in (needed, "admin") else 403), (user, path, code)
-    refused = [r for r in audit.recent(runtime.store) if r["action"] == "access_refused"]
+    refused = [r for r in audit.recent(runtime.store) if r.action == "access_refused"]
     assert len(refused) == (0 if role == "admin" else 2)
 
 
@@ -68,7 +68,7 @@ def test_wrong_password_and_unknown_user_are_refused_alike(client: FlaskClient, 
     assert first.status_code == second.status_code == 401
     assert "Wrong user name or password." in first.get_data(as_text=True)
     assert client.get("/nurse").status_code == 302
-    actions = [r["action"] for r in audit.recent(runtime.store)]
+    actions = [r.action for r in audit.recent(runtime.store)]
     assert actions.count("login_failed") == 2
 
 
@@ -111,7 +111,7 @@ def test_rate_limit_per_user_name_and_per_address(client: FlaskClient, runtime: 
     # After the minute the user may try again.
     fake_clock.advance(61)
     assert login(client, "nina").status_code == 302
-    assert "login_rate_limited" in [r["action"] for r in audit.recent(runtime.store)]
+    assert "login_rate_limited" in [r.action for r in audit.recent(runtime.store)]
     client.post("/logout", data={"csrf_token": csrf_of(client, "/nurse")})
     # Guessing at many names from one address stops at the address's limit.
     per_address = runtime.config.web.login_attempts_per_address_per_minute
@@ -155,7 +155,7 @@ def test_password_change_ends_existing_sessions(client: FlaskClient, runtime: Ru
 def test_login_and_logout_are_audited(client: FlaskClient, runtime: Runtime) -> None:
     login(client, "ada")
     client.post("/logout", data={"csrf_token": csrf_of(client, "/status")})
-    actions = [(r["actor"], r["action"]) for r in audit.recent(runtime.store)]
+    actions = [(r.actor, r.action) for r in audit.recent(runtime.store)]
     assert ("ada", "login") in actions and ("ada", "logout") in actions
 
 

@@ -119,7 +119,7 @@ def test_user_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         from werkzeug.security import check_password_hash
 
         assert check_password_hash(row.password_hash, "another long password")
-        actions = [r["action"] for r in audit.recent(rt.store)]
+        actions = [r.action for r in audit.recent(rt.store)]
         assert {"user_add", "user_disable", "user_passwd", "user_enable"} <= set(actions)
     finally:
         rt.store.close()

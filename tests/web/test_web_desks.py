@@ -86,7 +86,7 @@ def test_nurse_download_review_and_link(client: FlaskClient, runtime: Runtime, c
     linked = post_form(client, location, f"/nurse/session/{session_id}/link", {})
     assert linked.status_code == 302
     assert patient_for_meter(runtime.store, METER) == PATIENT
-    trail = {(r["actor"], r["action"]) for r in audit.recent(runtime.store)}
+    trail = {(r.actor, r.action) for r in audit.recent(runtime.store)}
     assert {("nina", "meter_sync_requested"), ("nina", "link_meter")} <= trail
     assert "Meter linked to this patient." in client.get(location).get_data(as_text=True)
     today = client.get("/nurse").get_data(as_text=True)
@@ -169,7 +169,7 @@ def test_technician_capture_upload_and_retake(retina_runtime: Runtime, tmp_path:
         captures = GatewayServices(runtime).captures(session_id=session_id)
         assert len(captures) == 3 and {c["patient_id"] for c in captures} == {PATIENT}
         assert sorted(c["eye"] for c in captures) == ["L", "L", "R"]
-        actions = [r["action"] for r in audit.recent(runtime.store)]
+        actions = [r.action for r in audit.recent(runtime.store)]
         assert {"retina_capture", "retina_retake", "retina_upload"} <= set(actions)
         # The preview streams MJPEG parts from the emulated camera.
         preview = client.get("/technician/preview.mjpg", buffered=False)

@@ -92,8 +92,8 @@ def test_auto_synced_readings_wait_unassigned_and_the_nurse_assigns_them(client:
 
     patients = {r["patient_id"] for r in runtime.store.query("SELECT patient_id FROM readings")}
     assert patients == {PATIENT}
-    [entry] = [r for r in audit.recent(runtime.store) if r["action"] == "assign_readings"]
-    assert (entry["actor"], entry["patient_id"], entry["target_id"]) == ("nina", PATIENT, METER)
+    [entry] = [r for r in audit.recent(runtime.store) if r.action == "assign_readings"]
+    assert (entry.actor, entry.patient_id, entry.target_id) == ("nina", PATIENT, METER)
     [message] = runtime.store.query(f"SELECT * FROM {MESSAGES} WHERE kind = 'assignment'")
     doc = json.loads(message["payload"])
     contract.validate(contract.SCHEMA_ASSIGNMENT, doc)

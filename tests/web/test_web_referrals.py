@@ -3,7 +3,6 @@ seen), the navigation badge and its count endpoint (no patient data)."""
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -40,8 +39,8 @@ def received(runtime: Runtime) -> dict[str, str]:
     return {key: r.referral_id for key, r in referrals.items()}
 
 
-def _acks(runtime: Runtime) -> list[dict[str, object]]:
-    return [r for r in audit.recent(runtime.store) if r["action"] == "referral_acknowledged"]
+def _acks(runtime: Runtime) -> list[audit.AuditRow]:
+    return [r for r in audit.recent(runtime.store) if r.action == "referral_acknowledged"]
 
 
 def _acknowledge(client: FlaskClient, referral_id: str) -> Any:
@@ -95,7 +94,7 @@ def test_it_and_anonymous_are_refused(client: FlaskClient, runtime: Runtime, rec
     status_page = client.get("/status").get_data(as_text=True)
     assert _badge(status_page) is None and "nav-referrals" not in status_page
     assert store_referrals.count_unseen(runtime.store) == 3 and not _acks(runtime)
-    refusals = [r for r in audit.recent(runtime.store) if r["action"] == "access_refused" and r["actor"] == "ivy"]
+    refusals = [r for r in audit.recent(runtime.store) if r.action == "access_refused" and r.actor == "ivy"]
     assert len(refusals) == 3
 
 
@@ -122,10 +121,10 @@ def test_acknowledge_marks_seen_audits_and_the_count_goes_down(
     assert row["seen_at"] is not None
     assert store_referrals.count_unseen(runtime.store) == 2
     (trail,) = _acks(runtime)
-    assert (trail["actor"], trail["target_kind"], trail["target_id"], trail["patient_id"]) == (
+    assert (trail.actor, trail.target_kind, trail.target_id, trail.patient_id) == (
         "tom", "referral", received["patient"], PATIENT,
     )  # fmt: skip
-    assert json.loads(str(trail["detail"]))["decision"] == "refer_urgent"
+    assert trail.detail["decision"] == "refer_urgent"
     html = client.get("/referrals").get_data(as_text=True)
     assert "Decision acknowledged." in html and "Not yet acknowledged: 2" in html
     assert f'<tr data-referral="{received["patient"]}" class="seen">' in html
@@ -141,7 +140,7 @@ def test_acknowledge_marks_seen_audits_and_the_count_goes_down(
     assert len(_acks(runtime)) == 1
     # A decision for a photo only: the audit row carries the photo's patient.
     _acknowledge(client, received["capture"])
-    assert _acks(runtime)[0]["patient_id"] == "P-1"
+    assert _acks(runtime)[0].patient_id == "P-1"
     assert store_referrals.count_unseen(runtime.store) == 1
 
 

@@ -16,8 +16,8 @@ from gateway.store import audit
 PATIENT = "440301-PAT-7731"
 
 
-def refusals(runtime: Runtime) -> list[dict[str, object]]:
-    return [r for r in audit.recent(runtime.store) if r["action"] == "access_refused"]
+def refusals(runtime: Runtime) -> list[audit.AuditRow]:
+    return [r for r in audit.recent(runtime.store) if r.action == "access_refused"]
 
 
 def test_nurse_cannot_open_a_photo_session(client: FlaskClient, runtime: Runtime) -> None:
@@ -39,8 +39,8 @@ def test_nurse_cannot_open_a_photo_session(client: FlaskClient, runtime: Runtime
         assert PATIENT not in answer.get_data(as_text=True)
     refused = refusals(runtime)
     assert len(refused) == 3
-    assert {(r["actor"], r["target_kind"], r["target_id"]) for r in refused} == {("nina", "session", session_id)}
-    assert all(r["patient_id"] is None for r in refused)
+    assert {(r.actor, r.target_kind, r.target_id) for r in refused} == {("nina", "session", session_id)}
+    assert all(r.patient_id is None for r in refused)
 
 
 def test_nurse_cannot_poll_a_capture_request(client: FlaskClient, runtime: Runtime) -> None:
@@ -58,7 +58,7 @@ def test_technician_cannot_open_a_meter_session(client: FlaskClient, runtime: Ru
     assert client.get(f"/technician/session/{session_id}").status_code == 404
     assert client.get(f"/technician/api/request/{session_id}").status_code == 404
     assert client.get(f"/technician/session/{session_id}/result/{session_id}").status_code == 404
-    assert {r["target_id"] for r in refusals(runtime)} == {session_id}
+    assert {r.target_id for r in refusals(runtime)} == {session_id}
     # The nurse's own desk still opens it.
     client.post("/logout", data={"csrf_token": csrf_of(client, "/technician")})
     login(client, "nina")
