@@ -58,7 +58,7 @@ from gateway.meters import sync_request_type
 from gateway.records import Eye, Field, QualityGeometry
 from gateway.runtime import Component, Runtime
 from gateway.store import assignments as store_assignments
-from gateway.store import audit
+from gateway.store import audit, queue_samples
 from gateway.store import backup as store_backup
 from gateway.store import blood_pressure as store_bp
 from gateway.store import captures as store_captures
@@ -75,6 +75,7 @@ from gateway.store.db import Store, iso, new_id
 from gateway.store.events import StoredEvent, recent_events
 from gateway.store.logins import LoginThrottled
 from gateway.store.outbox import Outbox, OutboxStats, ParkedMessage
+from gateway.store.queue_samples import QueueSample
 from gateway.store.retention import PruneResult, prune
 from gateway.store.startup import QUARANTINE_KEY
 from gateway.store.users import ROLES, Role, UserError, UserRow
@@ -197,7 +198,7 @@ QUEUE_WINDOWS_H = (0.25, 1.0, 3.0, 6.0, 24.0)
 """The queue chart's windows (hours); the samples are kept for the longest."""
 
 
-def auto_window(samples: list[dict[str, Any]], now: datetime) -> float:
+def auto_window(samples: list[QueueSample], now: datetime) -> float:
     """The smallest chart window (of :data:`QUEUE_WINDOWS_H`) that shows all recent activity, so that a
     backlog is not a sliver at the edge of a mostly empty chart.
 
@@ -207,9 +208,9 @@ def auto_window(samples: list[dict[str, Any]], now: datetime) -> float:
     """
     if not samples:
         return QUEUE_WINDOWS_H[0]
-    busy = [i for i, s in enumerate(samples) if s["unsent"] or s["parked"]]
+    busy = [i for i, s in enumerate(samples) if s.unsent or s.parked]
     start = samples[max(0, busy[0] - 1)] if busy else samples[0]
-    needed = (now - datetime.fromisoformat(start["at"])).total_seconds() / 3600 * 1.1
+    needed = (now - start.taken_at).total_seconds() / 3600 * 1.1
     if not busy:
         needed = min(needed, 6.0)
     return next((h for h in QUEUE_WINDOWS_H if h >= needed), QUEUE_WINDOWS_H[-1])
@@ -735,8 +736,6 @@ class GatewayServices:
     # -- status page: queue history (web area) --------------------------------------------------
     def sample_queue(self, keep_hours: float = 24.0) -> None:
         """Record the outbox depth now (the web sampler calls this every minute)."""
-        from gateway.store import queue_samples
-
         stats = self.outbox.stats()
         acked_total, _ = self.outbox.ack_activity()
         queue_samples.add_sample(
@@ -758,22 +757,20 @@ class GatewayServices:
         retention prune between them would make the difference negative, which reads as 0). ``drain_state``
         says which: ``offline``, ``idle`` (nothing to send), ``draining`` or ``measuring``.
         """
-        from gateway.store import queue_samples
-
         now = self.runtime.clock.utc_now()
         kept = queue_samples.samples_since(self.store, now - timedelta(hours=max(QUEUE_WINDOWS_H)))
         window = auto_window(kept, now) if hours is None else hours
         since = now - timedelta(hours=window)
         if window <= max(QUEUE_WINDOWS_H):
-            samples = [s for s in kept if datetime.fromisoformat(s["at"]) >= since]
+            samples = [s for s in kept if s.taken_at >= since]
         else:  # a longer window than the chart offers (the CLI, a script)
             samples = queue_samples.samples_since(self.store, since)
         drain = None
         if len(samples) >= 2:
             a, b = samples[-2], samples[-1]
-            minutes = (datetime.fromisoformat(b["at"]) - datetime.fromisoformat(a["at"])).total_seconds() / 60
+            minutes = (b.taken_at - a.taken_at).total_seconds() / 60
             if minutes > 0:
-                drain = round(max(0, b["acked_total"] - a["acked_total"]) / minutes, 2)
+                drain = round(max(0, b.acked_total - a.acked_total) / minutes, 2)
         link = self._link()
         unsent = self.outbox.stats().total_unsent
         if link is not None and not link.online:
@@ -784,7 +781,7 @@ class GatewayServices:
             state = "measuring" if drain is None else "draining"
         _, last_ack = self.outbox.ack_activity()
         return {
-            "samples": [{"at": s["at"], "unsent": s["unsent"], "parked": s["parked"]} for s in samples],
+            "samples": [{"at": s.at, "unsent": s.unsent, "parked": s.parked} for s in samples],
             "window_hours": window,
             "windows_hours": list(QUEUE_WINDOWS_H),
             "drain_per_min": drain,

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from gateway.store.db import Store, iso
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSample:
+    """The outbox's depth at one moment, and the acked messages counted so far (for the drain rate)."""
+
+    at: str
+    """UTC ISO time, as stored (the status page's JSON shows it as is)."""
+    unsent: int
+    parked: int
+    acked_total: int
+
+    @property
+    def taken_at(self) -> datetime:
+        """:attr:`at` as a time."""
+        return datetime.fromisoformat(self.at)
 
 
 def add_sample(store: Store, *, unsent: int, parked: int, acked_total: int, keep_since: datetime) -> None:
@@ -19,8 +35,9 @@ def add_sample(store: Store, *, unsent: int, parked: int, acked_total: int, keep
         db.execute("DELETE FROM web_queue_samples WHERE at < ?", [iso(keep_since)])
 
 
-def samples_since(store: Store, since: datetime) -> list[dict[str, Any]]:
+def samples_since(store: Store, since: datetime) -> list[QueueSample]:
     """Samples taken at or after ``since``, oldest first."""
-    return store.query(
+    rows = store.query(
         "SELECT at, unsent, parked, acked_total FROM web_queue_samples WHERE at >= ? ORDER BY at", [iso(since)]
     )
+    return [QueueSample(**row) for row in rows]
