@@ -12,7 +12,6 @@ facade imports the store.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import threading
 import time
@@ -70,19 +69,24 @@ from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
 from gateway.store.assignments import AssignResult, ReadingKind, UnassignedGroup
 from gateway.store.audit import AuditEntry
+from gateway.store.blood_pressure import BloodPressureReadingRow
 from gateway.store.captures import Delivery
 from gateway.store.db import Store, iso, new_id
 from gateway.store.events import StoredEvent, recent_events
 from gateway.store.logins import LoginThrottled
 from gateway.store.outbox import Outbox, OutboxStats, ParkedMessage
+from gateway.store.qc import QcResultRow
 from gateway.store.queue_samples import QueueSample
+from gateway.store.readings import MeterRow, ReadingRow
 from gateway.store.retention import PruneResult, prune
+from gateway.store.sessions import SessionRow
 from gateway.store.startup import QUARANTINE_KEY
 from gateway.store.users import ROLES, Role, UserError, UserRow
 
 __all__ = [
     "ROLES",
     "AssignResult",
+    "BloodPressureReadingRow",
     "BloodPressureRow",
     "BloodPressureTarget",
     "DeskSession",
@@ -92,12 +96,17 @@ __all__ = [
     "Health",
     "Level",
     "LoginThrottled",
+    "MeterRow",
     "OutboxAdmin",
     "OutboxSummary",
     "ProblemKind",
+    "QcResultRow",
     "ReadingKind",
+    "ReadingRow",
     "ReadingsPage",
     "Role",
+    "SessionRow",
+    "TodaySession",
     "UnassignedGroup",
     "UserAdmin",
     "UserError",
@@ -106,8 +115,9 @@ __all__ = [
     "export_backup",
     "import_backup",
 ]
-"""The facade and what its callers need; LoginThrottled, ROLES, Role, UserError and UserRow are the store's,
-re-exported here so that nothing above the facade imports the store."""
+"""The facade and what its callers need; LoginThrottled, ROLES, Role, UserError, UserRow and the store's typed rows
+(SessionRow, ReadingRow, MeterRow, QcResultRow, BloodPressureReadingRow) are the store's, re-exported here so that
+nothing above the facade imports the store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +242,7 @@ class VisitPicture:
     since: str
     """UTC ISO time the picture starts at: the last visit, or the window's start."""
     last_visit: str | None
-    readings: list[dict[str, Any]]
+    readings: list[ReadingRow]
     summary: GlucoseSummary
     ranges: GlucoseRanges
 
@@ -241,7 +251,7 @@ class VisitPicture:
 class ReadingsPage:
     """A page of a desk session's readings, with counts over the whole download."""
 
-    rows: list[dict[str, Any]]
+    rows: list[ReadingRow]
     total: int
     low: int
     high: int
@@ -263,40 +273,29 @@ class BloodPressureTarget:
 
 @dataclass(frozen=True, slots=True)
 class BloodPressureRow:
-    """A blood pressure reading as the nurse's page shows it (patient data: behind login)."""
+    """A blood pressure reading as the nurse's page shows it (patient data: behind login): the stored reading,
+    judged against the programme's target."""
 
-    corrected_time: str
-    time_trusted: bool
-    systolic_mmhg: float
-    diastolic_mmhg: float
-    mean_arterial_mmhg: float | None
-    systolic: float
-    diastolic: float
-    unit: str
-    pulse_bpm: float | None
-    cuff_user: int | None
-    meter_id: str
-    status: tuple[str, ...]
+    reading: BloodPressureReadingRow
     above_target: bool
+    """Systolic or diastolic above the target's."""
 
     @classmethod
-    def of(cls, row: dict[str, Any], target: BloodPressureTarget) -> BloodPressureRow:
-        """A stored row, judged against the target (above it: systolic or diastolic above the target's)."""
-        return cls(
-            corrected_time=row["corrected_time"],
-            time_trusted=bool(row["time_trusted"]),
-            systolic_mmhg=row["systolic_mmhg"],
-            diastolic_mmhg=row["diastolic_mmhg"],
-            mean_arterial_mmhg=row["mean_arterial_mmhg"],
-            systolic=row["systolic"],
-            diastolic=row["diastolic"],
-            unit=row["unit"],
-            pulse_bpm=row["pulse_bpm"],
-            cuff_user=row["cuff_user"],
-            meter_id=row["meter_id"],
-            status=tuple(json.loads(row["status"])),
-            above_target=row["systolic_mmhg"] > target.systolic_mmhg or row["diastolic_mmhg"] > target.diastolic_mmhg,
-        )
+    def of(cls, reading: BloodPressureReadingRow, target: BloodPressureTarget) -> BloodPressureRow:
+        """A stored reading, judged against the target."""
+        above = reading.systolic_mmhg > target.systolic_mmhg or reading.diastolic_mmhg > target.diastolic_mmhg
+        return cls(reading, above_target=above)
+
+
+@dataclass(frozen=True, slots=True)
+class TodaySession:
+    """A desk session of today's list: the stored session, with what the core's live progress adds to it."""
+
+    session: SessionRow
+    error_type: str | None = None
+    """The type of the failure's error, while the core remembers the session (it keeps the error as data)."""
+    target: str | None = None
+    """The meter asked for (BLE address, serial port or meter id), while the core remembers the request."""
 
 
 class GatewayServices:
@@ -471,14 +470,14 @@ class GatewayServices:
         views: list[DeviceView] = []
         for meter in store_readings.list_meters(self.store):
             stored = DeviceView(
-                device_id=meter["meter_id"],
+                device_id=meter.meter_id,
                 kind="meter",
-                transport=meter["transport"],
-                family=meter["family"],
-                model=meter["model"],
-                last_seen=meter["last_seen"],
-                last_sync=meter["last_sync"],
-                last_error=meter["last_error"],
+                transport=meter.transport,
+                family=meter.family,
+                model=meter.model,
+                last_seen=meter.last_seen,
+                last_sync=meter.last_sync,
+                last_error=meter.last_error,
             )
             entry = live.pop(stored.device_id, None)
             views.append(stored if entry is None else _live_device(stored.device_id, entry, stored))
@@ -537,9 +536,9 @@ class GatewayServices:
             return DeskSession(session_id, live, meter_id=meter_id)
         if live is None:
             live = _stored_progress(stored)
-        meter_id = stored["meter_id"] or (live.meter_id if isinstance(live, MeterProgress) else None)
-        return DeskSession(session_id, live, patient_id=stored["patient_id"], meter_id=meter_id,
-                           stored_error=stored["error"])  # fmt: skip
+        meter_id = stored.meter_id or (live.meter_id if isinstance(live, MeterProgress) else None)
+        return DeskSession(session_id, live, patient_id=stored.patient_id, meter_id=meter_id,
+                           stored_error=stored.error)  # fmt: skip
 
     def progress_version(self) -> int:
         """The desk progress board's change counter: read it before :meth:`progress`, then
@@ -584,12 +583,12 @@ class GatewayServices:
         return ReadingsPage(rows, counts.total, counts.low, counts.high, page=number, pages=pages, first=offset + 1,
                             last=offset + len(rows))  # fmt: skip
 
-    def session_qc(self, session_id: str) -> list[dict[str, Any]]:
+    def session_qc(self, session_id: str) -> list[QcResultRow]:
         """The control-solution (quality-control) results a desk download brought, in meter order: the meter's,
         never the patient's readings (no patient data in them)."""
         return store_qc.results_of_session(self.store, session_id)
 
-    def meter_qc_history(self, meter_id: str, *, limit: int = QC_HISTORY_ROWS) -> list[dict[str, Any]]:
+    def meter_qc_history(self, meter_id: str, *, limit: int = QC_HISTORY_ROWS) -> list[QcResultRow]:
         """A meter's quality-control history, newest first (the nurse's QC panel)."""
         return store_qc.history(self.store, meter_id, limit=limit)
 
@@ -603,22 +602,23 @@ class GatewayServices:
         login): those this session stored, and those stored today by the same patient's other desk sessions."""
         stored = store_sessions.get_session(self.store, session_id)
         ids = {session_id}
-        patient = None if stored is None else stored["patient_id"]
+        patient = None if stored is None else stored.patient_id
         if patient is not None:
-            ids.update(s["session_id"] for s in self.sessions_today("meter") if s["patient_id"] == patient)
+            ids.update(s.session.session_id for s in self.sessions_today("meter") if s.session.patient_id == patient)
         target = self.bp_target()
         rows = store_bp.of_sessions(self.store, sorted(ids), patient_id=patient)
         return [BloodPressureRow.of(row, target) for row in rows]
 
-    def sessions_today(self, kind: store_sessions.SessionKind | None = None) -> list[dict[str, Any]]:
-        """Desk sessions started since midnight in the clinic's time zone."""
-        rows = store_sessions.sessions_since(self.store, _clinic_midnight(self.runtime), kind)
-        for row in rows:
+    def sessions_today(self, kind: store_sessions.SessionKind | None = None) -> list[TodaySession]:
+        """Desk sessions started since midnight in the clinic's time zone, newest first."""
+        today = []
+        for row in store_sessions.sessions_since(self.store, _clinic_midnight(self.runtime), kind):
             # The core's live progress keeps a failure's error as data (its type) and the target asked for.
-            live = self.runtime.progress.get(row["session_id"])
-            row["error_type"] = None if live is None or live.error is None else live.error.type
-            row["target"] = live.target if isinstance(live, MeterProgress) else None
-        return rows
+            live = self.runtime.progress.get(row.session_id)
+            error_type = None if live is None or live.error is None else live.error.type
+            target = live.target if isinstance(live, MeterProgress) else None
+            today.append(TodaySession(row, error_type=error_type, target=target))
+        return today
 
     def link_meter(self, meter_id: str, patient_id: str, *, actor: str) -> None:
         """Register a meter to a patient (audited)."""
@@ -638,9 +638,7 @@ class GatewayServices:
         rows = store_readings.patient_readings_since(self.store, patient_id, iso(since))
         ranges = GlucoseRanges(low=section.low_mmol_l, high=section.high_mmol_l, gmi_min_days=section.gmi_min_days,
                                gmi_min_readings=section.gmi_min_readings)  # fmt: skip
-        summary = summarize(
-            [float(r["mmol_l"]) for r in rows], [datetime.fromisoformat(r["corrected_time"]) for r in rows], ranges
-        )
+        summary = summarize([r.mmol_l for r in rows], [datetime.fromisoformat(r.corrected_time) for r in rows], ranges)
         return VisitPicture(patient_id=patient_id, since=iso(since), last_visit=last_visit, readings=rows,
                             summary=summary, ranges=ranges)  # fmt: skip
 
@@ -798,9 +796,9 @@ class GatewayServices:
         """Open a retinal capture session (a visit) for a patient at the technician's desk (audited, same
         transaction); a patient who already has one today gets that one back (their photos with it), audited as
         resumed, never a second, empty visit."""
-        today = [s for s in self.sessions_today("retina") if s["patient_id"] == patient_id]
+        today = [s for s in self.sessions_today("retina") if s.session.patient_id == patient_id]
         if today:
-            session_id = str(today[0]["session_id"])  # newest first
+            session_id = today[0].session.session_id  # newest first
             audit.add(self.store, actor=operator, action="retina_session_resumed", target_kind="session",
                       target_id=session_id, patient_id=patient_id)  # fmt: skip
             return session_id
@@ -988,13 +986,13 @@ def _eye_field(eye: str, field: str) -> tuple[Eye, Field]:
         raise CaptureError("eye must be L or R and field disc or macula") from None
 
 
-def _stored_progress(row: dict[str, Any]) -> DeskProgress:
+def _stored_progress(row: SessionRow) -> DeskProgress:
     """A stored session's progress, for a session the core no longer reports (after a restart)."""
-    state = DeskState(row["state"])
-    if row["kind"] == DeskKind.RETINA:
+    state = DeskState(row.state)
+    if DeskKind(row.kind) is DeskKind.RETINA:
         return RetinaProgress(state=state)
-    return MeterProgress(state=state, done=row["records_new"] or 0, total=row["records_total"],
-                         meter_id=row["meter_id"], added=row["records_new"] or 0)  # fmt: skip
+    return MeterProgress(state=state, done=row.records_new or 0, total=row.records_total,
+                         meter_id=row.meter_id, added=row.records_new or 0)  # fmt: skip
 
 
 # -- the facade's parts ------------------------------------------------------------------------------------------
@@ -1160,13 +1158,13 @@ class PhotoDesk:
         """Today's visits (since the clinic's midnight), newest first, with how many photos each has."""
         visits = []
         for row in store_sessions.sessions_since(self.store, _clinic_midnight(self.runtime), "retina"):
-            photos = store_captures.list_captures(self.store, session_id=row["session_id"], limit=200)
+            photos = store_captures.list_captures(self.store, session_id=row.session_id, limit=200)
             visits.append(
                 RetinaVisit(
-                    session_id=row["session_id"],
-                    patient_id=row["patient_id"] or "",
-                    started_at=row["started_at"],
-                    operator=row["operator"],
+                    session_id=row.session_id,
+                    patient_id=row.patient_id or "",
+                    started_at=row.started_at,
+                    operator=row.operator,
                     photos=len(photos),
                     gradable=sum(1 for p in photos if p["quality_ok"]),
                 )

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.records import BloodPressureReading
+from gateway.records import BloodPressureReading, CuffStatus, PressureUnit
 from gateway.store.db import Store, iso
 from gateway.store.readings import AddResult, RecordTable, insert_records
 from gateway.wire import contract
@@ -91,17 +92,62 @@ def count_blood_pressure(store: Store, meter_id: str | None = None) -> int:
     return int(store.scalar("SELECT count(*) FROM blood_pressure WHERE meter_id = ?", [meter_id]))
 
 
+@dataclass(frozen=True, slots=True)
+class BloodPressureReadingRow:
+    """A stored blood pressure reading as the nurse's desk reads it (patient data: behind login): when (UTC ISO
+    text, and whether the cuff's clock could be trusted), the values in mmHg and as the cuff reported them, the
+    pulse, which cuff and cuff user, and what the cuff said of the measurement."""
+
+    corrected_time: str
+    time_trusted: bool
+    systolic_mmhg: float
+    diastolic_mmhg: float
+    mean_arterial_mmhg: float | None
+    systolic: float
+    diastolic: float
+    unit: PressureUnit
+    pulse_bpm: float | None
+    cuff_user: int | None
+    meter_id: str
+    status: tuple[CuffStatus, ...]
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> BloodPressureReadingRow:
+        """A row of :data:`_ROW_COLUMNS` (``status`` is stored as a JSON list of names)."""
+        return cls(
+            corrected_time=row["corrected_time"],
+            time_trusted=bool(row["time_trusted"]),
+            systolic_mmhg=row["systolic_mmhg"],
+            diastolic_mmhg=row["diastolic_mmhg"],
+            mean_arterial_mmhg=row["mean_arterial_mmhg"],
+            systolic=row["systolic"],
+            diastolic=row["diastolic"],
+            unit=PressureUnit(row["unit"]),
+            pulse_bpm=row["pulse_bpm"],
+            cuff_user=row["cuff_user"],
+            meter_id=row["meter_id"],
+            status=tuple(CuffStatus(name) for name in json.loads(row["status"])),
+        )
+
+
+_ROW_COLUMNS = (
+    "corrected_time, time_trusted, systolic_mmhg, diastolic_mmhg, mean_arterial_mmhg, systolic, diastolic, unit, "
+    "pulse_bpm, cuff_user, meter_id, status"
+)
+
+
 def of_sessions(
     store: Store, session_ids: Sequence[str], *, patient_id: str | None = None, limit: int = 200
-) -> list[dict[str, Any]]:
+) -> list[BloodPressureReadingRow]:
     """The blood pressure readings desk sessions stored (only ``patient_id``'s when given: a multi-user cuff's
     other users are not the patient), newest first; a visit's readings are a handful."""
     if not session_ids:
         return []
     marks = ", ".join("?" * len(session_ids))
-    sql = f"SELECT * FROM blood_pressure WHERE session_id IN ({marks})"
+    sql = f"SELECT {_ROW_COLUMNS} FROM blood_pressure WHERE session_id IN ({marks})"
     params: list[Any] = [*session_ids]
     if patient_id is not None:
         sql += " AND patient_id = ?"
         params.append(patient_id)
-    return store.query(sql + " ORDER BY corrected_time DESC, id DESC LIMIT ?", [*params, limit])
+    rows = store.query(sql + " ORDER BY corrected_time DESC, id DESC LIMIT ?", [*params, limit])
+    return [BloodPressureReadingRow.of(row) for row in rows]

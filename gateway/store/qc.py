@@ -142,17 +142,55 @@ def queue_withheld(store: Store) -> int:
     return len(rows)
 
 
-def results_of_session(store: Store, session_id: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class QcResultRow:
+    """A stored control-solution result as the desk's QC panel shows it: the meter's, never a patient's (the
+    table has no patient column). ``outcome`` is None where the meter gives no verdict."""
+
+    qc_id: str
+    meter_id: str
+    sequence: int | None
+    corrected_time: str
+    value: float
+    unit: Unit
+    mmol_l: float
+    lot: str | None
+    outcome: QcOutcome | None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> QcResultRow:
+        """A row of :data:`_ROW_COLUMNS`."""
+        return cls(
+            qc_id=row["qc_id"],
+            meter_id=row["meter_id"],
+            sequence=row["sequence"],
+            corrected_time=row["corrected_time"],
+            value=row["value"],
+            unit=Unit(row["unit"]),
+            mmol_l=row["mmol_l"],
+            lot=row["lot"],
+            outcome=None if row["outcome"] is None else QcOutcome(row["outcome"]),
+        )
+
+
+_ROW_COLUMNS = "qc_id, meter_id, sequence, corrected_time, value, unit, mmol_l, lot, outcome"
+
+
+def results_of_session(store: Store, session_id: str) -> list[QcResultRow]:
     """The control-solution results one desk download stored, in meter order."""
-    return store.query("SELECT * FROM qc_results WHERE session_id = ? ORDER BY meter_time, sequence", [session_id])
+    rows = store.query(
+        f"SELECT {_ROW_COLUMNS} FROM qc_results WHERE session_id = ? ORDER BY meter_time, sequence", [session_id]
+    )
+    return [QcResultRow.of(row) for row in rows]
 
 
-def history(store: Store, meter_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+def history(store: Store, meter_id: str, *, limit: int = 20) -> list[QcResultRow]:
     """A meter's QC history, newest first."""
-    return store.query(
-        "SELECT * FROM qc_results WHERE meter_id = ? ORDER BY corrected_time DESC, id DESC LIMIT ?",
+    rows = store.query(
+        f"SELECT {_ROW_COLUMNS} FROM qc_results WHERE meter_id = ? ORDER BY corrected_time DESC, id DESC LIMIT ?",
         [meter_id, limit],
     )
+    return [QcResultRow.of(row) for row in rows]
 
 
 def count_results(store: Store, meter_id: str | None = None) -> int:

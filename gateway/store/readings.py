@@ -10,7 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from sqlite_utils import Database
 
-from gateway.records import ControlResult, GlucoseReading, MeterInfo
+from gateway.records import ControlResult, GlucoseReading, Meal, MeterInfo, Unit
 from gateway.store.db import Store, iso, new_id
 from gateway.store.outbox import enqueue
 from gateway.wire import contract
@@ -224,28 +224,93 @@ def session_counts(store: Store, session_id: str, *, low_below: float, high_abov
     return SessionCounts(int(row["total"]), int(row["low"]), int(row["high"]))
 
 
-def readings_of_session(store: Store, session_id: str, *, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class ReadingRow:
+    """A stored glucose reading as the desk shows it (patient data: behind login): when (UTC ISO text, and whether
+    the meter's clock could be trusted), the value as measured and in mmol/L, the meal marker, the meter."""
+
+    reading_id: str
+    corrected_time: str
+    time_trusted: bool
+    value: float
+    unit: Unit
+    mmol_l: float
+    meal: Meal | None
+    meter_id: str
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> ReadingRow:
+        """A row of :data:`_READING_COLUMNS`."""
+        return cls(
+            reading_id=row["reading_id"],
+            corrected_time=row["corrected_time"],
+            time_trusted=bool(row["time_trusted"]),
+            value=row["value"],
+            unit=Unit(row["unit"]),
+            mmol_l=row["mmol_l"],
+            meal=None if row["meal"] is None else Meal(row["meal"]),
+            meter_id=row["meter_id"],
+        )
+
+
+_READING_COLUMNS = "reading_id, corrected_time, time_trusted, value, unit, mmol_l, meal, meter_id"
+
+
+def readings_of_session(store: Store, session_id: str, *, limit: int, offset: int = 0) -> list[ReadingRow]:
     """A page of the readings one desk session stored, in meter order (a first download can bring a meter's
     whole history: the desk shows it a page at a time)."""
-    return store.query(
-        "SELECT * FROM readings WHERE session_id = ? ORDER BY meter_time, sequence LIMIT ? OFFSET ?",
+    rows = store.query(
+        f"SELECT {_READING_COLUMNS} FROM readings WHERE session_id = ? ORDER BY meter_time, sequence LIMIT ? OFFSET ?",
         [session_id, limit, offset],
     )
+    return [ReadingRow.of(row) for row in rows]
 
 
-def patient_readings_since(store: Store, patient_id: str, since_iso: str) -> list[dict[str, Any]]:
+def patient_readings_since(store: Store, patient_id: str, since_iso: str) -> list[ReadingRow]:
     """A patient's readings with a corrected time after ``since_iso``, oldest first (the visit's picture).
     Readings only: a meter's control-solution results live in their own table."""
-    return store.query(
-        "SELECT reading_id, corrected_time, time_trusted, value, unit, mmol_l, meal, meter_id FROM readings "
-        "WHERE patient_id = ? AND corrected_time > ? ORDER BY corrected_time, id",
+    rows = store.query(
+        f"SELECT {_READING_COLUMNS} FROM readings WHERE patient_id = ? AND corrected_time > ? "
+        "ORDER BY corrected_time, id",
         [patient_id, since_iso],
     )
+    return [ReadingRow.of(row) for row in rows]
 
 
-def list_meters(store: Store) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class MeterRow:
+    """A meter (or cuff) the store has seen, as the device list shows it (no patient data). Times are UTC ISO
+    text; ``last_error`` is the last download's ``"Type: message"`` text, cleared by the next good one."""
+
+    meter_id: str
+    family: str
+    transport: str
+    model: str | None
+    last_seen: str
+    last_sync: str | None
+    last_error: str | None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> MeterRow:
+        """A row of the columns :func:`list_meters` selects."""
+        return cls(
+            meter_id=row["meter_id"],
+            family=row["family"],
+            transport=row["transport"],
+            model=row["model"],
+            last_seen=row["last_seen"],
+            last_sync=row["last_sync"],
+            last_error=row["last_error"],
+        )
+
+
+def list_meters(store: Store) -> list[MeterRow]:
     """Every meter seen, newest first."""
-    return store.query("SELECT * FROM meters ORDER BY last_seen DESC")
+    rows = store.query(
+        "SELECT meter_id, family, transport, model, last_seen, last_sync, last_error FROM meters "
+        "ORDER BY last_seen DESC"
+    )
+    return [MeterRow.of(row) for row in rows]
 
 
 def meter_address(store: Store, meter_id: str) -> str | None:

@@ -70,7 +70,7 @@ def display_value(mmol_l: float, unit: str) -> str:
 def build_chart(picture: VisitPicture, *, unit: str, very_high: float, tz: ZoneInfo) -> GlucoseChart:
     """The chart of ``picture``'s readings: hours of the clinic's day across, glucose up."""
     ranges = picture.ranges
-    highest = max((float(r["mmol_l"]) for r in picture.readings), default=0.0)
+    highest = max((r.mmol_l for r in picture.readings), default=0.0)
     top_mmol = min(Y_MAX_MMOL, max(Y_MIN_TOP_MMOL, highest + 1.0))
 
     def y_of(mmol: float) -> float:
@@ -81,8 +81,8 @@ def build_chart(picture: VisitPicture, *, unit: str, very_high: float, tz: ZoneI
 
     points = []
     for row in picture.readings:
-        when = datetime.fromisoformat(row["corrected_time"]).astimezone(tz)
-        mmol = float(row["mmol_l"])
+        when = datetime.fromisoformat(row.corrected_time).astimezone(tz)
+        mmol = row.mmol_l
         mark = "low" if mmol < ranges.low else "high" if mmol > very_high else "normal"
         label = f"{when:%Y-%m-%d %H:%M} · {display_value(mmol, unit)} {unit}"
         points.append(ChartPoint(x_of(when.hour + when.minute / 60), y_of(mmol), mark, label))

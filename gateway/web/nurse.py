@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_login import current_user
 
-from gateway.services import DeskSession, DeskUnavailable, DeviceView, ReadingKind
+from gateway.services import DeskSession, DeskUnavailable, DeviceView, ReadingKind, VisitPicture
 from gateway.web import i18n
 from gateway.web.auth import desk_record, roles_required
 from gateway.web.context import services, web_context
@@ -82,9 +82,8 @@ def _desk_page(patient_id: str | None) -> str:
     """The desk: the patient, the meters detected, readings waiting for a patient, today's downloads (failed
     ones with their reason)."""
     svc = services()
-    sessions = svc.sessions_today("meter")
-    for row in sessions:
-        row["reason"] = failure_reason(row["state"], row["error_type"])
+    # Each of today's sessions with the reason it failed (None when it did not): the reason is the page's words.
+    sessions = [(s, failure_reason(s.session.state, s.error_type)) for s in svc.sessions_today("meter")]
     return render_template(
         "nurse.html",
         patient_id=patient_id,
@@ -188,9 +187,8 @@ def session(session_id: str) -> ResponseReturnValue:
         if finished
         else None
     )
-    readings = page.rows if page else []
-    for row in readings:
-        row["band"] = glucose_band(row["mmol_l"], hypo, hyper)
+    # Each reading of the page with its band (low, normal, high), which the table colours and names.
+    readings = [(row, glucose_band(row.mmol_l, hypo, hyper)) for row in page.rows] if page else []
     # Control-solution tests check the meter, not the patient: listed apart, never banded or counted as readings.
     qc_here = services().session_qc(session_id) if finished else []
     meter_id = desk_session.meter_id
@@ -211,7 +209,7 @@ def session(session_id: str) -> ResponseReturnValue:
         page=page,
         hypo=hypo,
         hyper=hyper,
-        qc_here={row["qc_id"] for row in qc_here},
+        qc_here={row.qc_id for row in qc_here},
         qc_history=qc_history,
         unassigned=glucose_waiting[0] if glucose_waiting else None,
         cuff_unassigned=cuff_waiting,
@@ -268,7 +266,8 @@ def sheet(session_id: str) -> ResponseReturnValue:
         flash(_("Assign the readings to a patient first."), "error")
         return redirect(url_for("nurse.session", session_id=session_id))
     context = _picture(patient_id)
-    meters = sorted({row["meter_id"] for row in context["picture"].readings})
+    picture: VisitPicture = context["picture"]
+    meters = sorted({row.meter_id for row in picture.readings})
     qc = [row for meter in meters for row in services().meter_qc_history(meter)]
     _logger.info("user %s opened the visit sheet of session %s", current_user.username, session_id)
     return render_template("nurse_sheet.html", session_id=session_id, patient_id=patient_id, qc=qc,

@@ -74,6 +74,23 @@ def test_cursor_per_cuff(tmp_path: Path) -> None:
     assert store_bp.last_sequence(store, "bps:OTHER") is None
 
 
+def test_a_visits_readings_come_back_as_typed_rows_with_the_cuffs_status_decoded(tmp_path: Path) -> None:
+    """``status`` is stored as a JSON list of names: the row gives it back as the cuff's flags, in their order;
+    the unit as the cuff reported it; another patient's reading of the same session is not among them."""
+    store = make_store(tmp_path)
+    flags = (CuffStatus.IRREGULAR_PULSE, CuffStatus.BODY_MOVEMENT)
+    store_bp.add_blood_pressure(store, [
+        bp_reading(1, status=flags, unit=PressureUnit.KPA, systolic=18.0, diastolic=11.0, session_id="S-1"),
+        bp_reading(2, mean_arterial=None, pulse_bpm=None, user_id=None, session_id="S-1"),
+        bp_reading(3, patient_id="P-0002", session_id="S-1"),
+    ])  # fmt: skip
+    newest, oldest = store_bp.of_sessions(store, ["S-1"], patient_id="P-0001")
+    assert oldest.status == flags and all(isinstance(s, CuffStatus) for s in oldest.status)
+    assert (oldest.unit, oldest.systolic, oldest.time_trusted) == (PressureUnit.KPA, 18.0, True)
+    assert newest.status == () and (newest.mean_arterial_mmhg, newest.pulse_bpm, newest.cuff_user) == (None, None, None)
+    assert len(store_bp.of_sessions(store, ["S-1"])) == 3
+
+
 def test_download_writer_takes_blood_pressure_in_its_batch_transaction(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     writer = DownloadWriter.begin(store, patient_id="P-0001", operator="nurse")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
+from typing import get_args
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,7 +18,7 @@ from gateway.errors import ErrorInfo
 from gateway.meters.session import DownloadSession
 from gateway.store import Store
 from gateway.store.downloads import DownloadWriter
-from gateway.store.sessions import get_session
+from gateway.store.sessions import SessionState, get_session
 
 RECORDS = 120
 
@@ -39,7 +40,7 @@ def test_a_download_costs_one_transaction_per_batch_and_three_more(tmp_path: Pat
     assert begins == 3 + math.ceil(RECORDS / batch)
     row = get_session(store, session_id)
     assert row is not None
-    assert (row["state"], row["records_new"], row["records_total"]) == ("done", RECORDS, RECORDS)
+    assert (row.state, row.records_new, row.records_total) == ("done", RECORDS, RECORDS)
     assert store.query("SELECT last_sync IS NOT NULL AS synced FROM meters") == [{"synced": 1}]
 
 
@@ -57,10 +58,17 @@ def test_counters_are_written_with_each_batch_and_the_error_at_the_end(tmp_path:
     writer.total = 30
     writer.add_batch([reading(seq, meter_id=meter.info.meter_id) for seq in range(1, 21)])
     row = get_session(store, writer.session_id)
-    assert row is not None and (row["records_new"], row["records_total"], row["state"]) == (20, 30, "running")
+    assert row is not None and (row.records_new, row.records_total, row.state) == (20, 30, "running")
     writer.finish(DeskState.INTERRUPTED, ErrorInfo("DeviceDisconnected", "link lost after 20 records"))
     row = get_session(store, writer.session_id)
-    assert row is not None and row["state"] == "interrupted"
-    assert row["error"] == "DeviceDisconnected: link lost after 20 records"
+    assert row is not None and row.state == "interrupted"
+    assert row.error == "DeviceDisconnected: link lost after 20 records"
     meter_row = store.query("SELECT last_sync, last_error FROM meters")[0]
     assert meter_row == {"last_sync": None, "last_error": "DeviceDisconnected: link lost after 20 records"}
+
+
+def test_a_stored_sessions_state_is_running_or_a_final_desk_state() -> None:
+    """The session row reads ``state`` as SessionState unchecked: its writers store ``running`` at the start and
+    a final desk state at the end (DownloadWriter.finish), so the literal must name exactly those."""
+    finals = {str(state) for state in DeskState if state.finished}
+    assert set(get_args(SessionState)) == {str(DeskState.RUNNING), *finals}

@@ -111,7 +111,7 @@ def test_results_and_their_messages_are_stored_once(tmp_path: Path) -> None:
     again = store_qc.add_results(store, [control(5, lot="L-1", outcome=QcOutcome.PASS)])
     assert (first.added, again.added, again.duplicates) == (2, 0, 1)
     rows = store_qc.history(store, "gls:TEST1")
-    assert {(r["sequence"], r["lot"], r["outcome"]) for r in rows} == {(5, "L-1", "pass"), (None, None, None)}
+    assert {(r.sequence, r.lot, r.outcome) for r in rows} == {(5, "L-1", "pass"), (None, None, None)}
     payloads = [json.loads(r["payload"]) for r in store.query(f"SELECT payload FROM {MESSAGES} WHERE kind = 'qc'")]
     assert len(payloads) == 2
     for doc in payloads:

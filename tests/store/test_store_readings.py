@@ -152,7 +152,7 @@ def test_a_patients_readings_are_found_through_the_patient_index(tmp_path: Path)
     scanned = store.query(
         "SELECT reading_id FROM readings NOT INDEXED WHERE patient_id = 'P-1' ORDER BY corrected_time, id"
     )
-    assert [r["reading_id"] for r in found] == [r["reading_id"] for r in scanned] and len(found) == 10
+    assert [r.reading_id for r in found] == [r["reading_id"] for r in scanned] and len(found) == 10
     plans = {
         "visit": store.db.execute(
             "EXPLAIN QUERY PLAN SELECT reading_id FROM readings WHERE patient_id = ? AND corrected_time > ? "

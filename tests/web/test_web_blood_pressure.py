@@ -168,8 +168,12 @@ def test_highlight_follows_the_configured_target(tmp_path: Path, runtime: Runtim
         bp_reading(4, systolic=190, diastolic=120, patient_id="P-2", session_id=other),
     ])  # fmt: skip
     rows = GatewayServices(runtime).visit_blood_pressure(session)
-    assert sorted((r.systolic_mmhg, r.above_target) for r in rows) == [(135.0, False), (135.0, False), (141.0, True)]
-    assert [r.status for r in rows if r.status] == [("body_movement",)]
+    assert sorted((r.reading.systolic_mmhg, r.above_target) for r in rows) == [
+        (135.0, False),
+        (135.0, False),
+        (141.0, True),
+    ]
+    assert [r.reading.status for r in rows if r.reading.status] == [("body_movement",)]
 
     config = runtime.config
     target = config.meters.blood_pressure.model_copy(update={"target_systolic_mmhg": 130, "target_diastolic_mmhg": 80})

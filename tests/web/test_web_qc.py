@@ -91,8 +91,8 @@ def test_control_tests_are_the_meters_qc_history_not_the_patients_readings(
     page = services.session_readings(session_id, low_below=3.9, high_above=13.9)
     assert (page.total, page.low, page.high) == (6, 1, 1)  # the controls count in no patient statistic
     history = services.meter_qc_history(METER)
-    assert sorted(r["value"] for r in history) == [2.4, 21.0]
-    assert all("patient_id" not in r for r in history)
+    assert sorted(r.value for r in history) == [2.4, 21.0]
+    assert all(not hasattr(r, "patient_id") for r in history)
 
     # The next download of the same meter shows the meter's QC history, none of it new.
     second = client.get(f"/nurse/session/{_download(client)}").get_data(as_text=True)
