@@ -153,10 +153,7 @@ def assign(
                 created_at=now,
                 message_id=message_id,
                 payload=contract.assignment_payload(
-                    message_id=message_id,
-                    site_id=origin.site_id,
-                    gateway_id=origin.gateway_id,
-                    created_at=now,
+                    envelope=origin.envelope(message_id, now),
                     assignment_id=assignment_id,
                     patient_id=patient_id,
                     meter_id=meter_id,

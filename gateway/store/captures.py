@@ -188,13 +188,7 @@ def add_capture(
             message_id=message_id,
             record_ref=f"capture:{capture.capture_id}",
             payload=contract.capture_payload(
-                capture,
-                message_id=message_id,
-                site_id=origin.site_id,
-                gateway_id=origin.gateway_id,
-                created_at=now,
-                chunk_size=chunk_size,
-                chunks=len(plan),
+                capture, envelope=origin.envelope(message_id, now), chunk_size=chunk_size, chunks=len(plan)
             ),
         )
         topic = contract.image_topic(capture.capture_id)

@@ -21,6 +21,7 @@ from sqlite_utils import Database
 
 from gateway.clock import Clock
 from gateway.errors import DiskFull, IntakeRefused, StoreError
+from gateway.wire.envelope import Envelope
 
 _logger = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ class Origin:
     site_id: str = "site"
     gateway_id: str = "gateway"
     payload_format: Literal["json", "fhir"] = "json"
+
+    def envelope(self, message_id: str, created_at: datetime) -> Envelope:
+        """The envelope of one message this gateway sends."""
+        return Envelope(message_id, self.site_id, self.gateway_id, created_at)
 
 
 class Store:

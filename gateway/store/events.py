@@ -58,10 +58,7 @@ def add_event(
                 level=level,
                 message=message,
                 detail=detail,
-                message_id=message_id,
-                site_id=store.origin.site_id,
-                gateway_id=store.origin.gateway_id,
-                created_at=now,
+                envelope=store.origin.envelope(message_id, now),
             ),
         )
     return message_id

@@ -50,10 +50,7 @@ def _enqueue(db: Database, store: Store, result: ControlResult, *, qc_id: str, m
         payload=contract.qc_payload(
             result,
             qc_id=qc_id,
-            message_id=message_id,
-            site_id=origin.site_id,
-            gateway_id=origin.gateway_id,
-            created_at=now,
+            envelope=origin.envelope(message_id, now),
             payload_format=origin.payload_format,
         ),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlite_utils import Database
@@ -14,7 +13,7 @@ from gateway.records import ControlResult, GlucoseReading, Meal, MeterInfo, Unit
 from gateway.store.db import Store, iso, new_id
 from gateway.store.outbox import enqueue
 from gateway.wire import contract
-from gateway.wire.contract import PayloadFormat
+from gateway.wire.contract import Envelope, PayloadFormat
 
 R = TypeVar("R")
 R_contra = TypeVar("R_contra", contravariant=True)
@@ -49,10 +48,7 @@ class PayloadBuilder(Protocol[R_contra]):
         /,
         *,
         reading_id: str,
-        message_id: str,
-        site_id: str,
-        gateway_id: str,
-        created_at: datetime,
+        envelope: Envelope,
         payload_format: PayloadFormat,
     ) -> bytes: ...
 
@@ -95,10 +91,7 @@ def insert_records(db: Database, store: Store, records: Sequence[R], table: Reco
             payload=table.payload(
                 record,
                 reading_id=reading_id,
-                message_id=message_id,
-                site_id=origin.site_id,
-                gateway_id=origin.gateway_id,
-                created_at=now,
+                envelope=origin.envelope(message_id, now),
                 payload_format=origin.payload_format,
             ),
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
@@ -19,7 +18,10 @@ import jsonschema
 from gateway.errors import ContractError
 from gateway.records import BloodPressureReading, Capture, ControlResult, GlucoseReading, MeterValue, Referral
 from gateway.wire import fhir
+from gateway.wire.envelope import Envelope
 from gateway.wire.fhir import MESSAGE_ID_SYSTEM
+
+__all__ = ["Envelope"]  # the builders' argument, re-exported: callers import the contract, not its parts
 
 # Topics, relative to the configured prefix (default cg/v1/{site_id}/{gateway_id}/).
 TOPIC_STATUS = "status"
@@ -141,16 +143,6 @@ def loads(payload: bytes, what: str) -> Any:
         raise ContractError(f"not UTF-8 JSON ({exc})", what=what, where="(json)") from None
 
 
-def _envelope(schema_id: str, message_id: str, site_id: str, gateway_id: str, created_at: datetime) -> dict[str, Any]:
-    return {
-        "schema": schema_id,
-        "message_id": message_id,
-        "site_id": site_id,
-        "gateway_id": gateway_id,
-        "created_at": created_at.isoformat(timespec="milliseconds"),
-    }
-
-
 def _meter_value(value: MeterValue) -> dict[str, Any]:
     """The fields a reading and a QC result share: the meter's record, its times and its value."""
     return {
@@ -168,17 +160,9 @@ def _meter_value(value: MeterValue) -> dict[str, Any]:
     }
 
 
-def glucose_document(
-    reading: GlucoseReading,
-    *,
-    reading_id: str,
-    message_id: str,
-    site_id: str,
-    gateway_id: str,
-    created_at: datetime,
-) -> dict[str, Any]:
+def glucose_document(reading: GlucoseReading, *, reading_id: str, envelope: Envelope) -> dict[str, Any]:
     """A reading as a ``cg.glucose/1`` document."""
-    doc = _envelope(SCHEMA_GLUCOSE, message_id, site_id, gateway_id, created_at)
+    doc = envelope.document(SCHEMA_GLUCOSE)
     doc.update(
         reading_id=reading_id,
         **_meter_value(reading),
@@ -195,56 +179,24 @@ def glucose_document(
     return doc
 
 
-def fhir_observation(
-    reading: GlucoseReading, *, reading_id: str, message_id: str, site_id: str, gateway_id: str
-) -> dict[str, Any]:
+def fhir_observation(reading: GlucoseReading, *, reading_id: str, envelope: Envelope) -> dict[str, Any]:
     """A reading as a FHIR R4 Observation, coded from its sample type, unit and context
     (:func:`gateway.wire.fhir.glucose_observation`)."""
-    return fhir.glucose_observation(
-        reading, reading_id=reading_id, message_id=message_id, site_id=site_id, gateway_id=gateway_id
-    )
+    return fhir.glucose_observation(reading, reading_id=reading_id, envelope=envelope)
 
 
 def glucose_payload(
-    reading: GlucoseReading,
-    *,
-    reading_id: str,
-    message_id: str,
-    site_id: str,
-    gateway_id: str,
-    created_at: datetime,
-    payload_format: PayloadFormat = "json",
+    reading: GlucoseReading, *, reading_id: str, envelope: Envelope, payload_format: PayloadFormat = "json"
 ) -> bytes:
     """Bytes for the ``glucose`` topic in the configured format."""
     if payload_format == "fhir":
-        return dumps(
-            fhir_observation(
-                reading, reading_id=reading_id, message_id=message_id, site_id=site_id, gateway_id=gateway_id
-            )
-        )
-    return dumps(
-        glucose_document(
-            reading,
-            reading_id=reading_id,
-            message_id=message_id,
-            site_id=site_id,
-            gateway_id=gateway_id,
-            created_at=created_at,
-        )
-    )
+        return dumps(fhir_observation(reading, reading_id=reading_id, envelope=envelope))
+    return dumps(glucose_document(reading, reading_id=reading_id, envelope=envelope))
 
 
-def qc_document(
-    result: ControlResult,
-    *,
-    qc_id: str,
-    message_id: str,
-    site_id: str,
-    gateway_id: str,
-    created_at: datetime,
-) -> dict[str, Any]:
+def qc_document(result: ControlResult, *, qc_id: str, envelope: Envelope) -> dict[str, Any]:
     """A meter's control-solution test as a ``cg.qc/1`` document: the meter, no patient."""
-    doc = _envelope(SCHEMA_QC, message_id, site_id, gateway_id, created_at)
+    doc = envelope.document(SCHEMA_QC)
     doc.update(
         qc_id=qc_id,
         **_meter_value(result),
@@ -256,10 +208,7 @@ def qc_document(
 
 def assignment_payload(
     *,
-    message_id: str,
-    site_id: str,
-    gateway_id: str,
-    created_at: datetime,
+    envelope: Envelope,
     assignment_id: str,
     patient_id: str,
     meter_id: str,
@@ -269,11 +218,11 @@ def assignment_payload(
 
     Always JSON, whatever ``forward.payload_format`` (the readings it names may have gone as FHIR Observations:
     their ``urn:clinic-gateway:reading-id`` identifier is the ``reading_id``)."""
-    doc = _envelope(SCHEMA_ASSIGNMENT, message_id, site_id, gateway_id, created_at)
+    doc = envelope.document(SCHEMA_ASSIGNMENT)
     doc.update(
         assignment_id=assignment_id,
         patient_id=patient_id,
-        assigned_at=created_at.isoformat(timespec="milliseconds"),
+        assigned_at=envelope.created_at.isoformat(timespec="milliseconds"),
         meter_id=meter_id,
         reading_ids=reading_ids,
     )
@@ -282,38 +231,17 @@ def assignment_payload(
 
 
 def qc_payload(
-    result: ControlResult,
-    *,
-    qc_id: str,
-    message_id: str,
-    site_id: str,
-    gateway_id: str,
-    created_at: datetime,
-    payload_format: PayloadFormat = "json",
+    result: ControlResult, *, qc_id: str, envelope: Envelope, payload_format: PayloadFormat = "json"
 ) -> bytes:
     """Bytes for the ``qc`` topic in the configured format (the FHIR form's subject is the meter)."""
     if payload_format == "fhir":
-        return dumps(
-            fhir.qc_observation(result, qc_id=qc_id, message_id=message_id, site_id=site_id, gateway_id=gateway_id)
-        )
-    return dumps(
-        qc_document(
-            result, qc_id=qc_id, message_id=message_id, site_id=site_id, gateway_id=gateway_id, created_at=created_at
-        )
-    )
+        return dumps(fhir.qc_observation(result, qc_id=qc_id, envelope=envelope))
+    return dumps(qc_document(result, qc_id=qc_id, envelope=envelope))
 
 
-def blood_pressure_document(
-    reading: BloodPressureReading,
-    *,
-    reading_id: str,
-    message_id: str,
-    site_id: str,
-    gateway_id: str,
-    created_at: datetime,
-) -> dict[str, Any]:
+def blood_pressure_document(reading: BloodPressureReading, *, reading_id: str, envelope: Envelope) -> dict[str, Any]:
     """A blood pressure reading as a ``cg.blood-pressure/1`` document (values as reported and in mmHg)."""
-    doc = _envelope(SCHEMA_BLOOD_PRESSURE, message_id, site_id, gateway_id, created_at)
+    doc = envelope.document(SCHEMA_BLOOD_PRESSURE)
     doc.update(
         reading_id=reading_id,
         meter_id=reading.meter_id,
@@ -340,21 +268,13 @@ def blood_pressure_document(
 
 
 def blood_pressure_payload(
-    reading: BloodPressureReading,
-    *,
-    reading_id: str,
-    message_id: str,
-    site_id: str,
-    gateway_id: str,
-    created_at: datetime,
-    payload_format: PayloadFormat = "json",
+    reading: BloodPressureReading, *, reading_id: str, envelope: Envelope, payload_format: PayloadFormat = "json"
 ) -> bytes:
     """Bytes for the ``blood-pressure`` topic in the configured format (FHIR: the vital-signs blood pressure
     panel, :func:`gateway.wire.fhir.blood_pressure_observation`)."""
-    ids = {"reading_id": reading_id, "message_id": message_id, "site_id": site_id, "gateway_id": gateway_id}
     if payload_format == "fhir":
-        return dumps(fhir.blood_pressure_observation(reading, **ids))
-    return dumps(blood_pressure_document(reading, created_at=created_at, **ids))
+        return dumps(fhir.blood_pressure_observation(reading, reading_id=reading_id, envelope=envelope))
+    return dumps(blood_pressure_document(reading, reading_id=reading_id, envelope=envelope))
 
 
 def event_payload(
@@ -363,13 +283,10 @@ def event_payload(
     level: str,
     message: str,
     detail: Mapping[str, Any],
-    message_id: str,
-    site_id: str,
-    gateway_id: str,
-    created_at: datetime,
+    envelope: Envelope,
 ) -> bytes:
     """Bytes for the ``events`` topic (operational, never patient data)."""
-    doc = _envelope(SCHEMA_EVENT, message_id, site_id, gateway_id, created_at)
+    doc = envelope.document(SCHEMA_EVENT)
     doc.update(kind=kind, level=level, message=message, detail=dict(detail))
     return dumps(doc)
 
@@ -414,18 +331,9 @@ def message_id_of(doc: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def capture_document(
-    capture: Capture,
-    *,
-    message_id: str,
-    site_id: str,
-    gateway_id: str,
-    created_at: datetime,
-    chunk_size: int,
-    chunks: int,
-) -> dict[str, Any]:
+def capture_document(capture: Capture, *, envelope: Envelope, chunk_size: int, chunks: int) -> dict[str, Any]:
     """A retinal capture as a ``cg.capture/1`` document (metadata; the image follows in ``chunks`` chunks)."""
-    doc = _envelope(SCHEMA_CAPTURE, message_id, site_id, gateway_id, created_at)
+    doc = envelope.document(SCHEMA_CAPTURE)
     triage = capture.triage
     doc.update(
         capture_id=capture.capture_id,
@@ -463,28 +371,9 @@ def capture_document(
     return doc
 
 
-def capture_payload(
-    capture: Capture,
-    *,
-    message_id: str,
-    site_id: str,
-    gateway_id: str,
-    created_at: datetime,
-    chunk_size: int,
-    chunks: int,
-) -> bytes:
+def capture_payload(capture: Capture, *, envelope: Envelope, chunk_size: int, chunks: int) -> bytes:
     """Bytes for the ``retina/capture`` topic."""
-    return dumps(
-        capture_document(
-            capture,
-            message_id=message_id,
-            site_id=site_id,
-            gateway_id=gateway_id,
-            created_at=created_at,
-            chunk_size=chunk_size,
-            chunks=chunks,
-        )
-    )
+    return dumps(capture_document(capture, envelope=envelope, chunk_size=chunk_size, chunks=chunks))
 
 
 def image_topic(capture_id: str) -> str:

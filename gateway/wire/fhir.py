@@ -41,6 +41,7 @@ from gateway.records import (
     Tester,
     Unit,
 )
+from gateway.wire.envelope import Envelope
 
 FHIR_BASE = "https://clinic-gateway.example.org/fhir"
 """The project's ONE canonical namespace for what it defines in FHIR (extensions, code systems)."""
@@ -288,16 +289,14 @@ _SAMPLE_LOCATION_TEXT = {
 }
 
 
-def glucose_observation(
-    reading: GlucoseReading, *, reading_id: str, message_id: str, site_id: str, gateway_id: str
-) -> dict[str, Any]:
+def glucose_observation(reading: GlucoseReading, *, reading_id: str, envelope: Envelope) -> dict[str, Any]:
     """A patient's glucose reading as a FHIR R4 Observation (the ``glucose`` topic's FHIR form)."""
     code = glucose_code(reading.sample_type, reading.unit)
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "id": reading_id,
         "identifier": [
-            {"system": MESSAGE_ID_SYSTEM, "value": message_id},
+            {"system": MESSAGE_ID_SYSTEM, "value": envelope.message_id},
             {"system": READING_ID_SYSTEM, "value": reading_id},
         ],
         "status": "final",
@@ -310,7 +309,7 @@ def glucose_observation(
             *_clock_extensions(reading.time_trusted, reading.clock_offset_s),
             *(flag_extension(flag) for flag in reading.flags),
         ],
-        "performer": [{"display": f"{site_id}/{gateway_id}"}],
+        "performer": [{"display": envelope.sender}],
     }
     if reading.patient_id is not None:
         obs["subject"] = {"type": "Patient", "identifier": {"system": PATIENT_ID_SYSTEM, "value": reading.patient_id}}
@@ -333,15 +332,13 @@ QC_CODE = _coding(MDC, "160208", "MDC_CONC_GLU_CONTROL: Glucose concentration of
 QC_TEXT = "Glucose meter quality control (control solution)"
 
 
-def qc_observation(
-    result: ControlResult, *, qc_id: str, message_id: str, site_id: str, gateway_id: str
-) -> dict[str, Any]:
+def qc_observation(result: ControlResult, *, qc_id: str, envelope: Envelope) -> dict[str, Any]:
     """A meter's control-solution test as a FHIR R4 Observation: about the meter, never about a patient."""
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "id": qc_id,
         "identifier": [
-            {"system": MESSAGE_ID_SYSTEM, "value": message_id},
+            {"system": MESSAGE_ID_SYSTEM, "value": envelope.message_id},
             {"system": QC_ID_SYSTEM, "value": qc_id},
         ],
         "status": "final",
@@ -355,7 +352,7 @@ def qc_observation(
             *_clock_extensions(result.time_trusted, result.clock_offset_s),
             *(flag_extension(flag) for flag in result.flags),
         ],
-        "performer": [{"display": f"{site_id}/{gateway_id}"}],
+        "performer": [{"display": envelope.sender}],
     }
     if result.lot is not None:
         obs["extension"].append({"url": CONTROL_LOT_EXTENSION, "valueString": result.lot})
@@ -391,9 +388,7 @@ def _pressure_component(code: str, display: str, value: float, mmhg: float, unit
     return component
 
 
-def blood_pressure_observation(
-    reading: BloodPressureReading, *, reading_id: str, message_id: str, site_id: str, gateway_id: str
-) -> dict[str, Any]:
+def blood_pressure_observation(reading: BloodPressureReading, *, reading_id: str, envelope: Envelope) -> dict[str, Any]:
     """A blood pressure reading as a FHIR R4 Observation: the vital-signs blood pressure panel (LOINC 85354-9)
     with systolic, diastolic, mean (when the cuff gave it) and heart rate (when it gave a pulse) components in
     UCUM mm[Hg] and /min. It claims the vital-signs ``bp`` profile when it has its subject (the patient)."""
@@ -419,7 +414,7 @@ def blood_pressure_observation(
         "resourceType": "Observation",
         "id": reading_id,
         "identifier": [
-            {"system": MESSAGE_ID_SYSTEM, "value": message_id},
+            {"system": MESSAGE_ID_SYSTEM, "value": envelope.message_id},
             {"system": READING_ID_SYSTEM, "value": reading_id},
         ],
         "status": "final",
@@ -431,7 +426,7 @@ def blood_pressure_observation(
             *_clock_extensions(reading.time_trusted, reading.clock_offset_s),
             *({"url": BP_STATUS_EXTENSION, "valueCode": str(s)} for s in reading.status),
         ],
-        "performer": [{"display": f"{site_id}/{gateway_id}"}],
+        "performer": [{"display": envelope.sender}],
         "component": components,
     }
     if reading.patient_id is not None:

@@ -74,14 +74,16 @@ def _glucose(sample_type: str | None, unit: Unit, **kw: object):
     return replace(reading(7, unit=unit, value=value), sample_type=sample_type, **kw)
 
 
+def _envelope(message_id: str, created_at: datetime) -> contract.Envelope:
+    return contract.Envelope(message_id, site_id="chc", gateway_id="gw", created_at=created_at)
+
+
 def _fhir(r) -> dict:
-    return contract.fhir_observation(r, reading_id="a" * 32, message_id="b" * 32, site_id="chc", gateway_id="gw")
+    return contract.fhir_observation(r, reading_id="a" * 32, envelope=_envelope("b" * 32, r.corrected_time))
 
 
 def _native(r) -> dict:
-    return contract.glucose_document(
-        r, reading_id="a" * 32, message_id="b" * 32, site_id="chc", gateway_id="gw", created_at=r.corrected_time
-    )
+    return contract.glucose_document(r, reading_id="a" * 32, envelope=_envelope("b" * 32, r.corrected_time))
 
 
 def _control(unit: Unit = Unit.MG_DL, **kw: object) -> ControlResult:
@@ -90,13 +92,11 @@ def _control(unit: Unit = Unit.MG_DL, **kw: object) -> ControlResult:
 
 
 def _qc_fhir(result: ControlResult) -> dict:
-    return fhir.qc_observation(result, qc_id="c" * 32, message_id="d" * 32, site_id="chc", gateway_id="gw")
+    return fhir.qc_observation(result, qc_id="c" * 32, envelope=_envelope("d" * 32, result.corrected_time))
 
 
 def _qc_native(result: ControlResult) -> dict:
-    return contract.qc_document(
-        result, qc_id="c" * 32, message_id="d" * 32, site_id="chc", gateway_id="gw", created_at=result.corrected_time
-    )
+    return contract.qc_document(result, qc_id="c" * 32, envelope=_envelope("d" * 32, result.corrected_time))
 
 
 # -- glucose: every sample type x unit x meal -------------------------------------------------------------------
@@ -163,9 +163,7 @@ def test_extensions_are_canonical_https_urls_with_published_definitions() -> Non
         fhir.blood_pressure_observation(
             bp_reading(1, unit=PressureUnit.KPA, systolic=16.0, diastolic=10.7, status=(CuffStatus.BODY_MOVEMENT,)),
             reading_id="r-bp",
-            message_id="m-bp",
-            site_id="s",
-            gateway_id="g",
+            envelope=contract.Envelope("m-bp", "s", "g", datetime(2026, 3, 1, tzinfo=UTC)),
         ),
     ]
     for doc in docs:

@@ -60,10 +60,8 @@ def test_fhir_payloads_parse_as_fhir_observations(tmp_path) -> None:
 def test_schema_rejects_a_broken_payload() -> None:
     from gateway.errors import ContractError
 
-    doc = contract.glucose_document(
-        reading(3), reading_id="a" * 32, message_id="b" * 32,
-        site_id="s", gateway_id="g", created_at=reading(3).corrected_time,
-    )  # fmt: skip
+    envelope = contract.Envelope("b" * 32, "s", "g", reading(3).corrected_time)
+    doc = contract.glucose_document(reading(3), reading_id="a" * 32, envelope=envelope)
     contract.validate(contract.SCHEMA_GLUCOSE, doc)
     doc["unit"] = "mg/dl"
     with pytest.raises(ContractError, match="unit"):
@@ -89,10 +87,8 @@ def test_fast_and_reference_validators_agree() -> None:
 
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema_rs = pytest.importorskip("jsonschema_rs")
-    good = contract.glucose_document(
-        reading(3), reading_id="a" * 32, message_id="b" * 32, site_id="s", gateway_id="g",
-        created_at=reading(3).corrected_time,
-    )  # fmt: skip
+    envelope = contract.Envelope("b" * 32, "s", "g", reading(3).corrected_time)
+    good = contract.glucose_document(reading(3), reading_id="a" * 32, envelope=envelope)
     mutations = [
         ("unit", "mg/dl"), ("message_id", "B" * 32), ("created_at", "2026-13-01T00:00:00Z"),
         ("created_at", "yesterday"), ("sequence", -1), ("sequence", 1.5), ("time_trusted", "yes"),

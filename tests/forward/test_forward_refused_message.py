@@ -26,8 +26,8 @@ def _big_event(store) -> str:
     message_id = new_id()
     now = store.clock.utc_now()
     payload = contract.event_payload(
-        kind="test_big", level="info", message="big", detail={"blob": "x" * (3 * LIMIT)}, message_id=message_id,
-        site_id="chc-test", gateway_id="gw-test", created_at=now,
+        kind="test_big", level="info", message="big", detail={"blob": "x" * (3 * LIMIT)},
+        envelope=contract.Envelope(message_id, "chc-test", "gw-test", now),
     )  # fmt: skip
     with store.transaction() as db:
         enqueue(db, kind="event", topic=contract.TOPIC_EVENTS, created_at=now, payload=payload, message_id=message_id)
