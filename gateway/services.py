@@ -54,7 +54,7 @@ from gateway.health import (
     assess,
 )
 from gateway.meters import sync_request_type
-from gateway.records import Eye, Field, QualityGeometry
+from gateway.records import Eye, Field, QualityGeometry, TriageDecision
 from gateway.runtime import Component, Runtime
 from gateway.store import assignments as store_assignments
 from gateway.store import audit, queue_samples
@@ -65,12 +65,13 @@ from gateway.store import dead_letters as store_dead_letters
 from gateway.store import logins as store_logins
 from gateway.store import qc as store_qc
 from gateway.store import readings as store_readings
+from gateway.store import referrals as store_referrals
 from gateway.store import sessions as store_sessions
 from gateway.store import users as store_users
 from gateway.store.assignments import AssignResult, ReadingKind, UnassignedGroup
 from gateway.store.audit import AuditEntry
 from gateway.store.blood_pressure import BloodPressureReadingRow
-from gateway.store.captures import Delivery
+from gateway.store.captures import CaptureRow, Delivery
 from gateway.store.db import Store, iso, new_id
 from gateway.store.events import StoredEvent, recent_events
 from gateway.store.logins import LoginThrottled
@@ -78,6 +79,7 @@ from gateway.store.outbox import Outbox, OutboxStats, ParkedMessage
 from gateway.store.qc import QcResultRow
 from gateway.store.queue_samples import QueueSample
 from gateway.store.readings import MeterRow, ReadingRow
+from gateway.store.referrals import ReferralRow
 from gateway.store.retention import PruneResult, prune
 from gateway.store.sessions import SessionRow
 from gateway.store.startup import QUARANTINE_KEY
@@ -888,39 +890,31 @@ class GatewayServices:
             return None
         return preview.preview_type, preview.preview(max_frames)
 
-    def captures(self, *, session_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def captures(self, *, session_id: str | None = None, limit: int = 20) -> list[CaptureRow]:
         """Stored captures, newest first (patient data: behind login)."""
         return store_captures.list_captures(self.store, session_id=session_id, limit=limit)
 
-    def capture(self, capture_id: str) -> dict[str, Any] | None:
+    def capture(self, capture_id: str) -> CaptureRow | None:
         """One stored capture with its verdicts (patient data: behind login)."""
         return store_captures.get_capture(self.store, capture_id)
 
-    def referrals(self, *, patient_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def referrals(self, *, patient_id: str | None = None, limit: int = 20) -> list[ReferralRow]:
         """Referral decisions the platform sent down, newest first, also those naming only one of the patient's
         captures (patient data: behind login)."""
-        from gateway.store import referrals as store_referrals
-
         return store_referrals.list_referrals(self.store, patient_id=patient_id, limit=limit)
 
     # -- desk: referral inbox (web area) --------------------------------------------------------
-    def referral_inbox(self, *, recent: int = 100) -> list[dict[str, Any]]:
+    def referral_inbox(self, *, recent: int = 100) -> list[ReferralRow]:
         """The desk's referral decisions: all unseen ones and the ``recent`` newest, newest first, each with
         its capture's patient, eye and field when known (patient data: behind login)."""
-        from gateway.store import referrals as store_referrals
-
         return store_referrals.inbox(self.store, recent=recent)
 
-    def referral(self, referral_id: str) -> dict[str, Any] | None:
+    def referral(self, referral_id: str) -> ReferralRow | None:
         """One referral decision as the inbox shows it, or None (patient data: behind login)."""
-        from gateway.store import referrals as store_referrals
-
         return store_referrals.get_referral(self.store, referral_id)
 
     def unseen_referral_count(self) -> int:
         """How many referral decisions nobody at the desk has acknowledged yet (a count, no patient data)."""
-        from gateway.store import referrals as store_referrals
-
         return store_referrals.count_unseen(self.store)
 
     def acknowledge_referral(self, referral_id: str, user: str) -> bool:
@@ -929,8 +923,6 @@ class GatewayServices:
         Returns False (and audits nothing) when the referral is unknown or was already acknowledged, so a
         double click or two desks acknowledging at once leave one audit row.
         """
-        from gateway.store import referrals as store_referrals
-
         row = store_referrals.get_referral(self.store, referral_id)
         if row is None:
             return False
@@ -944,8 +936,8 @@ class GatewayServices:
                 action="referral_acknowledged",
                 target_kind="referral",
                 target_id=referral_id,
-                patient_id=row["patient_id"],
-                detail={"decision": row["decision"], "capture_id": row["capture_id"]},
+                patient_id=row.patient_id,
+                detail={"decision": row.decision, "capture_id": row.capture_id},
             )
         return True
 
@@ -1088,7 +1080,8 @@ class VisitPhoto:
     """How it was taken: ``camera``, ``upload`` or ``folder`` (a retake repeats it)."""
     quality_ok: bool
     reasons: tuple[str, ...]
-    decision: str | None
+    decision: TriageDecision | None
+    """The advisory triage (None when no model ran)."""
     referable_probability: float | None
     delivery: Delivery
     superseded_by: str | None = None
@@ -1123,33 +1116,33 @@ class PhotoDesk:
         """A visit's photos, newest first: each with its delivery state and, when the next photo of the same
         eye and field replaced it (the retake), that photo; a gradable photo is replaced only by a gradable one."""
         rows = store_captures.list_captures(self.store, session_id=session_id, limit=limit)
-        delivery = store_captures.delivery_states(self.store, [r["capture_id"] for r in rows])
+        delivery = store_captures.delivery_states(self.store, [r.capture_id for r in rows])
         photos: list[VisitPhoto] = []
-        replaced_by: dict[str, dict[str, Any]] = {}
-        later: dict[tuple[str, str], dict[str, Any]] = {}
+        replaced_by: dict[str, CaptureRow] = {}
+        later: dict[tuple[Eye, Field], CaptureRow] = {}
         for row in rows:  # newest first: remember the next-newer photo of each eye and field
-            key = (row["eye"], row["field"])
+            key = (row.eye, row.field)
             successor = later.get(key)
             # A gradable photo is not replaced by a retake that failed the gate (that one is the outlier).
-            if successor is not None and (successor["quality_ok"] or not row["quality_ok"]):
-                replaced_by[row["capture_id"]] = successor
+            if successor is not None and (successor.quality_ok or not row.quality_ok):
+                replaced_by[row.capture_id] = successor
             later[key] = row
         for row in rows:
-            successor = replaced_by.get(row["capture_id"])
+            successor = replaced_by.get(row.capture_id)
             photos.append(
                 VisitPhoto(
-                    capture_id=row["capture_id"],
-                    captured_at=row["captured_at"],
-                    eye=Eye(row["eye"]),
-                    field=Field(row["field"]),
-                    source=row["source"],
-                    quality_ok=row["quality_ok"],
-                    reasons=tuple(row["quality_reasons"]),
-                    decision=row["decision"],
-                    referable_probability=row["referable_probability"],
-                    delivery=delivery[row["capture_id"]],
-                    superseded_by=None if successor is None else successor["capture_id"],
-                    superseded_at=None if successor is None else successor["captured_at"],
+                    capture_id=row.capture_id,
+                    captured_at=row.captured_at,
+                    eye=row.eye,
+                    field=row.field,
+                    source=row.source,
+                    quality_ok=row.quality_ok,
+                    reasons=row.quality_reasons,
+                    decision=row.decision,
+                    referable_probability=row.referable_probability,
+                    delivery=delivery[row.capture_id],
+                    superseded_by=None if successor is None else successor.capture_id,
+                    superseded_at=None if successor is None else successor.captured_at,
                 )
             )
         return photos
@@ -1166,7 +1159,7 @@ class PhotoDesk:
                     started_at=row.started_at,
                     operator=row.operator,
                     photos=len(photos),
-                    gradable=sum(1 for p in photos if p["quality_ok"]),
+                    gradable=sum(1 for p in photos if p.quality_ok),
                 )
             )
         return visits

@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import FrameError, StoreError
-from gateway.records import Capture
+from gateway.records import Capture, Eye, Field, TriageDecision
 from gateway.store import audit
 from gateway.store.audit import AuditEntry
 from gateway.store.db import Store, iso, new_id, translate_sqlite_errors
@@ -295,22 +296,84 @@ def delivery_states(store: Store, capture_ids: list[str]) -> dict[str, Delivery]
     return out
 
 
-def _row(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("quality_reasons", "quality_metrics", "thresholds"):
-        row[key] = json.loads(row[key])
-    row["quality_ok"] = bool(row["quality_ok"])
-    return row
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureRow:
+    """A stored retinal photo as the ``captures`` table holds it: its file, what the desk said of it, the
+    quality gate's verdict and the advisory triage (patient data: only pages behind a login read it).
+    Timestamps are the stored ISO 8601 text; the JSON columns come decoded."""
+
+    capture_id: str
+    sha256: str
+    size_bytes: int
+    media_type: str
+    width: int
+    height: int
+    eye: Eye
+    field: Field
+    source: str
+    """How it was taken: ``camera``, ``upload`` or ``folder`` for the intake's photos (the column itself is free
+    text, as :attr:`Capture.source` is)."""
+    captured_at: str
+    patient_id: str | None
+    session_id: str | None
+    operator: str | None
+    quality_ok: bool
+    quality_reasons: tuple[str, ...]
+    quality_metrics: Mapping[str, float]
+    referable_probability: float | None
+    decision: TriageDecision | None
+    """None when no triage model ran."""
+    model_version: str | None
+    thresholds: Mapping[str, float]
+    """The triage model's thresholds ({} when no model ran)."""
+    image_path: str
+    """Relative to the image directory (see :func:`relative_image_path`)."""
+    stored_at: str
+    message_id: str
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> CaptureRow:
+        """The record of one ``captures`` row selected with :data:`_CAPTURE_COLUMNS`."""
+        return cls(
+            capture_id=row["capture_id"],
+            sha256=row["sha256"],
+            size_bytes=row["size_bytes"],
+            media_type=row["media_type"],
+            width=row["width"],
+            height=row["height"],
+            eye=Eye(row["eye"]),
+            field=Field(row["field"]),
+            source=row["source"],
+            captured_at=row["captured_at"],
+            patient_id=row["patient_id"],
+            session_id=row["session_id"],
+            operator=row["operator"],
+            quality_ok=bool(row["quality_ok"]),
+            quality_reasons=tuple(json.loads(row["quality_reasons"])),
+            quality_metrics=json.loads(row["quality_metrics"]),
+            referable_probability=row["referable_probability"],
+            decision=None if row["decision"] is None else TriageDecision(row["decision"]),
+            model_version=row["model_version"],
+            thresholds=json.loads(row["thresholds"]),
+            image_path=row["image_path"],
+            stored_at=row["stored_at"],
+            message_id=row["message_id"],
+        )
 
 
-def get_capture(store: Store, capture_id: str) -> dict[str, Any] | None:
-    """One capture row (JSON columns decoded), or None."""
-    rows = store.query("SELECT * FROM captures WHERE capture_id = ?", [capture_id])
-    return _row(rows[0]) if rows else None
+_CAPTURE_COLUMNS = ", ".join(f.name for f in fields(CaptureRow))
+"""The columns :meth:`CaptureRow.from_row` reads: one a field, named as the table names them."""
+
+
+def get_capture(store: Store, capture_id: str) -> CaptureRow | None:
+    """One capture, or None."""
+    rows = store.query(f"SELECT {_CAPTURE_COLUMNS} FROM captures WHERE capture_id = ?", [capture_id])
+    return CaptureRow.from_row(rows[0]) if rows else None
 
 
 def list_captures(
     store: Store, *, session_id: str | None = None, patient_id: str | None = None, limit: int = 50
-) -> list[dict[str, Any]]:
+) -> list[CaptureRow]:
     """Captures, newest first, optionally of one desk session or one patient."""
     where, params = [], []
     if session_id is not None:
@@ -320,8 +383,11 @@ def list_captures(
         where.append("patient_id = ?")
         params.append(patient_id)
     clause = f"WHERE {' AND '.join(where)} " if where else ""
-    rows = store.query(f"SELECT * FROM captures {clause}ORDER BY stored_at DESC, rowid DESC LIMIT ?", [*params, limit])
-    return [_row(r) for r in rows]
+    rows = store.query(
+        f"SELECT {_CAPTURE_COLUMNS} FROM captures {clause}ORDER BY stored_at DESC, rowid DESC LIMIT ?",
+        [*params, limit],
+    )
+    return [CaptureRow.from_row(r) for r in rows]
 
 
 def count_captures(store: Store) -> int:
@@ -359,13 +425,46 @@ def _ledger_insert(
     )
 
 
-def folder_ledger(store: Store, *, limit: int = 50) -> list[dict[str, Any]]:
-    """Recent export-folder files and what became of them (names only, no image content)."""
-    return store.query("SELECT * FROM retina_folder_files ORDER BY taken_at DESC LIMIT ?", [limit])
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FolderFileRow:
+    """A file taken from a fundus camera's export folder and what became of it (its name, no image content)."""
+
+    name: str
+    sha256: str
+    size_bytes: int
+    outcome: str
+    """``stored``, ``duplicate`` or ``refused: <reason>``."""
+    capture_id: str | None
+    """The capture it became (None for a refused file)."""
+    taken_at: str
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> FolderFileRow:
+        """The record of one ``retina_folder_files`` row."""
+        return cls(
+            name=row["name"],
+            sha256=row["sha256"],
+            size_bytes=row["size_bytes"],
+            outcome=row["outcome"],
+            capture_id=row["capture_id"],
+            taken_at=row["taken_at"],
+        )
+
+
+def folder_ledger(store: Store, *, limit: int = 50) -> list[FolderFileRow]:
+    """Recent export-folder files and what became of them, newest first."""
+    rows = store.query(
+        "SELECT name, sha256, size_bytes, outcome, capture_id, taken_at FROM retina_folder_files "
+        "ORDER BY taken_at DESC LIMIT ?",
+        [limit],
+    )
+    return [FolderFileRow.from_row(r) for r in rows]
 
 
 __all__ = [
+    "CaptureRow",
     "Delivery",
+    "FolderFileRow",
     "StoredCapture",
     "add_capture",
     "count_captures",

@@ -9,10 +9,11 @@ acknowledgement's own record: ``seen_by``), so that no column repeats it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.records import Referral, ReferralHold
+from gateway.records import Eye, Field, Referral, ReferralHold
 from gateway.store.db import Store, iso
 
 
@@ -85,9 +86,62 @@ capture, and the patient and eye come from the capture row when this gateway too
 _SELECT_WITH_CAPTURE = f"SELECT {_INBOX_COLUMNS} FROM referrals r LEFT JOIN captures c ON c.capture_id = r.capture_id "
 
 
-def _with_seen_by(store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` with ``seen_by``: who acknowledged each seen one, from the acknowledgement's audit record
-    (written in the transaction that set ``seen_at``). One pass over the audit trail for the whole page."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReferralRow:
+    """A stored referral decision as the desk shows it: the decision as received, what the desk needs of its
+    photo when this gateway took it, and who acknowledged it (patient data: only pages behind a login read it).
+    Timestamps are the stored ISO 8601 text."""
+
+    referral_id: str
+    capture_id: str | None
+    patient_id: str | None
+    """Whose decision it is: the one it names, else its photo's patient; None while it is held for review."""
+    decision: str
+    """As the platform sent it (the contract's codes; a new one shows as received)."""
+    note: str | None
+    grader: str | None
+    decided_at: str | None
+    received_at: str
+    seen_at: str | None
+    """When the desk acknowledged it (None: not yet)."""
+    held_reason: ReferralHold | None
+    named_patient_id: str | None
+    """The patient id the decision itself names (None when it names only a photo)."""
+    capture_patient_id: str | None
+    """The patient of its photo (None when this gateway did not take the photo)."""
+    eye: Eye | None
+    field: Field | None
+    captured_at: str | None
+    """Of its photo, when this gateway took it."""
+    seen_by: str | None
+    """Who acknowledged it, from the acknowledgement's audit record (None while unseen)."""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], *, seen_by: str | None) -> ReferralRow:
+        """The record of one row selected with :data:`_INBOX_COLUMNS`, with who acknowledged it."""
+        return cls(
+            referral_id=row["referral_id"],
+            capture_id=row["capture_id"],
+            patient_id=row["patient_id"],
+            decision=row["decision"],
+            note=row["note"],
+            grader=row["grader"],
+            decided_at=row["decided_at"],
+            received_at=row["received_at"],
+            seen_at=row["seen_at"],
+            held_reason=None if row["held_reason"] is None else ReferralHold(row["held_reason"]),
+            named_patient_id=row["named_patient_id"],
+            capture_patient_id=row["capture_patient_id"],
+            eye=None if row["eye"] is None else Eye(row["eye"]),
+            field=None if row["field"] is None else Field(row["field"]),
+            captured_at=row["captured_at"],
+            seen_by=seen_by,
+        )
+
+
+def _with_seen_by(store: Store, rows: list[dict[str, Any]]) -> list[ReferralRow]:
+    """``rows`` as records with ``seen_by``: who acknowledged each seen one, from the acknowledgement's audit
+    record (written in the transaction that set ``seen_at``). One pass over the audit trail for the whole page."""
     seen = [r["referral_id"] for r in rows if r["seen_at"] is not None]
     by: dict[str, str] = {}
     for start in range(0, len(seen), 500):  # SQLite's bound-parameter limit
@@ -98,9 +152,7 @@ def _with_seen_by(store: Store, rows: list[dict[str, Any]]) -> list[dict[str, An
             chunk,
         ):
             by[row["target_id"]] = row["actor"]
-    for r in rows:
-        r["seen_by"] = by.get(r["referral_id"])
-    return rows
+    return [ReferralRow.from_row(r, seen_by=by.get(r["referral_id"])) for r in rows]
 
 
 def list_referrals(
@@ -110,7 +162,7 @@ def list_referrals(
     capture_id: str | None = None,
     unseen_only: bool = False,
     limit: int = 50,
-) -> list[dict[str, Any]]:
+) -> list[ReferralRow]:
     """Referrals, newest first (arrival order), optionally for one patient or capture, or only unseen ones.
 
     A decision that names only a capture belongs to that capture's patient (when this gateway took it); one
@@ -143,7 +195,7 @@ def count_unseen(store: Store) -> int:
     return int(store.scalar("SELECT count(*) FROM referrals WHERE seen_at IS NULL"))
 
 
-def get_referral(store: Store, referral_id: str) -> dict[str, Any] | None:
+def get_referral(store: Store, referral_id: str) -> ReferralRow | None:
     """One referral with its capture's patient, eye and field (None when unknown)."""
     rows = store.query(
         _SELECT_WITH_CAPTURE + "WHERE r.referral_id = ?",
@@ -152,7 +204,7 @@ def get_referral(store: Store, referral_id: str) -> dict[str, Any] | None:
     return _with_seen_by(store, rows)[0] if rows else None
 
 
-def inbox(store: Store, *, recent: int = 100, cap: int = 1000) -> list[dict[str, Any]]:
+def inbox(store: Store, *, recent: int = 100, cap: int = 1000) -> list[ReferralRow]:
     """The desk's referral inbox, newest arrival first: every unseen referral plus the ``recent`` newest.
 
     Unseen ones are never pushed off the list by newer seen ones; ``cap`` only bounds the page if

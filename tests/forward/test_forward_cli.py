@@ -90,7 +90,7 @@ def test_receiver_refer_reaches_the_gateway(tmp_path: Path, broker, capsys) -> N
         assert code == 0, capsys.readouterr()
         wait_until(lambda: referrals.list_referrals(runtime.store), what="referral stored")
     (row,) = referrals.list_referrals(runtime.store)
-    assert (row["referral_id"], row["patient_id"], row["decision"]) == ("ref-cli-1", "P-7", "rescreen_6m")
+    assert (row.referral_id, row.patient_id, row.decision) == ("ref-cli-1", "P-7", "rescreen_6m")
     assert main(["receiver", "refer", "-c", str(cfg), "--decision", "no_dr"]) == 2  # no capture or patient
 
 

@@ -39,7 +39,7 @@ def test_referral_is_validated_stored_once_and_listed(tmp_path, broker, receiver
         assert receiver.send_referral(PREFIX, referral)  # the platform sends it again: stored once
         wait_until(lambda: referrals.list_referrals(store), what="referral stored")
     (row,) = referrals.list_referrals(store, patient_id="P-0042")
-    assert (row["decision"], row["capture_id"], row["grader"]) == ("refer_urgent", "c" * 32, "dr-li")
+    assert (row.decision, row.capture_id, row.grader) == ("refer_urgent", "c" * 32, "dr-li")
     assert referrals.count_unseen(store) == 1
     assert referrals.mark_seen(store, "ref-1") and not referrals.mark_seen(store, "ref-1")
     assert referrals.list_referrals(store, unseen_only=True) == []

@@ -33,7 +33,7 @@ def referral(referral_id: str, **fields: Any) -> bytes:
 
 
 def stored_ids(store) -> set[str]:
-    return {r["referral_id"] for r in referrals.list_referrals(store, limit=1000)}
+    return {r.referral_id for r in referrals.list_referrals(store, limit=1000)}
 
 
 def dead_letters(store) -> list[dict[str, Any]]:
@@ -68,7 +68,7 @@ def test_poison_messages_neither_stop_the_forwarder_nor_lose_their_neighbours(tm
         assert run.forwarder.counters["connects"] == 1  # the same connection throughout
     assert stored_ids(store) == expected
     leap = referrals.get_referral(store, "leap-second")
-    assert leap is not None and leap["decided_at"].startswith("2026-12-31T23:59:59.999")
+    assert leap is not None and leap.decided_at.startswith("2026-12-31T23:59:59.999")
     reasons = {(d["what"], d["field"]) for d in dead_letters(store)}
     assert reasons == {("referral", "decided_at"), ("referral", "note"), ("ack", "(json)")}
 
@@ -130,10 +130,10 @@ def test_a_referral_naming_another_patients_photo_is_held(tmp_path, broker, rece
         wait_until(lambda: stored_ids(store) == {"mixed-up", "consistent"}, what="both stored")
     # shown as neither patient's; the consistent one is P-1's
     assert referrals.list_referrals(store, patient_id="P-OTHER") == []
-    assert [r["referral_id"] for r in referrals.list_referrals(store, patient_id="P-1")] == ["consistent"]
+    assert [r.referral_id for r in referrals.list_referrals(store, patient_id="P-1")] == ["consistent"]
     held = referrals.get_referral(store, "mixed-up")
-    assert held is not None and held["held_reason"] == "patient_mismatch" and held["patient_id"] is None
-    assert (held["named_patient_id"], held["capture_patient_id"]) == ("P-OTHER", "P-1")
+    assert held is not None and held.held_reason == "patient_mismatch" and held.patient_id is None
+    assert (held.named_patient_id, held.capture_patient_id) == ("P-OTHER", "P-1")
 
 
 def test_an_ack_over_the_announced_maximum_packet_size_never_reaches_us(tmp_path, broker, receiver_factory):

@@ -148,24 +148,24 @@ def test_generated_downlink_never_stops_the_forwarder_and_every_valid_referral_i
             expected = {m.valid_referral["referral_id"]: m.valid_referral for m in messages if m.valid_referral}
 
             def stored() -> list[dict[str, Any]]:
-                return [r for r in referrals.list_referrals(store, limit=10_000) if r["referral_id"].startswith(prefix)]
+                return [r for r in referrals.list_referrals(store, limit=10_000) if r.referral_id.startswith(prefix)]
 
             wait_until(lambda: len(stored()) >= len(expected) or not run.alive, what="the valid referrals")
             wait_until(lambda: run.forwarder.counters["dead_letters"] >= len(seen_invalid) or not run.alive,
                        what="every invalid message dead-lettered")  # fmt: skip
             assert run.alive and run.error is None, "the forwarder stopped"
             rows = stored()
-            assert sorted(r["referral_id"] for r in rows) == sorted(expected)  # each exactly once, nothing else
+            assert sorted(r.referral_id for r in rows) == sorted(expected)  # each exactly once, nothing else
             for row in rows:
-                doc = expected[row["referral_id"]]
-                assert row["decision"] == doc["decision"] and row["note"] == doc.get("note")
-                assert row["capture_id"] == doc.get("capture_id") and row["grader"] == doc.get("grader")
+                doc = expected[row.referral_id]
+                assert row.decision == doc["decision"] and row.note == doc.get("note")
+                assert row.capture_id == doc.get("capture_id") and row.grader == doc.get("grader")
                 if "decided_at" in doc:  # as parsed (tests/forward/test_forward_downlink_contract.py pins the parser)
-                    assert row["decided_at"] == iso(downlink.parse_rfc3339(doc["decided_at"]))
+                    assert row.decided_at == iso(downlink.parse_rfc3339(doc["decided_at"]))
                 # The decision's patient id as sent; its capture is not this gateway's and no patient was seen here,
                 # so it is held for review and nobody's (issue 14: never accepted silently).
-                assert row["named_patient_id"] == doc.get("patient_id")
-                assert (row["held_reason"], row["patient_id"]) == ("unknown_patient", None)
+                assert row.named_patient_id == doc.get("patient_id")
+                assert (row.held_reason, row.patient_id) == ("unknown_patient", None)
             assert run.forwarder.counters["dead_letters"] == len(seen_invalid)
 
         example()

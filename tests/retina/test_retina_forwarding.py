@@ -52,9 +52,9 @@ def test_each_source_reaches_the_platform_with_its_hash_verified(tmp_path, broke
     (export / "P1_OD_disc.png").write_bytes(emu.encode(emu.synthetic_fundus(32, (800, 600)), ".png"))
     service.poll_folder_once()
     assert service.poll_folder_once() == 1
-    stored = {r["capture_id"]: r for r in store_captures.list_captures(store)}
-    assert {r["source"] for r in stored.values()} == {"upload", "camera", "folder"}
-    assert all(r["capture_id"] for r in stored.values()) and uploaded.stored.chunks > 1 and captured.stored.chunks > 1
+    stored = {r.capture_id: r for r in store_captures.list_captures(store)}
+    assert {r.source for r in stored.values()} == {"upload", "camera", "folder"}
+    assert all(r.capture_id for r in stored.values()) and uploaded.stored.chunks > 1 and captured.stored.chunks > 1
 
     receiver = receiver_factory(broker)
     with ForwarderRunner(config, store):
@@ -62,9 +62,9 @@ def test_each_source_reaches_the_platform_with_its_hash_verified(tmp_path, broke
         wait_until(lambda: Outbox(store).stats().total_unsent == 0, what="everything acknowledged")
     images = received_images(receiver)
     for capture_id, row in stored.items():
-        original = (store.image_dir / row["image_path"]).read_bytes()
+        original = (store.image_dir / row.image_path).read_bytes()
         sha, data = images[capture_id]
-        assert data == original and sha == row["sha256"] == hashlib.sha256(data).hexdigest()
+        assert data == original and sha == row.sha256 == hashlib.sha256(data).hexdigest()
     assert receiver.counts()["captures"] == 3 and receiver.counts()["invalid"] == 0
 
 

@@ -61,8 +61,8 @@ def test_camera_capture_end_to_end_into_the_store(tmp_path: Path, video: Path, m
     meta = CaptureMeta(eye=Eye.LEFT, field=Field.DISC, source="camera", patient_id="P-7", operator="tech")
     result = service.capture(meta)
     row = store_captures.get_capture(runtime.store, result.stored.capture_id)
-    assert row is not None and row["source"] == "camera" and (row["width"], row["height"]) == SIZE
-    assert row["quality_ok"] is True and row["decision"] in ("refer", "rescreen")
+    assert row is not None and row.source == "camera" and (row.width, row.height) == SIZE
+    assert row.quality_ok is True and row.decision in ("refer", "rescreen")
     assert result.stored.image_path.read_bytes()[:3] == b"\xff\xd8\xff"  # the JPEG the gateway encoded
     assert service.snapshot()["camera"]["resolution"] == "640x480"
 
@@ -189,8 +189,8 @@ def test_folder_source_end_to_end_once_across_restarts(tmp_path: Path, model: Tr
     service.poll_folder_once()  # first sight
     assert service.poll_folder_once() == 1
     rows = store_captures.list_captures(runtime.store)
-    assert len(rows) == 1 and (rows[0]["eye"], rows[0]["field"], rows[0]["source"]) == ("L", "macula", "folder")
-    ledger = {r["name"]: r["outcome"] for r in store_captures.folder_ledger(runtime.store)}
+    assert len(rows) == 1 and (rows[0].eye, rows[0].field, rows[0].source) == ("L", "macula", "folder")
+    ledger = {r.name: r.outcome for r in store_captures.folder_ledger(runtime.store)}
     assert ledger["2026-11-23/P42_OS_macula.jpg"] == "stored"
     assert ledger["broken_R.jpg"].startswith("refused: JPEG is truncated")
     assert ledger["no_eye.jpg"].startswith("refused: laterality unknown")
@@ -217,7 +217,7 @@ def test_folder_source_end_to_end_once_across_restarts(tmp_path: Path, model: Tr
     service2.poll_folder_once()
     assert service2.poll_folder_once() == 1
     latest = store_captures.list_captures(runtime2.store, patient_id="P-9")
-    assert len(latest) == 1 and (latest[0]["eye"], latest[0]["field"]) == ("L", "disc")
+    assert len(latest) == 1 and (latest[0].eye, latest[0].field) == ("L", "disc")
 
 
 def test_oversize_folder_file_is_refused_once(tmp_path: Path, model: TriageModel) -> None:
@@ -230,7 +230,7 @@ def test_oversize_folder_file_is_refused_once(tmp_path: Path, model: TriageModel
     service.poll_folder_once()
     assert service.poll_folder_once() == 0 and service.folder_refused == 1
     ledger = store_captures.folder_ledger(runtime.store)
-    assert len(ledger) == 1 and "limit" in ledger[0]["outcome"]
+    assert len(ledger) == 1 and "limit" in ledger[0].outcome
     restarted = RetinaService(runtime, model=model)  # after a restart it is not refused (or logged) again
     restarted.poll_folder_once()
     assert restarted.poll_folder_once() == 0 and restarted.folder_refused == 0
@@ -303,7 +303,7 @@ def test_upload_end_to_end_through_the_desk_bus(tmp_path: Path, model: TriageMod
     assert outcome.eye_differs is (outcome.eye_suggested == "L")
     assert bad is not None and bad.state == "failed" and bad.error is not None and "truncated" in bad.error.message
     rows = store_captures.list_captures(runtime.store, session_id="s1")
-    assert len(rows) == 1 and rows[0]["operator"] == "nurse" and rows[0]["source"] == "upload"
+    assert len(rows) == 1 and rows[0].operator == "nurse" and rows[0].source == "upload"
 
 
 def test_upload_without_eye_is_refused(tmp_path: Path, model: TriageModel) -> None:
@@ -333,7 +333,7 @@ def test_service_without_model_keeps_taking_photos(tmp_path: Path) -> None:
     assert service.model is None and "not found" in service.snapshot()["model"]["error"]
     result = service.intake.take(fundus_jpeg(seed=40), CaptureMeta(eye=Eye.RIGHT, field=Field.DISC, source="upload"))
     row = store_captures.get_capture(runtime.store, result.stored.capture_id)
-    assert row is not None and row["decision"] is None and row["quality_ok"] is True
+    assert row is not None and row.decision is None and row.quality_ok is True
     (payload,) = runtime.store.query(f"SELECT payload FROM {MESSAGES} WHERE kind = 'capture'")
     doc = json.loads(payload["payload"])
     contract.validate(contract.SCHEMA_CAPTURE, doc)

@@ -46,10 +46,10 @@ def test_capture_is_stored_with_its_messages(store: Store, model: TriageModel) -
     assert stored.image_path.read_bytes() == data
     row = store_captures.get_capture(store, stored.capture_id)
     assert row is not None
-    assert (row["eye"], row["field"], row["source"], row["patient_id"]) == ("R", "macula", "upload", "P-0042")
-    assert row["quality_ok"] is True and row["quality_reasons"] == []
-    assert row["decision"] in ("refer", "rescreen") and row["model_version"] == "tiny-test-1"
-    assert row["thresholds"] == {"refer": 0.5, "high_specificity": 0.8}
+    assert (row.eye, row.field, row.source, row.patient_id) == ("R", "macula", "upload", "P-0042")
+    assert row.quality_ok is True and row.quality_reasons == ()
+    assert row.decision in ("refer", "rescreen") and row.model_version == "tiny-test-1"
+    assert row.thresholds == {"refer": 0.5, "high_specificity": 0.8}
     rows = outbox_rows(store)
     expected_chunks = -(-len(data) // (16 * 1024))
     assert stored.chunks == expected_chunks and len(rows) == 1 + expected_chunks
@@ -103,8 +103,19 @@ def test_failed_quality_is_stored_as_ungradable(store: Store, model: TriageModel
     _, buf = cv2.imencode(".jpg", np.full((480, 640, 3), (40, 200, 40), np.uint8))  # a green card
     result = RetinaIntake(store, model).take(buf.tobytes(), META)
     row = store_captures.get_capture(store, result.stored.capture_id)
-    assert row is not None and row["quality_ok"] is False and row["quality_reasons"] == ["not_fundus"]
-    assert row["decision"] == TriageDecision.UNGRADABLE and row["referable_probability"] is None
+    assert row is not None and row.quality_ok is False and row.quality_reasons == ("not_fundus",)
+    assert row.decision == TriageDecision.UNGRADABLE and row.referable_probability is None
+
+
+def test_a_capture_row_comes_typed(store: Store, model: TriageModel) -> None:
+    """The row's fixed-set columns come as their enums and its JSON columns decoded; a listing gives the same record."""
+    result = RetinaIntake(store, model, chunk_size=16 * 1024).take(fundus_jpeg(seed=7, size=(800, 600)), META)
+    row = store_captures.get_capture(store, result.stored.capture_id)
+    assert row is not None and (row.eye, row.field) == (Eye.RIGHT, Field.MACULA)
+    assert type(row.eye) is Eye and type(row.field) is Field and type(row.decision) is TriageDecision
+    assert type(row.quality_ok) is bool and type(row.quality_reasons) is tuple
+    assert set(row.quality_metrics) and all(isinstance(v, float) for v in row.quality_metrics.values())
+    assert store_captures.list_captures(store) == [row]
 
 
 def test_bad_image_stores_nothing(store: Store, model: TriageModel) -> None:

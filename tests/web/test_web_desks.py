@@ -167,8 +167,8 @@ def test_technician_capture_upload_and_retake(retina_runtime: Runtime, tmp_path:
             client, "/technician/api/request/" + uploaded.headers["Location"].split("/result/")[1].split("?")[0]
         )
         captures = GatewayServices(runtime).captures(session_id=session_id)
-        assert len(captures) == 3 and {c["patient_id"] for c in captures} == {PATIENT}
-        assert sorted(c["eye"] for c in captures) == ["L", "L", "R"]
+        assert len(captures) == 3 and {c.patient_id for c in captures} == {PATIENT}
+        assert sorted(c.eye for c in captures) == ["L", "L", "R"]
         actions = [r.action for r in audit.recent(runtime.store)]
         assert {"retina_capture", "retina_retake", "retina_upload"} <= set(actions)
         # The preview streams MJPEG parts from the emulated camera.

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from support.factories import store_capture
 from web_harness import csrf_of, login, post_form
 
-from gateway.records import Referral
+from gateway.records import Eye, Field, Referral, ReferralHold
 from gateway.runtime import Runtime
 from gateway.store import audit
 from gateway.store import referrals as store_referrals
@@ -117,8 +117,8 @@ def test_acknowledge_marks_seen_audits_and_the_count_goes_down(
     assert client.get("/referrals/api/unseen").get_json() == {"unseen": 3}
     response = _acknowledge(client, received["patient"])
     assert response.status_code == 302 and response.headers["Location"] == "/referrals"
-    (row,) = [r for r in store_referrals.list_referrals(runtime.store) if r["referral_id"] == received["patient"]]
-    assert row["seen_at"] is not None
+    (row,) = [r for r in store_referrals.list_referrals(runtime.store) if r.referral_id == received["patient"]]
+    assert row.seen_at is not None
     assert store_referrals.count_unseen(runtime.store) == 2
     (trail,) = _acks(runtime)
     assert (trail.actor, trail.target_kind, trail.target_id, trail.patient_id) == (
@@ -176,8 +176,24 @@ def test_patient_view_includes_decisions_that_name_only_one_of_the_patients_phot
     """The technician page lists a patient's decisions through this query: a decision sent for a photo only
     must be there under the photo's patient, with the photo's eye."""
     rows = store_referrals.list_referrals(runtime.store, patient_id="P-1")
-    assert [(r["referral_id"], r["patient_id"], r["eye"]) for r in rows] == [("ref-b", "P-1", "R")]
-    assert [r["referral_id"] for r in store_referrals.list_referrals(runtime.store, patient_id=PATIENT)] == ["ref-a"]
+    assert [(r.referral_id, r.patient_id, r.eye) for r in rows] == [("ref-b", "P-1", "R")]
+    assert [r.referral_id for r in store_referrals.list_referrals(runtime.store, patient_id=PATIENT)] == ["ref-a"]
+
+
+def test_referral_rows_come_typed(runtime: Runtime, received: dict[str, str]) -> None:
+    """A decision about a photo taken here has that photo's eye and field as enums; one about a patient has none."""
+    about_photo = store_referrals.get_referral(runtime.store, received["capture"])
+    assert about_photo is not None and (about_photo.eye, about_photo.field) == (Eye.RIGHT, Field.MACULA)
+    assert type(about_photo.eye) is Eye and type(about_photo.field) is Field
+    assert about_photo.held_reason is None and about_photo.seen_by is None and about_photo.captured_at is not None
+    about_patient = store_referrals.get_referral(runtime.store, received["patient"])
+    assert about_patient is not None and (about_patient.eye, about_patient.field, about_patient.captured_at) == (
+        None, None, None,
+    )  # fmt: skip
+    assert about_patient.decided_at == "2026-11-22T06:30:00.000+00:00"
+    store_referrals.add_referral(runtime.store, Referral(referral_id="ref-z", decision="no_dr", patient_id="P-NEW"))
+    held = store_referrals.get_referral(runtime.store, "ref-z")
+    assert held is not None and held.held_reason is ReferralHold.UNKNOWN_PATIENT
 
 
 def test_a_decision_whose_patient_disagrees_with_its_photo_is_held_plainly(
@@ -258,5 +274,5 @@ def test_acknowledged_says_by_whom_and_when(client: FlaskClient, runtime: Runtim
     row = row[: row.index("</tr>")]
     assert "Acknowledged by nina" in row
     assert "2026-11-23 10:00 UTC+8" in row  # the fake clock's 02:00 UTC, in the clinic's zone, labelled
-    (seen,) = [r for r in store_referrals.inbox(runtime.store) if r["referral_id"] == received["capture"]]
-    assert seen["seen_by"] == "nina"
+    (seen,) = [r for r in store_referrals.inbox(runtime.store) if r.referral_id == received["capture"]]
+    assert seen.seen_by == "nina"
