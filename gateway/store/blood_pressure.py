@@ -11,7 +11,7 @@ Identity (UNIQUE, as for glucose readings; a second download of the same cuff ad
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +112,7 @@ class BloodPressureReadingRow:
     status: tuple[CuffStatus, ...]
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> BloodPressureReadingRow:
+    def from_row(cls, row: Mapping[str, Any]) -> BloodPressureReadingRow:
         """A row of :data:`_ROW_COLUMNS` (``status`` is stored as a JSON list of names)."""
         return cls(
             corrected_time=row["corrected_time"],
@@ -150,4 +150,4 @@ def of_sessions(
         sql += " AND patient_id = ?"
         params.append(patient_id)
     rows = store.query(sql + " ORDER BY corrected_time DESC, id DESC LIMIT ?", [*params, limit])
-    return [BloodPressureReadingRow.of(row) for row in rows]
+    return [BloodPressureReadingRow.from_row(row) for row in rows]

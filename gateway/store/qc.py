@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -155,7 +155,7 @@ class QcResultRow:
     outcome: QcOutcome | None
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> QcResultRow:
+    def from_row(cls, row: Mapping[str, Any]) -> QcResultRow:
         """A row of :data:`_ROW_COLUMNS`."""
         return cls(
             qc_id=row["qc_id"],
@@ -178,7 +178,7 @@ def results_of_session(store: Store, session_id: str) -> list[QcResultRow]:
     rows = store.query(
         f"SELECT {_ROW_COLUMNS} FROM qc_results WHERE session_id = ? ORDER BY meter_time, sequence", [session_id]
     )
-    return [QcResultRow.of(row) for row in rows]
+    return [QcResultRow.from_row(row) for row in rows]
 
 
 def history(store: Store, meter_id: str, *, limit: int = 20) -> list[QcResultRow]:
@@ -187,7 +187,7 @@ def history(store: Store, meter_id: str, *, limit: int = 20) -> list[QcResultRow
         f"SELECT {_ROW_COLUMNS} FROM qc_results WHERE meter_id = ? ORDER BY corrected_time DESC, id DESC LIMIT ?",
         [meter_id, limit],
     )
-    return [QcResultRow.of(row) for row in rows]
+    return [QcResultRow.from_row(row) for row in rows]
 
 
 def count_results(store: Store, meter_id: str | None = None) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -232,7 +232,7 @@ class ReadingRow:
     meter_id: str
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> ReadingRow:
+    def from_row(cls, row: Mapping[str, Any]) -> ReadingRow:
         """A row of :data:`_READING_COLUMNS`."""
         return cls(
             reading_id=row["reading_id"],
@@ -256,7 +256,7 @@ def readings_of_session(store: Store, session_id: str, *, limit: int, offset: in
         f"SELECT {_READING_COLUMNS} FROM readings WHERE session_id = ? ORDER BY meter_time, sequence LIMIT ? OFFSET ?",
         [session_id, limit, offset],
     )
-    return [ReadingRow.of(row) for row in rows]
+    return [ReadingRow.from_row(row) for row in rows]
 
 
 def patient_readings_since(store: Store, patient_id: str, since_iso: str) -> list[ReadingRow]:
@@ -267,7 +267,7 @@ def patient_readings_since(store: Store, patient_id: str, since_iso: str) -> lis
         "ORDER BY corrected_time, id",
         [patient_id, since_iso],
     )
-    return [ReadingRow.of(row) for row in rows]
+    return [ReadingRow.from_row(row) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +284,7 @@ class MeterRow:
     last_error: str | None
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> MeterRow:
+    def from_row(cls, row: Mapping[str, Any]) -> MeterRow:
         """A row of the columns :func:`list_meters` selects."""
         return cls(
             meter_id=row["meter_id"],
@@ -303,7 +303,7 @@ def list_meters(store: Store) -> list[MeterRow]:
         "SELECT meter_id, family, transport, model, last_seen, last_sync, last_error FROM meters "
         "ORDER BY last_seen DESC"
     )
-    return [MeterRow.of(row) for row in rows]
+    return [MeterRow.from_row(row) for row in rows]
 
 
 def meter_address(store: Store, meter_id: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -32,7 +33,7 @@ class SessionRow:
     error: str | None
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> SessionRow:
+    def from_row(cls, row: Mapping[str, Any]) -> SessionRow:
         """A row of :data:`_COLUMNS`."""
         return cls(
             session_id=row["session_id"],
@@ -107,7 +108,7 @@ def last_visit_before(store: Store, patient_id: str, before_iso: str) -> str | N
 def get_session(store: Store, session_id: str) -> SessionRow | None:
     """The stored session ``session_id``, or None."""
     rows = store.query(f"SELECT {_COLUMNS} FROM sessions WHERE session_id = ?", [session_id])
-    return SessionRow.of(rows[0]) if rows else None
+    return SessionRow.from_row(rows[0]) if rows else None
 
 
 def sessions_since(store: Store, since_iso: str, kind: SessionKind | None = None) -> list[SessionRow]:
@@ -118,4 +119,4 @@ def sessions_since(store: Store, since_iso: str, kind: SessionKind | None = None
         sql += " AND kind = ?"
         params.append(kind)
     rows = store.query(sql + " ORDER BY started_at DESC", params)
-    return [SessionRow.of(row) for row in rows]
+    return [SessionRow.from_row(row) for row in rows]
