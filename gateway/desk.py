@@ -153,6 +153,8 @@ class MeterProgress(DeskProgress):
     duplicates: int = 0
     other_users: int = 0
     """Measurements of other users of a multi-user cuff: kept, not this patient's."""
+    shared_cuff: bool = False
+    """No cuff user was chosen for a cuff that names several users: none of its measurements is this patient's."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

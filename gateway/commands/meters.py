@@ -77,6 +77,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     print(
         f"{meter}: {result.state}, {result.received} received, {result.added} new, {result.duplicates} already stored"
         + (f", {result.other_users} of other cuff users kept without a patient" if result.other_users else "")
+        + (", a shared cuff and no --cuff-user: none given to the patient" if result.shared_cuff else "")
         + (f" ({result.error})" if result.error else "")
     )
     if result.clock is not None and not result.clock.trusted:

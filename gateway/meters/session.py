@@ -8,6 +8,9 @@ highest stored sequence (the store's unique reading identity makes any overlap h
 A blood pressure cuff (``MeterInfo.measures``) is downloaded the same way into blood pressure readings. On a
 multi-user cuff with a ``cuff_user`` chosen at the desk only that user's measurements are the patient's: the
 other users' are stored without a patient (kept, never attributed to this one, counted in ``other_users``).
+With no cuff user chosen (the desk's "its one user (one-person cuff)", an auto-sync of a linked cuff) the patient's
+are those of the cuff's one user (:class:`CuffOwner`): a cuff that names a second user is shared, and a
+measurement is never given to the patient on the strength of an assumption its cuff contradicts.
 """
 
 from __future__ import annotations
@@ -97,6 +100,38 @@ def measure_clock(
     return ClockCorrection(offset_s=offset.total_seconds(), trusted=not flags, flags=tuple(flags))
 
 
+@dataclass(slots=True)
+class CuffOwner:
+    """Whose measurements on a cuff are the patient's when no cuff user was chosen: the cuff's one user.
+
+    That user is the one the cuff named in every measurement stored before (when it named exactly one), else the
+    first user this download names. A cuff that has named two or more users before is ``shared``: no user of it is
+    known to be the patient, and none of its measurements is the patient's until the nurse assigns them per user.
+    A measurement that names no user is the patient's only on a cuff that names none (it is a guest's otherwise).
+    """
+
+    user: int | None = None
+    shared: bool = False
+
+    @classmethod
+    def from_history(cls, users: frozenset[int]) -> CuffOwner:
+        """From the users the cuff named in its stored measurements."""
+        if len(users) > 1:
+            return cls(shared=True)
+        return cls(user=next(iter(users), None))
+
+    def is_patients(self, user_id: int | None) -> bool:
+        """Whether a measurement naming ``user_id`` (None: no user) is the patient's; the first user named
+        becomes the cuff's one user."""
+        if self.shared:
+            return False
+        if user_id is None:
+            return self.user is None
+        if self.user is None:
+            self.user = user_id
+        return user_id == self.user
+
+
 @dataclass(frozen=True, slots=True)
 class SessionResult:
     """Outcome of one download."""
@@ -116,6 +151,8 @@ class SessionResult:
     """New control-solution (quality-control) results stored: the meter's, not the patient's."""
     other_users: int = 0
     """Measurements of other users of a multi-user cuff: stored without a patient."""
+    shared_cuff: bool = False
+    """No cuff user was chosen for a cuff that names several: none of its measurements went to the patient."""
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -153,6 +190,8 @@ class DownloadSession:
         self.on_progress = on_progress
         self.batch_size = batch_size
         self.cuff_user = cuff_user
+        self.cuff_owner: CuffOwner | None = None
+        """With no cuff user chosen, whose measurements are the patient's (set once the cuff is known)."""
         self.other_users = 0
         self.writer = DownloadWriter.begin(store, patient_id=patient_id, operator=operator, session_id=session_id)
         self.session_id = self.writer.session_id
@@ -199,7 +238,13 @@ class DownloadSession:
     def _to_blood_pressure(
         self, record: CuffRecord, info: MeterInfo, correction: ClockCorrection, patient_id: str | None
     ) -> BloodPressureReading:
-        if self.cuff_user is not None and record.user_id != self.cuff_user:
+        if self.cuff_user is not None:
+            patients = record.user_id == self.cuff_user
+        else:
+            if self.cuff_owner is None:
+                self.cuff_owner = CuffOwner.from_history(store_bp.cuff_users(self.store, info.meter_id))
+            patients = self.cuff_owner.is_patients(record.user_id)
+        if not patients:
             # Another person's measurement on a shared cuff: kept (a cuff hands each over once), never this patient's.
             self.other_users += 1
             patient_id = None
@@ -351,4 +396,5 @@ class DownloadSession:
             clock=correction,
             qc_added=writer.qc_added,
             other_users=self.other_users,
+            shared_cuff=self.cuff_owner is not None and self.cuff_owner.shared,
         )

@@ -319,6 +319,7 @@ class MeterSource:
             added=result.added,
             duplicates=result.duplicates,
             other_users=result.other_users,
+            shared_cuff=result.shared_cuff,
         )
         if result.meter is not None:
             self.device(

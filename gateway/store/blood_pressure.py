@@ -85,6 +85,14 @@ def last_sequence(store: Store, meter_id: str) -> int | None:
     return None if value is None else int(value)
 
 
+def cuff_users(store: Store, meter_id: str) -> frozenset[int]:
+    """The users a cuff has named in the measurements stored from it (none: a cuff without users, or new)."""
+    rows = store.query(
+        "SELECT DISTINCT cuff_user FROM blood_pressure WHERE meter_id = ? AND cuff_user IS NOT NULL", [meter_id]
+    )
+    return frozenset(int(row["cuff_user"]) for row in rows)
+
+
 def count_blood_pressure(store: Store, meter_id: str | None = None) -> int:
     """Number of stored blood pressure readings (optionally of one cuff)."""
     if meter_id is None:

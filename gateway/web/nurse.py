@@ -44,7 +44,8 @@ def clean_patient_id(raw: str | None) -> str | None:
 
 
 def clean_cuff_user(raw: str | None) -> int | None:
-    """The cuff user chosen for a multi-user cuff, or None (every measurement is this patient's)."""
+    """The cuff user chosen for a multi-user cuff, or None (the cuff's one user is this patient: see
+    :class:`gateway.meters.session.CuffOwner`)."""
     value = (raw or "").strip()
     return int(value) if value.isdigit() and int(value) <= 254 else None
 

@@ -175,6 +175,35 @@ def test_multi_user_cuff_readings_go_to_the_chosen_patient_only(bluez, config, s
     assert store.scalar("SELECT count(*) FROM blood_pressure WHERE patient_id = 'P-WIFE'") == 2
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_cuff_user_chosen_the_patient_has_the_cuffs_one_user_only(bluez, config, store, clock, kind) -> None:
+    """The desk's "its one user (one-person cuff)" on a cuff that turns out to be shared: the first user it names is the
+    patient's, the other's measurements are kept without a patient; once the cuff has named two users, a download
+    without a chosen user gives the patient none, and says so."""
+
+    async def go() -> tuple[SessionResult, SessionResult, SessionResult]:
+        async with cuff(count=20, stored=KINDS[kind], users=(1, 2)) as c:
+            first = await sync(c, config, store, clock, patient_id="P-WIFE")
+            c.add_readings(4, users=(1, 2))
+            again = await sync(c, config, store, clock, patient_id="P-WIFE")
+            c.add_readings(2, users=(1, 2))
+            chosen = await sync(c, config, store, clock, patient_id="P-WIFE", cuff_user=1)
+            return first, again, chosen
+
+    first, again, chosen = run(go())
+    assert (first.added, first.other_users, first.shared_cuff) == (20, 10, False)
+    assert (again.added, again.other_users, again.shared_cuff) == (4, 4, True)
+    assert (chosen.added, chosen.other_users, chosen.shared_cuff) == (2, 1, False)
+    by_session: dict[Any, dict[Any, set[int]]] = {}
+    for row in rows(store):
+        by_session.setdefault(row["session_id"], {}).setdefault(row["patient_id"], set()).add(row["cuff_user"])
+    assert by_session == {
+        first.session_id: {"P-WIFE": {1}, None: {2}},  # user 1 named first: the cuff's one user, so far
+        again.session_id: {None: {1, 2}},  # a shared cuff: nobody's until the nurse assigns them per user
+        chosen.session_id: {"P-WIFE": {1}, None: {2}},
+    }
+
+
 def test_bonding_is_required_and_paired(bluez, config, store, clock) -> None:
     no_retries = with_ble(config, connect_retries=0)  # pairing is not a retry: it happens even without retries
 

@@ -95,12 +95,18 @@ def test_nurse_chooses_the_cuff_user_and_sees_the_visits_blood_pressure(bluez, b
             time.sleep(0.05)
         login(client, "nina")
         assert cuff.address is not None
-        started = post_form(client, "/nurse", "/nurse/sync",
-                            {"patient_id": PATIENT, "target": cuff.address, "cuff_user": "2"})  # fmt: skip
-        session_id = started.headers["Location"].rsplit("/", 1)[-1]
-        while not client.get(f"/nurse/api/progress/{session_id}").get_json()["finished"]:
-            assert time.monotonic() < deadline + 30, "the download did not finish"
-            time.sleep(0.05)
+
+        def download(cuff_user: str) -> str:
+            started = post_form(client, "/nurse", "/nurse/sync",
+                                {"patient_id": PATIENT, "target": cuff.address, "cuff_user": cuff_user})  # fmt: skip
+            session_id = started.headers["Location"].rsplit("/", 1)[-1]
+            finish_by = time.monotonic() + 30
+            while not client.get(f"/nurse/api/progress/{session_id}").get_json()["finished"]:
+                assert time.monotonic() < finish_by, "the download did not finish"
+                time.sleep(0.05)
+            return session_id
+
+        session_id = download("2")
         html = client.get(f"/nurse/session/{session_id}").get_data(as_text=True)
 
         # Only user 2's seven measurements are this patient's; user 1's were kept without a patient.
@@ -146,6 +152,18 @@ def test_nurse_chooses_the_cuff_user_and_sees_the_visits_blood_pressure(bluez, b
         [message] = runtime.store.query("SELECT b.topic FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq "
                                         "WHERE o.kind = 'blood_pressure_assignment'")  # fmt: skip
         assert message["topic"].endswith("blood-pressure/assignment")
+
+        # A later visit: the nurse leaves "its one user (one-person cuff)", but this cuff has named two users: none
+        # of its new measurements is this patient's, the page says so and offers both users' for assignment.
+        cuff.add_readings(2, users=(1, 2))
+        later = download("")
+        page = client.get(f"/nurse/session/{later}").get_data(as_text=True)
+        assert 'id="shared-cuff"' in page and 'id="other-cuff-users"' not in page
+        assert len(_bp_rows(page)) == 7  # the visit's: the first download's seven, none of the new two
+        card = page.split('id="cuff-unassigned"', 1)[1].split("</section>", 1)[0]
+        assert 'data-cuff-user="1"' in card and 'data-cuff-user="2"' in card and PATIENT not in card
+        new = runtime.store.query("SELECT cuff_user, patient_id FROM blood_pressure WHERE session_id = ?", [later])
+        assert sorted((r["cuff_user"], r["patient_id"]) for r in new) == [(1, None), (2, None)]
 
         # zh
         client.post("/lang", data={"lang": "zh", "next": "/nurse", "csrf_token": csrf_of(client, "/nurse")})
