@@ -26,4 +26,6 @@ def test_idle_daemon_with_pages_on_uses_almost_no_cpu(tmp_path: Path) -> None:
         rss = rss_mb(daemon.pid)
         assert "pages served on" in daemon.output()
         assert used < MAX_IDLE_FRACTION, f"idle daemon used {used:.0%} of a core\n{daemon.output()[-2000:]}"
-        assert rss < 200, f"RSS {rss:.0f} MiB after start (DESIGN budget: 200 MB with the model)"
+        # RssFile (libraries' pages) is larger on a fresh install, whose files are all in the page cache
+        memory = [line for line in Path(f"/proc/{daemon.pid}/status").read_text().splitlines() if "Rss" in line]
+        assert rss < 200, f"RSS {rss:.0f} MiB after start (DESIGN budget: 200 MB with the model): {memory}"
