@@ -983,8 +983,8 @@ def _stored_progress(row: SessionRow) -> DeskProgress:
     state = DeskState(row.state)
     if DeskKind(row.kind) is DeskKind.RETINA:
         return RetinaProgress(state=state)
-    return MeterProgress(state=state, done=row.records_new or 0, total=row.records_total,
-                         meter_id=row.meter_id, added=row.records_new or 0)  # fmt: skip
+    return MeterProgress(state=state, done=row.records_new, total=row.records_total, meter_id=row.meter_id,
+                         added=row.records_new)  # fmt: skip
 
 
 # -- the facade's parts ------------------------------------------------------------------------------------------

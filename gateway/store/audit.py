@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from gateway.store.db import Store, iso
+from gateway.store.db import Store, columns, iso
 
 
 def record(
@@ -81,7 +81,7 @@ class AuditRow:
 def recent(store: Store, *, limit: int = 50) -> list[AuditRow]:
     """Newest audit rows first."""
     rows = store.query(
-        "SELECT id, at, actor, action, target_kind, target_id, patient_id, detail FROM audit ORDER BY id DESC LIMIT ?",
+        f"SELECT {columns(AuditRow)} FROM audit ORDER BY id DESC LIMIT ?",
         [limit],
     )
     return [AuditRow(**{**row, "detail": json.loads(row["detail"])}) for row in rows]

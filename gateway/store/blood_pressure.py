@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.records import BloodPressureReading, CuffStatus, PressureUnit
-from gateway.store.db import Store, iso
+from gateway.store.db import Store, columns, iso
 from gateway.store.readings import AddResult, RecordTable, insert_records
 from gateway.wire import contract
 
@@ -138,10 +138,7 @@ class BloodPressureReadingRow:
         )
 
 
-_ROW_COLUMNS = (
-    "corrected_time, time_trusted, systolic_mmhg, diastolic_mmhg, mean_arterial_mmhg, systolic, diastolic, unit, "
-    "pulse_bpm, cuff_user, meter_id, status"
-)
+_ROW_COLUMNS = columns(BloodPressureReadingRow)
 
 
 def of_sessions(

@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from gateway.errors import FrameError, StoreError
 from gateway.records import Capture, Eye, Field, TriageDecision
 from gateway.store import audit
 from gateway.store.audit import AuditEntry
-from gateway.store.db import Store, iso, new_id, translate_sqlite_errors
+from gateway.store.db import Store, columns, iso, new_id, translate_sqlite_errors
 from gateway.store.outbox import enqueue
 from gateway.wire import chunks as chunking
 from gateway.wire import contract
@@ -361,7 +361,7 @@ class CaptureRow:
         )
 
 
-_CAPTURE_COLUMNS = ", ".join(f.name for f in fields(CaptureRow))
+_CAPTURE_COLUMNS = columns(CaptureRow)
 """The columns :meth:`CaptureRow.from_row` reads: one a field, named as the table names them."""
 
 

@@ -12,16 +12,19 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlite_utils import Database
 
 from gateway.clock import Clock
 from gateway.errors import DiskFull, IntakeRefused, StoreError
 from gateway.wire.envelope import Envelope
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 _logger = logging.getLogger(__name__)
 
@@ -70,6 +73,11 @@ class Origin:
     def envelope(self, message_id: str, created_at: datetime) -> Envelope:
         """The envelope of one message this gateway sends."""
         return Envelope(message_id, self.site_id, self.gateway_id, created_at)
+
+
+def columns(row_type: type[DataclassInstance]) -> str:
+    """The select list of a typed row read from one table: its fields, in order, named as the table's columns."""
+    return ", ".join(f.name for f in fields(row_type))
 
 
 class Store:

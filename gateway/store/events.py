@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from gateway.store.db import Store, iso, new_id
+from gateway.store.db import Store, columns, iso, new_id
 from gateway.store.outbox import enqueue
 from gateway.wire import contract
 
@@ -68,7 +68,7 @@ def recent_events(store: Store, *, limit: int = 20, min_level: Level = "info") -
     """Newest events first, at or above ``min_level``."""
     levels = {"info": ("info", "warning", "error"), "warning": ("warning", "error"), "error": ("error",)}[min_level]
     rows = store.query(
-        f"SELECT id, at, level, kind, message, detail FROM events WHERE level IN ({', '.join('?' * len(levels))}) "
+        f"SELECT {columns(StoredEvent)} FROM events WHERE level IN ({', '.join('?' * len(levels))}) "
         "ORDER BY id DESC LIMIT ?",
         [*levels, limit],
     )

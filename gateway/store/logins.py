@@ -30,7 +30,7 @@ from sqlite_utils import Database
 
 from gateway.errors import GatewayError
 from gateway.store import audit
-from gateway.store.db import Store, iso
+from gateway.store.db import Store, columns, iso
 
 Scope = Literal["user", "address"]
 TOUCH_EVERY = timedelta(seconds=60)
@@ -227,4 +227,5 @@ class RecordedAttempt:
 
 def attempts(store: Store) -> list[RecordedAttempt]:
     """Recorded attempts, oldest first (for tests and troubleshooting; keys are digests and addresses)."""
-    return [RecordedAttempt(**row) for row in store.query("SELECT scope, key, at FROM web_login_attempts ORDER BY id")]
+    rows = store.query(f"SELECT {columns(RecordedAttempt)} FROM web_login_attempts ORDER BY id")
+    return [RecordedAttempt(**row) for row in rows]

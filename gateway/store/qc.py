@@ -17,7 +17,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from gateway.records import ControlResult, QcOutcome, Unit
-from gateway.store.db import Store, iso, new_id
+from gateway.store.db import Store, columns, iso, new_id
 from gateway.store.outbox import enqueue
 from gateway.store.readings import reading_identity
 from gateway.wire import contract
@@ -170,7 +170,7 @@ class QcResultRow:
         )
 
 
-_ROW_COLUMNS = "qc_id, meter_id, sequence, corrected_time, value, unit, mmol_l, lot, outcome"
+_ROW_COLUMNS = columns(QcResultRow)
 
 
 def results_of_session(store: Store, session_id: str) -> list[QcResultRow]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.store.db import Store, iso
+from gateway.store.db import Store, columns, iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,5 @@ def add_sample(store: Store, *, unsent: int, parked: int, acked_total: int, keep
 
 def samples_since(store: Store, since: datetime) -> list[QueueSample]:
     """Samples taken at or after ``since``, oldest first."""
-    rows = store.query(
-        "SELECT at, unsent, parked, acked_total FROM web_queue_samples WHERE at >= ? ORDER BY at", [iso(since)]
-    )
+    rows = store.query(f"SELECT {columns(QueueSample)} FROM web_queue_samples WHERE at >= ? ORDER BY at", [iso(since)])
     return [QueueSample(**row) for row in rows]

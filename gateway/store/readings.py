@@ -10,7 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlite_utils import Database
 
 from gateway.records import ControlResult, GlucoseReading, Meal, MeterInfo, Unit
-from gateway.store.db import Store, iso, new_id
+from gateway.store.db import Store, columns, iso, new_id
 from gateway.store.outbox import enqueue
 from gateway.wire import contract
 from gateway.wire.contract import Envelope, PayloadFormat
@@ -246,7 +246,7 @@ class ReadingRow:
         )
 
 
-_READING_COLUMNS = "reading_id, corrected_time, time_trusted, value, unit, mmol_l, meal, meter_id"
+_READING_COLUMNS = columns(ReadingRow)
 
 
 def readings_of_session(store: Store, session_id: str, *, limit: int, offset: int = 0) -> list[ReadingRow]:
@@ -285,7 +285,7 @@ class MeterRow:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> MeterRow:
-        """A row of the columns :func:`list_meters` selects."""
+        """A row of :data:`_METER_COLUMNS`."""
         return cls(
             meter_id=row["meter_id"],
             family=row["family"],
@@ -297,12 +297,12 @@ class MeterRow:
         )
 
 
+_METER_COLUMNS = columns(MeterRow)
+
+
 def list_meters(store: Store) -> list[MeterRow]:
     """Every meter seen, newest first."""
-    rows = store.query(
-        "SELECT meter_id, family, transport, model, last_seen, last_sync, last_error FROM meters "
-        "ORDER BY last_seen DESC"
-    )
+    rows = store.query(f"SELECT {_METER_COLUMNS} FROM meters ORDER BY last_seen DESC")
     return [MeterRow.from_row(row) for row in rows]
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from gateway.store.db import Store, iso, new_id
+from gateway.store.db import Store, columns, iso, new_id
 
 SessionKind = Literal["meter", "retina"]
 SessionState = Literal["running", "done", "interrupted", "failed"]
@@ -52,9 +52,7 @@ class SessionRow:
         )
 
 
-_COLUMNS = (
-    "session_id, kind, patient_id, meter_id, operator, state, started_at, ended_at, records_total, records_new, error"
-)
+_COLUMNS = columns(SessionRow)
 
 
 def start_session(
