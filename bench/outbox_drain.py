@@ -7,7 +7,8 @@ Four figures, measured in the same round on the same broker:
 - ``bare_msgs_per_s``: a bare paho QoS 1 loop publishing the same payloads (MQTT 5, same in-flight limit),
   from the first PUBLISH to the last PUBACK, to a topic nobody subscribes to.
 - ``drain_msgs_per_s``: the real forwarder draining the outbox to the reference receiver (its own process,
-  storing durably and acknowledging in batches), until every row is marked ``acked`` in the gateway's store.
+  storing durably and acknowledging in batches), until the forwarder has committed an ack for every message
+  (the store is checked afterwards: every row ``acked``).
 - ``broker_ack_msgs_per_s``: the forwarder alone (no receiver, so no platform acks: its in-flight window is
   made large enough to hold every message), from its start until the broker has PUBACKed every message; each
   message's ``sent`` row is committed before it is published.
@@ -18,8 +19,14 @@ Ratios (targets in the JSON):
   same cores).
 - ``ratio_broker_ack`` = broker_ack / bare (target >= 0.8): the forwarder's own send path.
 - ``cpu_ratio`` = the gateway's CPU per message in the drain / the bare loop's CPU per message (target <= 1.5):
-  what the outbox, the acks and the bookkeeping cost on top of paho. CPU is the bench process's (both run in
-  it: the gateway's asyncio loop, which also drives paho, or the bare loop's two threads).
+  what the outbox, the acks and the bookkeeping cost on top of paho. Measured in turns (below); each side's CPU
+  is its own process's (the gateway's asyncio loop, which also drives paho; the bare loop's two threads).
+  ``cpu_ratio_sequential`` is the same ratio from the bare loop and the drain above, seconds apart.
+
+Turns: on a shared VM the same Python work costs up to twice the CPU from one second to the next, so figures
+measured seconds apart compare the machine's moods as much as the code. After the drain, a fresh gateway store
+and a bare loop in a process of its own (same CPU, same broker) take the same readings in turns of ``--chunk``
+messages, each side first in every other pair; the first turn of each warms up and is not counted.
 
 CPUs: the bench process (the bare loop, then the gateway) runs on the first CPU it may use, the brokers and the
 receiver on the others (on a one-CPU machine, all on that one). The gateway and the bare loop are then measured
@@ -33,7 +40,8 @@ gave. ``--platform-ack-batch 1`` runs a platform that stores and acknowledges ea
 
 The last line is one JSON object.
 
-    .venv/bin/python bench/outbox_drain.py [--readings 20000] [--window 500] [--rounds 3] [--platform-ack-batch N]
+    .venv/bin/python bench/outbox_drain.py [--readings 20000] [--window 500] [--rounds 3] [--chunk 2000]
+        [--platform-ack-batch N]
 
 Each round prints its figures on stderr; the last line (stdout) holds the medians.
 """
@@ -123,45 +131,70 @@ def broker_receive_maximum(port: int) -> int:
     return announced[0]
 
 
-def bare_loop(port: int, payloads: list[bytes], inflight: int) -> tuple[float, float]:
-    """Messages per second of a bare paho QoS 1 publisher (first PUBLISH to last PUBACK), and CPU us/message.
+class BareLoop:
+    """A bare paho QoS 1 publisher, connected once, publishing payloads on demand.
 
     Like the gateway (like with like): MQTT 5, QoS 1, the same payloads, at most the smaller of the window and the
     broker's Receive Maximum PUBLISHes unanswered (the gateway's paho limit), and Nagle off on its socket as the
     gateway's link has it (with Nagle on, paho's small writes would share TCP segments the gateway's cannot).
+    paho's own network thread (``loop_start``) reads and writes; :meth:`publish_all` publishes from the caller's.
     """
-    inflight = min(inflight, broker_receive_maximum(port))
-    done = threading.Event()
-    remaining = [len(payloads)]
-    connected = threading.Event()
 
-    def on_publish(*_args: Any) -> None:
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            done.set()
+    def __init__(self, port: int, inflight: int, client_id: str = "bench-bare") -> None:
+        self._remaining = 0
+        self._done = threading.Event()
+        connected = threading.Event()
+        client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+        client.max_inflight_messages_set(min(inflight, broker_receive_maximum(port)))
+        client.max_queued_messages_set(0)
+        client.on_publish = self._published
+        client.on_connect = lambda *_a: connected.set()
+        client.connect("127.0.0.1", port)
+        set_nodelay(client)
+        client.loop_start()
+        connected.wait(10)
+        self._client = client
 
-    client = Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=MQTTProtocolVersion.MQTTv5)
-    client.max_inflight_messages_set(inflight)
-    client.max_queued_messages_set(0)
-    client.on_publish = on_publish
-    client.on_connect = lambda *_a: connected.set()
-    client.connect("127.0.0.1", port)
-    set_nodelay(client)
-    client.loop_start()
-    connected.wait(10)
-    start, cpu = time.perf_counter(), time.process_time()
-    for payload in payloads:
-        client.publish("bench/bare/glucose", payload, qos=QOS)
-    done.wait(300)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    client.disconnect()
-    client.loop_stop()
+    def _published(self, *_args: Any) -> None:
+        self._remaining -= 1
+        if self._remaining == 0:
+            self._done.set()
+
+    def publish_all(self, payloads: list[bytes]) -> tuple[float, float]:
+        """Publish ``payloads`` and wait for every PUBACK: wall seconds (first PUBLISH to last PUBACK) and the
+        process's CPU seconds meanwhile."""
+        self._done.clear()
+        self._remaining = len(payloads)
+        start, cpu = time.perf_counter(), time.process_time()
+        for payload in payloads:
+            self._client.publish("bench/bare/glucose", payload, qos=QOS)
+        self._done.wait(300)
+        return time.perf_counter() - start, time.process_time() - cpu
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def bare_loop(port: int, payloads: list[bytes], inflight: int) -> tuple[float, float]:
+    """Messages per second of a bare paho QoS 1 publisher (first PUBLISH to last PUBACK), and CPU us/message."""
+    bare = BareLoop(port, inflight)
+    try:
+        elapsed, cpu = bare.publish_all(payloads)
+    finally:
+        bare.close()
     return len(payloads) / elapsed, cpu / len(payloads) * 1e6
 
 
 async def _drain(forwarder: Forwarder, outbox: Outbox, n: int) -> tuple[float, float]:
-    """Until the platform's acks confirmed every message: messages per second and CPU us per message."""
-    return await _run_until(forwarder, n, lambda: outbox.ack_activity()[0] >= n)
+    """Until the platform's acks confirmed every message: messages per second and CPU us per message.
+
+    The forwarder counts what its committed ack transactions changed; the store is asked only afterwards (its
+    queries would add the bench's own CPU to the gateway's).
+    """
+    figures = await _run_until(forwarder, n, lambda: forwarder.counters["acked"] >= n)
+    assert outbox.ack_activity()[0] == n, "the store holds every message acked"
+    return figures
 
 
 def _all_at_the_broker(forwarder: Forwarder, n: int) -> bool:
@@ -202,6 +235,129 @@ def queued_payloads(store: Store, n: int) -> list[bytes]:
     messages = outbox.claim_batch(n)
     outbox.requeue([m.message_id for m in messages])
     return [bytes(m.payload or b"") for m in messages]
+
+
+def write_payloads(path: Path, payloads: list[bytes]) -> None:
+    """Payloads, each after its length (4 bytes), for the bare loop's process in the turns."""
+    with path.open("wb") as out:
+        for payload in payloads:
+            out.write(len(payload).to_bytes(4, "big") + payload)
+
+
+def read_payloads(path: Path) -> list[bytes]:
+    data, payloads, at = path.read_bytes(), [], 0
+    while at < len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        payloads.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return payloads
+
+
+def bare_child(port: int, inflight: int, payload_file: Path) -> None:
+    """The bare loop of the turns, in a process of its own (each side's CPU is then its own process's):
+    each line ``N`` on stdin publishes the next N payloads and answers, once all are PUBACKed, with their CPU."""
+    payloads = read_payloads(payload_file)
+    bare = BareLoop(port, inflight, client_id="bench-bare-turns")
+    print("ready", flush=True)
+    sent = 0
+    for line in sys.stdin:
+        count = int(line)
+        _elapsed, cpu = bare.publish_all(payloads[sent : sent + count])
+        sent += count
+        print(json.dumps({"cpu_s": cpu}), flush=True)
+    bare.close()
+
+
+async def _take_turns(
+    forwarder: Forwarder, store: Store, chunks: list[list[GlucoseReading]], batch: int, bare: asyncio.subprocess.Process
+) -> tuple[float, float]:
+    """CPU seconds of the bare loop and of the drain, over the same chunks of messages taken in turns.
+
+    The first chunk warms both up and is not counted; the turns go drain, bare, bare, drain, drain, bare, ...
+    (each side first in every other pair). A drain turn adds its chunk's readings to the store (not counted),
+    then counts the gateway process's CPU until the platform's acks confirmed them all.
+    """
+    outbox = Outbox(store)
+    task = asyncio.create_task(forwarder.run())
+    acked = 0
+
+    to_bare, from_bare = bare.stdin, bare.stdout
+    assert to_bare is not None and from_bare is not None
+
+    async def bare_turn(count: int) -> float:
+        to_bare.write(f"{count}\n".encode())
+        await to_bare.drain()
+        return float(json.loads(await from_bare.readline())["cpu_s"])
+
+    async def drain_turn(chunk: list[GlucoseReading]) -> float:
+        nonlocal acked
+        for i in range(0, len(chunk), batch):
+            add_readings(store, chunk[i : i + batch])
+        acked += len(chunk)
+        cpu = time.process_time()
+        while forwarder.counters["acked"] < acked:
+            await asyncio.sleep(0.02)
+        cpu = time.process_time() - cpu
+        assert outbox.ack_activity()[0] == acked, "the store holds every message acked"
+        return cpu
+
+    bare_cpu = drain_cpu = 0.0
+    try:
+        for i, chunk in enumerate(chunks):
+            if i % 2 == 1:
+                bare_s = await bare_turn(len(chunk))
+                drain_s = await drain_turn(chunk)
+            else:
+                drain_s = await drain_turn(chunk)
+                bare_s = await bare_turn(len(chunk))
+            if i > 0:
+                bare_cpu, drain_cpu = bare_cpu + bare_s, drain_cpu + drain_s
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return bare_cpu, drain_cpu
+
+
+def turns_round(
+    work: Path, port: int, payloads: list[bytes], window: int, batch: int, chunk: int
+) -> tuple[float, float]:
+    """The bare loop and the drain in turns, ``chunk`` messages a turn: CPU us a message of each (the module's
+    docstring says why). The bare loop publishes ``payloads``; the gateway stores the same readings anew."""
+    readings = make_readings(len(payloads))
+    chunks = [readings[i : i + chunk] for i in range(0, len(readings), chunk)]
+    write_payloads(work / "payloads.bin", payloads[: len(readings)])
+    clock = SystemClock("assume_synced")
+    store = open_store(work / "gwi" / "gateway.db", work / "gwi" / "images", clock=clock,
+                       origin=Origin("bench", "gw-turns", "json"))  # fmt: skip
+    config = parse_config(
+        {
+            "gateway": {"site_id": "bench", "gateway_id": "gw-turns", "state_dir": str(work / "gwi")},
+            "forward": {"port": port, "inflight_window": window, "ack_timeout_s": 120},
+            "clock": {"sync_check": "assume_synced"},
+        }
+    )
+
+    async def run() -> tuple[float, float]:
+        bare = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--bare-child", str(port), str(window), str(work / "payloads.bin"),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert bare.stdout is not None
+            await bare.stdout.readline()  # "ready": connected
+            return await _take_turns(Forwarder(config, store, clock), store, chunks, batch, bare)
+        finally:
+            assert bare.stdin is not None
+            bare.stdin.close()
+            await bare.wait()
+
+    try:
+        bare_cpu, drain_cpu = asyncio.run(run())
+    finally:
+        store.close()
+    counted = len(readings) - len(chunks[0])
+    return bare_cpu / counted * 1e6, drain_cpu / counted * 1e6
 
 
 _CPUS = sorted(os.sched_getaffinity(0))
@@ -249,9 +405,10 @@ def _forwarder_alone(port: int, work: Path, readings: int, batch: int) -> tuple[
         store.close()
 
 
-def one_round(readings: int, batch: int, window: int, platform_ack_batch: int) -> dict[str, Any]:
-    """Fill a fresh store, time the bare loop, the forwarder alone, then the real drain; on a fresh broker and
-    receiver (storing and acknowledging at most ``platform_ack_batch`` messages together)."""
+def one_round(readings: int, batch: int, window: int, platform_ack_batch: int, chunk: int) -> dict[str, Any]:
+    """Fill a fresh store, time the bare loop, the forwarder alone, the real drain, then the bare loop and the
+    drain in turns; on a fresh broker and receiver (storing and acknowledging at most ``platform_ack_batch``
+    messages together)."""
     with tempfile.TemporaryDirectory(prefix="cg-bench-") as tmp:
         work = Path(tmp)
         broker = MosquittoBroker(work / "broker", BrokerOptions(persistence=False, extra_lines=[NODELAY]))
@@ -290,6 +447,7 @@ def one_round(readings: int, batch: int, window: int, platform_ack_batch: int) -
             ack_messages = forwarder.counters["downlink_received"]
             drain_other_cpu = {name: (cpu_seconds(pid) - before[name]) / readings * 1e6 for name, pid in others.items()}
             store.close()
+            turns_bare_cpu, turns_drain_cpu = turns_round(work, broker.port, payloads, window, batch, chunk)
         finally:
             receiver.terminate()
             receiver.wait(30)
@@ -304,7 +462,10 @@ def one_round(readings: int, batch: int, window: int, platform_ack_batch: int) -
         "bare_cpu_us_per_msg": bare_cpu,
         "drain_cpu_us_per_msg": drain_cpu,
         "broker_ack_cpu_us_per_msg": alone_cpu,
-        "cpu_ratio": drain_cpu / bare_cpu,
+        "cpu_ratio": turns_drain_cpu / turns_bare_cpu,
+        "cpu_ratio_sequential": drain_cpu / bare_cpu,
+        "turns_bare_cpu_us_per_msg": turns_bare_cpu,
+        "turns_drain_cpu_us_per_msg": turns_drain_cpu,
         "broker_receive_maximum": receive_maximum,
         "bare_broker_cpu_us_per_msg": bare_broker_cpu,
         "drain_broker_cpu_us_per_msg": drain_other_cpu["broker"],
@@ -315,6 +476,9 @@ def one_round(readings: int, batch: int, window: int, platform_ack_batch: int) -
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--bare-child"]:  # the bare loop of the turns (bare_child)
+        bare_child(int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500, help="readings per add_readings call")
@@ -331,12 +495,13 @@ def main() -> None:
         default=ACK_BATCH_MAX_DEFAULT,
         help="most messages the receiver stores and acknowledges together (default: the receiver's; 1: an ack each)",
     )
+    parser.add_argument("--chunk", type=int, default=2000, help="messages a turn (cpu_ratio)")
     args = parser.parse_args()
 
     os.sched_setaffinity(0, BENCH_CPUS)
     rounds = []
     for i in range(args.rounds):
-        figures = one_round(args.readings, args.batch, args.window, args.platform_ack_batch)
+        figures = one_round(args.readings, args.batch, args.window, args.platform_ack_batch, args.chunk)
         rounds.append(figures)
         print(f"round {i + 1}: " + json.dumps({k: round(v, 3) for k, v in figures.items()}), file=sys.stderr)
     median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
@@ -355,6 +520,12 @@ def main() -> None:
         "ratio_max": round(max(ratios), 3),
         "ratio_broker_ack": round(median["ratio_broker_ack"], 3),
         "cpu_ratio": round(median["cpu_ratio"], 3),
+        "cpu_ratio_min": round(min(r["cpu_ratio"] for r in rounds), 3),
+        "cpu_ratio_max": round(max(r["cpu_ratio"] for r in rounds), 3),
+        "cpu_ratio_sequential": round(median["cpu_ratio_sequential"], 3),
+        "turns_bare_cpu_us_per_msg": round(median["turns_bare_cpu_us_per_msg"], 1),
+        "turns_drain_cpu_us_per_msg": round(median["turns_drain_cpu_us_per_msg"], 1),
+        "turn_messages": args.chunk,
         "bare_cpu_us_per_msg": round(median["bare_cpu_us_per_msg"], 1),
         "drain_cpu_us_per_msg": round(median["drain_cpu_us_per_msg"], 1),
         "broker_ack_cpu_us_per_msg": round(median["broker_ack_cpu_us_per_msg"], 1),

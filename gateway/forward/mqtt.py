@@ -25,9 +25,11 @@ the :class:`Disconnected` event names it in ``rejected``, and every other unansw
 
 Flow control: MQTT 5 (§3.3.4) lets a client have at most the server's *Receive Maximum* (CONNACK property,
 65,535 when absent) QoS 1 PUBLISHes unanswered by PUBACK; a broker may disconnect a client that sends more
-(0x93). paho 2.x ignores the property, so the link sets paho's in-flight limit to the smaller of it and
-``forward.inflight_window``; paho holds the rest in memory and sends each when a PUBACK frees a slot.
-Mosquitto 2.0 announces 20.
+(0x93). Mosquitto 2.0 announces 20. paho 2.x ignores the property, so the link meters its PUBLISHes itself: at
+most the smaller of it and ``forward.inflight_window`` go unanswered, the rest wait in the link's queue, in
+order, and each PUBACK lets the next one out. (paho's own in-flight limit would do the same, but on every
+PUBACK paho walks its whole list of unanswered messages to find the next one to send: about a tenth of the
+forwarder's CPU a message, bench/outbox_drain.py; paho's limit is off.)
 
 Downlink (acks, referral decisions): paho's manual-ack mode. A QoS 1 message from the broker is
 acknowledged (PUBACK) only when the forwarder calls :meth:`MqttLink.acknowledge`, after what it did with the
@@ -47,6 +49,7 @@ import select
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +78,8 @@ _CONNECTIONS = itertools.count(1)
 """Connection numbers, unique in the process: a message's mid means nothing on another connection."""
 _PUBLISH_OVERHEAD = 512
 """Bytes for the fixed header, topic and properties, when checking a payload against the broker's limit."""
+MQTT_MAX_PAYLOAD = 268_435_455
+"""paho's limit on one payload (MQTT's largest Remaining Length)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +214,10 @@ LinkEvent = Connected | Disconnected | Rejected | Received
 class PublishHandle:
     """One message in flight to the broker (like paho's ``MQTTMessageInfo``).
 
-    ``state``: ``queued`` until the broker answers, then ``published`` (PUBACK success), ``rejected``
-    (with ``reason``) or ``lost`` (the connection ended first). PUBACK only proves the broker has it;
-    the forwarder still waits for the platform's ``ack``.
+    ``state``: ``queued`` until the broker answers (waiting in the link's queue, then sent), then
+    ``published`` (PUBACK success), ``rejected`` (with ``reason``) or ``lost`` (the connection ended first).
+    ``mid`` is paho's packet id once sent (0 while waiting). PUBACK only proves the broker has it; the forwarder
+    still waits for the platform's ``ack``.
     """
 
     __slots__ = ("message_id", "mid", "reason", "size", "state")
@@ -229,6 +235,17 @@ class PublishHandle:
 
     def _finish(self, state: str, reason: str | None = None) -> None:
         self.state, self.reason = state, reason
+
+
+@dataclass(slots=True)  # not frozen: one is made for every message, and a frozen one costs ~3x to build
+class _Waiting:
+    """A PUBLISH held back by flow control until a PUBACK frees a slot."""
+
+    topic: str
+    payload: bytes
+    properties: Properties | None
+    retain: bool
+    handle: PublishHandle
 
 
 def _reason_text(rc: ReasonCode | int | MQTTErrorCode) -> str:
@@ -328,7 +345,10 @@ class MqttLink:
         self._sock: Any = None
         """The socket the loop watches (paho's, until the connection ends)."""
         self._tick: asyncio.TimerHandle | None = None
-        self._handles: dict[int, PublishHandle] = {}  # mid -> handle, in publish order
+        self._handles: dict[int, PublishHandle] = {}  # mid -> handle of each unanswered PUBLISH, in send order
+        self._waiting: deque[_Waiting] = deque()  # PUBLISHes held back by flow control, in publish order
+        self._send_limit = 0
+        """At most this many unanswered PUBLISHes (set at CONNACK)."""
         self._connack: asyncio.Future[ReasonCode | None] | None = None
         self._connack_rc: ReasonCode | None = None
         self._disconnect_rc: ReasonCode | None = None
@@ -363,7 +383,7 @@ class MqttLink:
             manual_ack=True,  # PUBACK a downlink message only once it is stored (acknowledge())
         )
         client.suppress_exceptions = True  # a bug in a callback must not end the connection
-        client.max_inflight_messages_set(min(s.max_inflight, RECEIVE_MAXIMUM_DEFAULT))  # until CONNACK says
+        client.max_inflight_messages_set(0)  # no limit of paho's: the link meters its PUBLISHes (module docstring)
         client.max_queued_messages_set(0)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
@@ -398,6 +418,7 @@ class MqttLink:
         self._loop_error = None
         self._last_socket_error = None
         self._handles.clear()
+        self._waiting.clear()
         self._ended = False
         self.connection = next(_CONNECTIONS)
         where = f"{s.host}:{s.port}"
@@ -548,8 +569,10 @@ class MqttLink:
         """The end of the connection, with the refused and the unanswered messages."""
         rc = self._disconnect_rc
         reason = _reason_text(rc) if rc is not None else "connection lost"
-        pending = [h for h in self._handles.values() if h.state == "queued"]
+        pending = [h for h in self._handles.values() if h.state == "queued"]  # sent, in send order
+        waiting = [w.handle for w in self._waiting]  # never sent: they cannot be the one refused
         self._handles.clear()
+        self._waiting.clear()
         rejected: list[tuple[str, str]] = []
         if rc is not None and _reason_value(rc) in _MESSAGE_REFUSED_DISCONNECT and pending:
             culprit = pending.pop(0)
@@ -559,6 +582,7 @@ class MqttLink:
                 text += "; most likely too large for the broker (its message_size_limit)"
             culprit._finish("rejected", text)
             rejected.append((culprit.message_id, text))
+        pending += waiting
         for handle in pending:
             handle._finish("lost", reason)
         return Disconnected(
@@ -568,15 +592,22 @@ class MqttLink:
         )
 
     def close(self, offline_payload: bytes | None = None) -> None:
-        """Disconnect cleanly (publishing ``offline_payload`` as retained status first); at most ~2 s."""
+        """Disconnect cleanly (publishing ``offline_payload`` as retained status first); at most ~2 s.
+
+        When flow control has no slot for the status (as many PUBLISHes unanswered as the broker allows), the
+        link ends without a DISCONNECT instead, and the broker publishes our Last Will (the same status).
+        """
         client = self._client
         self._client = None
         if client is None:
             return
         with contextlib.suppress(Exception):
+            clean = True
             if offline_payload is not None and self._connected and self.settings.will_topic:
-                client.publish(self.settings.will_topic, offline_payload, qos=QOS, retain=True)
-            if self._sock is not None:
+                clean = len(self._handles) < self._send_limit
+                if clean:
+                    client.publish(self.settings.will_topic, offline_payload, qos=QOS, retain=True)
+            if self._sock is not None and clean:
                 client.disconnect()  # a clean DISCONNECT: the broker does not publish our Last Will
                 _flush(client, deadline=time.monotonic() + CLOSE_FLUSH_S)
         sock = self._sock
@@ -610,26 +641,39 @@ class MqttLink:
                 f"message of {len(payload)} bytes exceeds the broker's maximum packet size {limit}",
                 reason="Packet too large (broker maximum packet size)",
             )
+        if len(payload) > MQTT_MAX_PAYLOAD:
+            raise MessageRejected(f"message of {len(payload)} bytes is too large for MQTT", reason="Payload too large")
         props = None
         if properties:
             # Rows without JSON (image chunks) carry their message id as a user property. JSON payloads carry
             # it inside; building paho Properties costs ~0.2 ms a message, as much as the rest of a publish.
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.UserProperty = [("message_id", message_id), *properties.items()]
+        waiting = _Waiting(topic, payload, props, retain, PublishHandle(message_id, 0, len(payload)))
+        if self._waiting or len(self._handles) >= self._send_limit:
+            self._waiting.append(waiting)
+        elif not self._send(client, waiting):
+            raise BrokerUnavailable("not connected to the broker")
+        return waiting.handle
+
+    def _send(self, client: Client, waiting: _Waiting) -> bool:
+        """Hand one PUBLISH to paho; False when paho has no connection any more (its end is being reported)."""
         # paho only queues here (the loop writes when the socket is writable): no PUBACK can come before the
         # handle is recorded, and the connection cannot end in between.
-        info = client.publish(topic, payload, qos=QOS, retain=retain, properties=props)
+        info = client.publish(waiting.topic, waiting.payload, qos=QOS, retain=waiting.retain,
+                              properties=waiting.properties)  # fmt: skip
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            if info.rc == MQTTErrorCode.MQTT_ERR_PAYLOAD_SIZE:
-                raise MessageRejected(
-                    f"message of {len(payload)} bytes is too large for MQTT", reason="Payload too large"
-                )
-            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                raise BrokerUnavailable("not connected to the broker")
-            raise BrokerUnavailable(f"publish failed: {info.rc.name}")
-        handle = PublishHandle(message_id, info.mid, len(payload))
-        self._handles[info.mid] = handle
-        return handle
+            return False
+        waiting.handle.mid = info.mid
+        self._handles[info.mid] = waiting.handle
+        return True
+
+    def _send_waiting(self, client: Client) -> None:
+        """Let out held-back PUBLISHes while flow control has slots for them."""
+        while self._waiting and len(self._handles) < self._send_limit:
+            if not self._send(client, self._waiting[0]):
+                return  # the connection is ending: the Disconnected event names what still waits
+            self._waiting.popleft()
 
     def subscribe(self, topics: Sequence[str]) -> None:
         """Subscribe at QoS 1 (the persistent session keeps them, and queues messages while we are away)."""
@@ -654,9 +698,7 @@ class MqttLink:
             self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props is not None else None
             announced = getattr(props, "ReceiveMaximum", None) if props is not None else None
             self.receive_maximum = int(announced) if announced else RECEIVE_MAXIMUM_DEFAULT
-            # paho's setter refuses once the socket is open, but nothing has been published on this fresh
-            # client yet (we are in its CONNACK callback, before any PUBLISH), so the limit can still move.
-            client._max_inflight_messages = min(self.settings.max_inflight, self.receive_maximum)
+            self._send_limit = min(self.settings.max_inflight, self.receive_maximum)
             self._connected = True
             if self.settings.subscriptions:
                 client.subscribe([(t, QOS) for t in self.settings.subscriptions])
@@ -677,17 +719,18 @@ class MqttLink:
         self._connected = False
 
     def _handle_publish(
-        self, _client: Client, _userdata: Any, mid: int, rc: ReasonCode, _props: Properties | None
+        self, client: Client, _userdata: Any, mid: int, rc: ReasonCode, _props: Properties | None
     ) -> None:
         handle = self._handles.pop(mid, None)
         if handle is None:
-            return  # our retained status message
+            return  # the offline status that close() publishes
         if rc.is_failure:
             text = f"broker refused the message: {_reason_text(rc)}"
             handle._finish("rejected", text)
             self._emit(Rejected(handle.message_id, text))
         else:
             handle._finish("published")
+        self._send_waiting(client)
 
     def _handle_message(self, _client: Client, _userdata: Any, message: MQTTMessage) -> None:
         self._emit(Received(message.topic, bytes(message.payload), message.mid, message.qos, self.connection))

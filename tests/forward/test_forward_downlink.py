@@ -3,11 +3,10 @@ the link; the retained status goes online on connect and the Last Will says offl
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 
-from support.broker import PREFIX, ForwarderRunner, gateway_config, wait_until
+from support.broker import PREFIX, ForwarderRunner, gateway_config, gateway_state, gateway_status, wait_until
 from support.factories import make_store, reading
 
 from gateway.clock import SystemClock
@@ -17,11 +16,6 @@ from gateway.store.outbox import Outbox
 from gateway.store.readings import add_readings
 from gateway.store.sessions import start_session
 from gateway.wire import contract
-
-
-def _status(receiver) -> dict | None:
-    rows = receiver.store.query("SELECT doc FROM status WHERE site_id = 'chc-test' AND gateway_id = 'gw-test'")
-    return json.loads(rows[0]["doc"]) if rows else None
 
 
 def test_referral_is_validated_stored_once_and_listed(tmp_path, broker, receiver_factory) -> None:
@@ -34,7 +28,7 @@ def test_referral_is_validated_stored_once_and_listed(tmp_path, broker, receiver
     )  # fmt: skip
     with ForwarderRunner(gateway_config(tmp_path / "gw", port=broker.port), store) as run:
         wait_until(lambda: run.forwarder.state == "online")
-        wait_until(lambda: _status(receiver) is not None, what="retained online status")
+        wait_until(lambda: gateway_status(receiver) is not None, what="retained online status")
         assert receiver.send_referral(PREFIX, referral)
         assert receiver.send_referral(PREFIX, referral)  # the platform sends it again: stored once
         wait_until(lambda: referrals.list_referrals(store), what="referral stored")
@@ -83,15 +77,15 @@ def test_status_online_retained_and_last_will_offline(tmp_path, broker, receiver
     # backoff of 1-2 s after the cut, so the receiver sees the will before the next online status
     config = gateway_config(tmp_path / "gw", port=broker.port, keepalive_s=5, backoff_initial_s=2.0, backoff_max_s=2.0)
     with ForwarderRunner(config, store) as run:
-        wait_until(lambda: (_status(receiver) or {}).get("state") == "online", what="online status")
-        doc = _status(receiver)
+        wait_until(lambda: gateway_state(receiver) == "online", what="online status")
+        doc = gateway_status(receiver)
         contract.validate(contract.SCHEMA_STATUS, doc)
         assert doc["outbox_unsent"] == 0 and doc["clock_synchronised"] is True
         # the network dies without a DISCONNECT: the broker publishes our Last Will
         link = run.forwarder._link
         assert link is not None and link._client is not None
         link._client.socket().shutdown(2)
-        wait_until(lambda: (_status(receiver) or {}).get("state") == "offline", timeout_s=20, what="last will")
-        wait_until(lambda: (_status(receiver) or {}).get("state") == "online", what="back online after reconnect")
+        wait_until(lambda: gateway_state(receiver) == "offline", timeout_s=20, what="last will")
+        wait_until(lambda: gateway_state(receiver) == "online", what="back online after reconnect")
     # a clean stop publishes offline itself
-    wait_until(lambda: (_status(receiver) or {}).get("state") == "offline", what="offline on clean stop")
+    wait_until(lambda: gateway_state(receiver) == "offline", what="offline on clean stop")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import json
 import shutil
 import subprocess
 import threading
@@ -260,6 +261,18 @@ def start_receiver(broker: MosquittoBroker, db: Path, **settings: Any) -> Receiv
     return receiver
 
 
+def gateway_status(receiver: Receiver) -> dict[str, Any] | None:
+    """The test gateway's retained status as the receiver last stored it (None before the first)."""
+    rows = receiver.store.query("SELECT doc FROM status WHERE site_id = ? AND gateway_id = ?", [SITE, GATEWAY])
+    return json.loads(rows[0]["doc"]) if rows else None
+
+
+def gateway_state(receiver: Receiver) -> str | None:
+    """``online`` or ``offline``: the state in the test gateway's retained status (None before the first)."""
+    status = gateway_status(receiver)
+    return None if status is None else str(status.get("state"))
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
     """Poll ``condition`` until true; fail the test with ``what`` after ``timeout_s`` (generous: a deadline for
     a wedged test on a loaded 2-core machine, never a measure of speed)."""
@@ -282,6 +295,8 @@ __all__ = [
     "acl_file",
     "free_port",
     "gateway_config",
+    "gateway_state",
+    "gateway_status",
     "make_pki",
     "mosquitto_available",
     "password_file",
