@@ -542,10 +542,11 @@ def main() -> None:
         "like_with_like": {
             "protocol": "MQTT 5",
             "qos": QOS,
-            "paho_inflight": min(args.window, rounds[0]["broker_receive_maximum"]),
+            "inflight_limit": min(args.window, rounds[0]["broker_receive_maximum"]),  # paho's (bare), the link's
             "tcp_nodelay": "both",
             "cpus": {"bench": sorted(BENCH_CPUS), "brokers_and_receiver": sorted(PLATFORM_CPUS)},
             "threads": "bare: the publishing thread and paho's network thread (loop_start); gateway: its event loop",
+            "cpu": f"cpu_ratio: turns of {args.chunk} messages, each side's own process's CPU",
             "payloads": "the same bytes",
             "durability": "bare: none; gateway: each reading durable before its claim, each platform ack committed "
             "durably (synchronous=FULL) before it counts",
