@@ -27,9 +27,9 @@ Flow control: MQTT 5 (§3.3.4) lets a client have at most the server's *Receive 
 65,535 when absent) QoS 1 PUBLISHes unanswered by PUBACK; a broker may disconnect a client that sends more
 (0x93). Mosquitto 2.0 announces 20. paho 2.x ignores the property, so the link meters its PUBLISHes itself: at
 most the smaller of it and ``forward.inflight_window`` go unanswered, the rest wait in the link's queue, in
-order, and each PUBACK lets the next one out. (paho's own in-flight limit would do the same, but on every
-PUBACK paho walks its whole list of unanswered messages to find the next one to send: about a tenth of the
-forwarder's CPU a message, bench/outbox_drain.py; paho's limit is off.)
+order, and each PUBACK lets the next one out. (paho's own in-flight limit would do the same, but paho can only
+be given it through a private attribute once the broker has named its maximum, and on every PUBACK it walks its
+list of messages from the front to find the next one to send; paho's limit is off.)
 
 Downlink (acks, referral decisions): paho's manual-ack mode. A QoS 1 message from the broker is
 acknowledged (PUBACK) only when the forwarder calls :meth:`MqttLink.acknowledge`, after what it did with the
