@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
@@ -190,6 +190,11 @@ _RAISE_SENT_THROUGH = (
 _ACKED = (
     f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? WHERE {_where_from('ack', '+state')} AND message_id IN "
 )
+# The same transition for messages this outbox has in flight, found by seq (the primary key) rather than through
+# the message_id index: an ack of 120 at a time, on its own, 9.0 -> 6.9 µs a message.
+_ACKED_BY_SEQ = (
+    f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? WHERE {_where_from('ack', '+state')} AND seq IN "
+)
 _NEVER_SENT = f"SELECT message_id FROM outbox WHERE +state = 'pending' AND seq > {_SENT_THROUGH} AND message_id IN "
 _UNCONFIRMED = "UPDATE outbox SET attempts = attempts + 1 WHERE +state = 'pending' AND message_id IN "
 _PARK = (
@@ -211,13 +216,16 @@ IN_MAX = 512
 """Most values in one IN list of the ack and the requeue (longer lists go in parts)."""
 _IN_SIZES = (*(2**i for i in range(10)), IN_MAX)
 _IN_MARKS = {n: _marks(n) for n in _IN_SIZES}
+_Key = TypeVar("_Key", str, int)
 
 
-def _padded(values: Sequence[str]) -> tuple[str, list[str | None]]:
+def _padded(values: Sequence[_Key]) -> tuple[str, list[_Key | None]]:
     """An IN list for up to :data:`IN_MAX` values, padded with NULLs (which match nothing) to the next power of
     two: a handful of statement texts, so sqlite3's statement cache keeps them parsed across acks of any size."""
     size = next(n for n in _IN_SIZES if n >= len(values))  # a StopIteration past IN_MAX: the callers split
-    return _IN_MARKS[size], [*values, *([None] * (size - len(values)))]
+    padded: list[_Key | None] = list(values)
+    padded += [None] * (size - len(values))
+    return _IN_MARKS[size], padded
 
 
 LAST_ACK_KEY = "outbox_last_ack_at"
@@ -241,8 +249,8 @@ class Outbox:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._in_flight: set[str] = set()
-        """The message ids this outbox claimed and has not seen acked, parked or put back."""
+        self._in_flight: dict[str, int] = {}
+        """The message ids (and their seqs) this outbox claimed and has not seen acked, parked or put back."""
         self._after = 0
         """The claim cursor: every message in flight has seq <= _after."""
         self._behind = False
@@ -269,7 +277,7 @@ class Outbox:
                     now = iso(self.store.clock.utc_now())
                     db.conn.execute(_RAISE_SENT_THROUGH, [SENT_THROUGH_KEY, self._after, now])
                     rows += ahead
-        self._in_flight.update(row[1] for row in rows)
+        self._in_flight.update((row[1], row[0]) for row in rows)
         return [_row_to_message(r) for r in rows]
 
     def _look_behind_due(self) -> bool:
@@ -299,12 +307,18 @@ class Outbox:
         ids = list(dict.fromkeys(message_ids))
         if not ids:
             return AckResult(0)
+        in_flight = self._in_flight
+        seqs = [seq for mid in ids if (seq := in_flight.get(mid)) is not None]  # claimed: sent, by definition
+        others = [mid for mid in ids if mid not in in_flight] if len(seqs) < len(ids) else []
         changed = 0
         never_sent: list[str] = []
         with self.store.transaction(durable=True) as db:
             now = iso(self.store.clock.utc_now())
-            for start in range(0, len(ids), IN_MAX):
-                part = ids[start : start + IN_MAX]
+            for start in range(0, len(seqs), IN_MAX):
+                seq_marks, seq_params = _padded(seqs[start : start + IN_MAX])
+                changed += db.conn.execute(_ACKED_BY_SEQ + seq_marks, [now, *seq_params]).rowcount
+            for start in range(0, len(others), IN_MAX):
+                part = others[start : start + IN_MAX]
                 marks, params = _padded(part)
                 cur = db.conn.execute(_ACKED + marks, [now, *params])
                 changed += cur.rowcount
@@ -312,7 +326,8 @@ class Outbox:
                     never_sent += [row[0] for row in db.conn.execute(_NEVER_SENT + marks, params)]
             if changed:
                 db.conn.execute(_SET_KV, [LAST_ACK_KEY, now, now])
-        self._in_flight.difference_update(ids)
+        for mid in ids:
+            in_flight.pop(mid, None)
         return AckResult(changed, tuple(never_sent))
 
     def requeue(self, message_ids: Iterable[str]) -> int:
@@ -322,7 +337,8 @@ class Outbox:
         ids = [mid for mid in message_ids if mid in self._in_flight]
         if not ids:
             return 0
-        self._in_flight.difference_update(ids)
+        for mid in ids:
+            self._in_flight.pop(mid, None)
         self._behind = True
         requeued = 0
         with self.store.transaction(durable=False) as db:
@@ -340,7 +356,7 @@ class Outbox:
         """Set a message aside that the broker refuses; it stays stored and can be retried."""
         with self.store.transaction(durable=True) as db:
             db.conn.execute(_PARK, [reason, message_id])
-        self._in_flight.discard(message_id)
+        self._in_flight.pop(message_id, None)
 
     def retry_parked(self, kind: str | None = None) -> int:
         """Put parked messages back in the queue (after IT fixed the cause)."""
