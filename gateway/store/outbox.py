@@ -191,7 +191,7 @@ _ACKED = (
     f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? WHERE {_where_from('ack', '+state')} AND message_id IN "
 )
 # The same transition for messages this outbox has in flight, found by seq (the primary key) rather than through
-# the message_id index: an ack of 120 at a time, on its own, 9.0 -> 6.9 µs a message.
+# the message_id index: acks of 120 at a time, on their own, 7.2-7.9 -> 6.0-6.4 µs a message.
 _ACKED_BY_SEQ = (
     f"UPDATE outbox SET state = '{_to('ack')}', acked_at = ? WHERE {_where_from('ack', '+state')} AND seq IN "
 )
