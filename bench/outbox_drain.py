@@ -108,7 +108,7 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
     n = len(ordered)
 
     def coverage(k: int) -> float:
-        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / (1 << n)
 
     k = 1
     while k < (n + 1) // 2 and coverage(k + 1) >= confidence:
