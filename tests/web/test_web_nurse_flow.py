@@ -213,6 +213,11 @@ def test_the_visit_picture_chart_and_summary(client: FlaskClient, runtime: Runti
     assert 'class="band"' in svg
     # six readings since the visit (not the one of 5 November, not the two control tests)
     assert svg.count('class="pt low"') == 1 and svg.count('class="pt high"') == 1 and svg.count("<circle") == 4
+    # each mark's tooltip: when (clinic time) and what; the low and the high drawn last, so no circle hides them
+    assert "<title>2026-11-22 10:30 · 3.2 mmol/L · Low</title>" in svg
+    assert "<title>2026-11-22 13:30 · 15.1 mmol/L · High</title>" in svg
+    assert "<title>2026-11-22 07:30 · 5.6 mmol/L</title></circle>" in svg
+    assert svg.rindex("<circle") < svg.index('class="pt low"') < svg.index('class="pt high"')
     # by hand: 5.6 3.2 15.1 7.8 6.1 9.0 -> mean 46.8 / 6 = 7.8; SD 4.09; 1 below 3.9, 1 above 10.0 of 6
     assert re.search(r'id="sum-count">6<', picture)
     assert re.search(r'id="sum-mean">7\.8 mmol/L<', picture)
