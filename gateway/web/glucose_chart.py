@@ -23,6 +23,11 @@ Y_MIN_TOP_MMOL = 16.0
 """The y axis reaches at least this far (a calm picture is not stretched), and further for higher readings."""
 Y_MAX_MMOL = 33.3
 """Meters read up to 33.3 mmol/L ("HI" above)."""
+MARKS_WITH_TOOLTIPS = 500
+"""Up to this many readings each mark is an SVG element with its own tooltip (time and value). Past it (a first
+download can bring a meter's whole history) each kind of mark is one path: among thousands of marks no single
+tooltip can be pointed at, and one element per reading made the page ~600 kB and ~0.2 s to draw for 5,000
+readings. The readings themselves are in the session's table, a page at a time."""
 
 
 class ChartPoint(NamedTuple):
@@ -41,6 +46,15 @@ class ChartTick:
 
     pos: float
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPaths:
+    """A dense chart's marks: one SVG path of each kind (``d`` attributes: coordinates only, no text)."""
+
+    normal: str
+    low: str
+    high: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +77,8 @@ class GlucoseChart:
     """Readings below range (triangles pointing down)."""
     highs: list[ChartPoint]
     """Readings above the hyperglycaemia line (triangles pointing up)."""
+    dense: MarkPaths | None
+    """Past :data:`MARKS_WITH_TOOLTIPS` readings: the marks as three paths (the points then carry no label)."""
     x_ticks: list[ChartTick]
     y_ticks: list[ChartTick]
 
@@ -84,6 +100,7 @@ def build_chart(picture: VisitPicture, *, unit: str, very_high: float, tz: ZoneI
     def x_of(hour: float) -> float:
         return round(LEFT + hour / 24 * (RIGHT - LEFT), 1)
 
+    dense = len(picture.readings) > MARKS_WITH_TOOLTIPS
     points: list[ChartPoint] = []
     lows: list[ChartPoint] = []
     highs: list[ChartPoint] = []
@@ -91,7 +108,7 @@ def build_chart(picture: VisitPicture, *, unit: str, very_high: float, tz: ZoneI
         when = datetime.fromisoformat(row.corrected_time).astimezone(tz)
         mmol = row.mmol_l
         # "YYYY-MM-DD HH:MM" (isoformat: a third of strftime's cost, which counts at thousands of readings)
-        label = f"{when.isoformat(' ', 'minutes')[:16]} · {display_value(mmol, unit)} {unit}"
+        label = "" if dense else f"{when.isoformat(' ', 'minutes')[:16]} · {display_value(mmol, unit)} {unit}"
         marks = lows if mmol < ranges.low else highs if mmol > very_high else points
         marks.append(ChartPoint(x_of(when.hour + when.minute / 60), y_of(mmol), label))
     levels = sorted({ranges.low, ranges.high, very_high, *(v for v in (20.0, 25.0, 30.0) if v < top_mmol)})
@@ -109,6 +126,17 @@ def build_chart(picture: VisitPicture, *, unit: str, very_high: float, tz: ZoneI
         points=points,
         lows=lows,
         highs=highs,
+        dense=_mark_paths(points, lows, highs) if dense else None,
         x_ticks=[ChartTick(x_of(h), f"{h:02d}:00") for h in range(0, 25, 3)],
         y_ticks=[ChartTick(y_of(v), display_value(v, unit)) for v in levels],
+    )
+
+
+def _mark_paths(points: list[ChartPoint], lows: list[ChartPoint], highs: list[ChartPoint]) -> MarkPaths:
+    """The marks as the template draws them one by one (a circle of radius 3.5, triangles 10 wide and 9 high),
+    each kind in one path."""
+    return MarkPaths(
+        normal="".join(f"M{p.x - 3.5:.1f},{p.y}a3.5,3.5 0 1,0 7,0a3.5,3.5 0 1,0 -7,0" for p in points),
+        low="".join(f"M{p.x - 5:.1f},{p.y - 4:.1f}h10l-5,9z" for p in lows),
+        high="".join(f"M{p.x - 5:.1f},{p.y + 4:.1f}h10l-5,-9z" for p in highs),
     )

@@ -14,7 +14,7 @@ import json
 import re
 import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -35,7 +35,7 @@ from gateway.clock import FakeClock
 from gateway.desk import DeskState, MeterProgress, SerialSyncRequest
 from gateway.meters.session import DownloadSession
 from gateway.meters.source import MeterSource
-from gateway.records import CuffStatus, MeterInfo
+from gateway.records import CuffStatus, MeterInfo, MeterRecord, Unit
 from gateway.runtime import Runtime, open_runtime
 from gateway.services import GatewayServices
 from gateway.store import audit
@@ -226,6 +226,35 @@ def test_the_visit_picture_chart_and_summary(client: FlaskClient, runtime: Runti
     assert re.search(r'id="sum-above">17 %<', picture) and re.search(r'id="sum-lowest">3\.2 mmol/L<', picture)
     assert "not given: needs readings over at least 14 days and at least 28 readings" in picture
     assert "http" not in svg.replace("http://www.w3.org/2000/svg", "")  # nothing fetched: no CDN
+
+
+def test_a_visit_of_hundreds_of_readings_draws_each_one_in_a_path_of_its_kind(
+    client: FlaskClient, runtime: Runtime
+) -> None:
+    # A first download of a meter's history: 700 readings every 15 minutes, a quarter each of 5.6, 3.2 (low),
+    # 15.1 (above the hyperglycaemia line) and 7.8 mmol/L.
+    values = [5.6, 3.2, 15.1, 7.8]
+    start = datetime(2026, 11, 15, 0, 0)
+    records = [MeterRecord(sequence=i + 1, meter_time=start + timedelta(minutes=15 * i), value=values[i % 4],
+                           unit=Unit.MMOL_L) for i in range(700)]  # fmt: skip
+    session = DownloadSession(runtime.store, runtime.clock, ScriptedMeter(METER, records, 0.0),
+                              tz=ZoneInfo(runtime.config.gateway.timezone), patient_id=PATIENT)  # fmt: skip
+    result = asyncio.run(session.run())
+    assert result.added == 700
+    login(client, "nina")
+    picture = _section(client.get(f"/nurse/session/{result.session_id}").get_data(as_text=True), "glucose-picture")
+    assert re.search(r'id="sum-count">700<', picture)
+    svg = picture.split("<svg", 1)[1].split("</svg>", 1)[0]
+    # every reading drawn, in one path per kind (circles as two arcs, triangles down for lows, up for highs);
+    # no element nor tooltip per reading
+    paths = dict(re.findall(r'<path class="(pt[a-z ]*)" d="([^"]*)"/>', svg))
+    assert set(paths) == {"pt", "pt low", "pt high"}
+    assert paths["pt"].count("a3.5,3.5 0 1,0 7,0a3.5,3.5 0 1,0 -7,0") == 350
+    assert paths["pt low"].count("h10l-5,9z") == 175 and paths["pt high"].count("h10l-5,-9z") == 175
+    assert "<circle" not in svg and svg.count("<title") == 1  # the chart's own title
+    # the first low (00:15 clinic time) where a mark of its own would be: x = 48 + 0.25 / 24 * 564 = 53.9,
+    # y = 228 - 3.2 / 16.1 * 216 = 185.1 (the axis reaches 1 above the highest, 15.1); the triangle from (x - 5, y - 4)
+    assert paths["pt low"].startswith("M48.9,181.1h10l-5,9zM")
 
 
 def test_the_picture_and_the_readings_follow_the_configured_unit(tmp_path: Path, fake_clock: FakeClock) -> None:
